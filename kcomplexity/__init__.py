@@ -1,0 +1,15 @@
+"""kcomplexity: estimates of the algorithmic (Kolmogorov) complexity of neural-network weights, in bits."""
+from __future__ import annotations
+
+from . import estimators
+from .errors import KComplexityError
+from .estimators.bdm import bdm, block_entropy, nbdm
+from .estimators.mdl import MDL, mdl
+from .report import Report
+from .scoring import score
+from .sources import NamedArray, open_source
+
+__version__ = "0.1.0"
+
+__all__ = ["score", "Report", "bdm", "block_entropy", "nbdm", "mdl", "MDL", "estimators", "open_source", "NamedArray",
+           "KComplexityError", "__version__"]

@@ -1,0 +1,91 @@
+"""``kcomplexity`` command line: ``score``, ``estimators``, ``demo``.
+
+Bad input ends with one line on stderr and exit status 2, never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from .errors import KComplexityError
+
+EXIT_BAD_INPUT = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="kcomplexity", description="Estimate the algorithmic complexity of weights, in bits.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("score", help="score a weights file (.safetensors, .pt/.pth, .npz, .npy)")
+    s.add_argument("path", help="weights file")
+    s.add_argument("--estimators", "-e", default="lzma,zstd",
+                   help="comma-separated estimator names, settings as name:key=value (default: lzma,zstd)")
+    s.add_argument("--whole", action="store_true", help="total = estimate of all tensors concatenated in order")
+    s.add_argument("--format", "-f", choices=("table", "json", "csv"), default="table")
+    s.add_argument("--output", "-o", help="write to this file instead of stdout")
+    s.add_argument("--allow-nonfinite", action="store_true", help="score tensors holding NaN/Inf by their raw bytes")
+    s.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+
+    sub.add_parser("estimators", help="list the registered estimators and their default settings")
+
+    d = sub.add_parser("demo", help="score a small MLP at initialisation and after training on bundled digits")
+    d.add_argument("--epochs", type=int, default=40)
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--estimators", "-e", default=None, help="comma-separated estimator names")
+    return p
+
+
+def _score(args: argparse.Namespace) -> None:
+    from .scoring import score
+
+    report = score(args.path, args.estimators, whole=args.whole, allow_nonfinite=args.allow_nonfinite,
+                   progress=not args.quiet)
+    text = {"table": report.to_table, "json": report.to_json, "csv": report.to_csv}[args.format]()
+    _emit(text, args.output)
+
+
+def _estimators(_: argparse.Namespace) -> None:
+    from .estimators import available, get
+
+    for name in available():
+        est = get(name)
+        settings = ", ".join(f"{k}={v}" for k, v in est.settings().items())
+        print(f"{name:<12} [{est.kind}] {est.description}" + (f"  ({settings})" if settings else ""))
+
+
+def _demo(args: argparse.Namespace) -> None:
+    from . import demo
+
+    ests = args.estimators.split(",") if args.estimators else demo.DEMO_ESTIMATORS
+    print(demo.run(ests, epochs=args.epochs, seed=args.seed))
+
+
+def _emit(text: str, output: str | None) -> None:
+    if output is None:
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+        return
+    try:
+        with open(output, "w", encoding="utf-8") as fh:
+            fh.write(text)
+    except OSError as exc:
+        raise KComplexityError(f"cannot write {output}: {exc.strerror}") from None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``kcomplexity`` console script; returns the exit status."""
+    args = _parser().parse_args(argv)
+    handler = {"score": _score, "estimators": _estimators, "demo": _demo}[args.command]
+    try:
+        handler(args)
+    except KComplexityError as exc:
+        print(f"kcomplexity: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("kcomplexity: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

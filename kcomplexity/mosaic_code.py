@@ -1,0 +1,278 @@
+"""A real, decodable lossless code for a mosaic: motif table + one index per block.
+
+Layout of an encoded mosaic (all integers little-endian LEB128 varints):
+
+    header   m, s, dtype code, k_used, mode            (bytes)
+    [mode 1] L_max, then for L = 1..L_max the number of motifs whose
+             Huffman codeword has length L             (bytes)
+    body     motif table: k_used x s values at q bits each, MSB first,
+             then the mosaic: m codewords               (bits, padded once to a byte)
+
+``mode 0`` writes each block's motif index in ceil(log2 k_used) bits (the
+paper's bound); ``mode 1`` writes canonical Huffman codewords built from
+motif usage. The motif table is written in canonical order (by codeword
+length), so the code lengths themselves cost only the small histogram. The
+encoder keeps whichever mode is shorter, so the result is never longer than
+the paper's bound plus the header. Motifs no block uses are dropped.
+
+q follows from the dtype. The layout (tensor names, shapes, hence n and the
+per-tensor padding) is side information the decoder is given, as in the
+paper: it does not grow with the weights.
+"""
+from __future__ import annotations
+
+import heapq
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import MDLError
+
+#: value dtypes a motif table can be stored in exactly, by code
+DTYPES = {0: "float32", 1: "float16", 2: "bfloat16", 3: "float64"}
+DTYPE_CODES = {v: k for k, v in DTYPES.items()}
+WIDTH = {"float32": 32, "float16": 16, "bfloat16": 16, "float64": 64}
+#: Huffman is tried up to this many used motifs; above it usage is close to
+#: uniform (e.g. a tensor without repeated blocks) and the fixed code is used
+HUFFMAN_MAX_SYMBOLS = 1 << 17
+MAX_CODEWORD = 57
+
+
+@dataclass(frozen=True)
+class MosaicPlan:
+    """Everything needed to size or write the code: used motifs in code order, and per-block symbols."""
+
+    n: int
+    s: int
+    q: int
+    dtype: str
+    patterns: np.ndarray   # (k_used, s) unsigned bit patterns, in code order
+    symbols: np.ndarray    # (m,) index into patterns
+    counts: np.ndarray     # (k_used,) usage
+    lengths: np.ndarray | None  # (k_used,) Huffman codeword lengths, None in fixed mode
+
+    @property
+    def m(self) -> int:
+        return int(self.symbols.size)
+
+    @property
+    def k_used(self) -> int:
+        return int(self.counts.size)
+
+    def header(self) -> bytes:
+        fields = [self.m, self.s, DTYPE_CODES[self.dtype], self.k_used, int(self.lengths is not None)]
+        if self.lengths is not None:
+            hist = np.bincount(self.lengths, minlength=int(self.lengths.max()) + 1)[1:]
+            fields += [hist.size, *hist.tolist()]
+        return b"".join(_varint(int(f)) for f in fields)
+
+    def body_bits(self) -> int:
+        table = self.k_used * self.s * self.q
+        if self.lengths is None:
+            return table + self.m * index_width(self.k_used)
+        return table + int(np.dot(self.counts, self.lengths))
+
+    @property
+    def total_bits(self) -> int:
+        """Length of :func:`encode`'s output, in bits (whole bytes)."""
+        return 8 * (len(self.header()) + (self.body_bits() + 7) // 8)
+
+
+def index_width(k: int) -> int:
+    """Bits of a fixed-length index among k motifs: ceil(log2 k), 0 for k = 1."""
+    return int(math.ceil(math.log2(k))) if k > 1 else 0
+
+
+def plan(patterns: np.ndarray, index: np.ndarray, n: int, s: int, dtype: str) -> MosaicPlan:
+    """Choose the shorter of the fixed and Huffman codes for motif table ``patterns`` and block ``index``.
+
+    ``patterns`` are the motifs' unsigned bit patterns (k x s, width of
+    ``dtype``); duplicate and unused motifs are merged/dropped here.
+    """
+    if dtype not in DTYPE_CODES:
+        raise MDLError(f"cannot code motif values of dtype {dtype}; supported: {', '.join(DTYPE_CODES)}")
+    q = WIDTH[dtype]
+    uniq, inverse = np.unique(patterns.reshape(patterns.shape[0], -1), axis=0, return_inverse=True)
+    symbols = inverse.reshape(-1)[np.asarray(index, dtype=np.int64)]
+    counts = np.bincount(symbols, minlength=uniq.shape[0])
+    used = np.flatnonzero(counts)
+    remap = np.full(uniq.shape[0], -1, dtype=np.int64)
+    remap[used] = np.arange(used.size)
+    uniq, symbols, counts = uniq[used], remap[symbols], counts[used]
+    fixed = MosaicPlan(n, s, q, dtype, uniq, symbols, counts, None)
+    if used.size < 2 or used.size > HUFFMAN_MAX_SYMBOLS:
+        return fixed
+    lengths = huffman_lengths(counts)
+    if lengths.max() > MAX_CODEWORD:
+        return fixed
+    order = np.lexsort((np.arange(used.size), lengths))   # canonical order: by length, then old position
+    rank = np.empty_like(order)
+    rank[order] = np.arange(order.size)
+    huff = MosaicPlan(n, s, q, dtype, uniq[order], rank[symbols], counts[order], lengths[order])
+    return huff if huff.total_bits < fixed.total_bits else fixed
+
+
+def huffman_lengths(counts: np.ndarray) -> np.ndarray:
+    """Optimal prefix-code lengths (bits) for symbols with these positive counts."""
+    k = counts.size
+    if k == 1:
+        return np.ones(1, dtype=np.int64)
+    parent = np.zeros(2 * k - 1, dtype=np.int64)
+    heap = [(int(c), i) for i, c in enumerate(counts.tolist())]
+    heapq.heapify(heap)
+    nxt = k
+    while len(heap) > 1:
+        c1, a = heapq.heappop(heap)
+        c2, b = heapq.heappop(heap)
+        parent[a] = parent[b] = nxt
+        heapq.heappush(heap, (c1 + c2, nxt))
+        nxt += 1
+    # depth of node i = depth of its parent + 1; parents have larger ids, so go from the root down
+    depth = np.zeros(2 * k - 1, dtype=np.int64)
+    for node in range(2 * k - 3, -1, -1):
+        depth[node] = depth[parent[node]] + 1
+    return depth[:k]
+
+
+def _canonical_codes(lengths: np.ndarray) -> np.ndarray:
+    """Canonical codewords for lengths already sorted ascending."""
+    codes = np.zeros(lengths.size, dtype=np.uint64)
+    code, prev = 0, int(lengths[0])
+    for i, length in enumerate(lengths.tolist()):
+        if i:
+            code = (code + 1) << (length - prev)
+        codes[i], prev = code, length
+    return codes
+
+
+def encode(p: MosaicPlan) -> bytes:
+    """Write the code described by ``p``; ``len(result) * 8 == p.total_bits``."""
+    table = _to_bits(p.patterns.reshape(-1).astype(np.uint64), p.q)
+    if p.lengths is None:
+        mosaic = _to_bits(p.symbols.astype(np.uint64), index_width(p.k_used))
+    else:
+        codes = _canonical_codes(p.lengths)
+        mosaic = _variable_bits(codes[p.symbols], p.lengths[p.symbols])
+    return p.header() + np.packbits(np.concatenate([table, mosaic])).tobytes()
+
+
+def decode(data: bytes) -> tuple[np.ndarray, np.ndarray, int, str]:
+    """Inverse of :func:`encode`: (motif patterns k x s, block index of length m, s, dtype)."""
+    buf = memoryview(bytes(data))
+    pos = 0
+    fields = []
+    try:
+        for _ in range(5):
+            value, pos = _read_varint(buf, pos)
+            fields.append(value)
+        m, s, dcode, k, mode = fields
+        if dcode not in DTYPES or s < 1 or k < 1 or mode not in (0, 1):
+            raise MDLError("corrupt mosaic code: bad header")
+        hist = []
+        if mode == 1:
+            lmax, pos = _read_varint(buf, pos)
+            for _ in range(lmax):
+                c, pos = _read_varint(buf, pos)
+                hist.append(c)
+    except IndexError:
+        raise MDLError("corrupt mosaic code: truncated header") from None
+    q = WIDTH[DTYPES[dcode]]
+    bits = np.unpackbits(np.frombuffer(buf[pos:], dtype=np.uint8))
+    tbits = k * s * q
+    if bits.size < tbits:
+        raise MDLError("corrupt mosaic code: truncated motif table")
+    patterns = _from_bits(bits[:tbits], q).reshape(k, s)
+    rest = bits[tbits:]
+    if mode == 0:
+        w = index_width(k)
+        if rest.size < m * w:
+            raise MDLError("corrupt mosaic code: truncated mosaic")
+        index = _from_bits(rest[: m * w], w).astype(np.int64) if w else np.zeros(m, dtype=np.int64)
+    else:
+        lengths = np.repeat(np.arange(1, len(hist) + 1), hist)
+        if lengths.size != k:
+            raise MDLError("corrupt mosaic code: code-length histogram does not match k")
+        index = _huffman_decode(rest, lengths, m)
+    if index.size and index.max() >= k:
+        raise MDLError("corrupt mosaic code: motif index out of range")
+    return patterns, index, s, DTYPES[dcode]
+
+
+def _varint(x: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = x & 0x7F
+        x >>= 7
+        out.append(byte | (0x80 if x else 0))
+        if not x:
+            return bytes(out)
+
+
+def _read_varint(buf: memoryview, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = buf[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            return value, pos
+
+
+def _to_bits(values: np.ndarray, width: int) -> np.ndarray:
+    """Each value as ``width`` bits, MSB first, concatenated (uint8 0/1)."""
+    if width == 0:
+        return np.zeros(0, dtype=np.uint8)
+    shifts = np.arange(width - 1, -1, -1, dtype=np.uint64)
+    return ((values[:, None] >> shifts) & np.uint64(1)).astype(np.uint8).reshape(-1)
+
+
+def _from_bits(bits: np.ndarray, width: int) -> np.ndarray:
+    words = bits.reshape(-1, width).astype(np.uint64)
+    out = np.zeros(words.shape[0], dtype=np.uint64)
+    for j in range(width):
+        out = (out << np.uint64(1)) | words[:, j]
+    return out
+
+
+def _variable_bits(codes: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Concatenate codewords of varying length (MSB first)."""
+    lmax = int(lengths.max())
+    j = np.arange(lmax, dtype=np.int64)
+    keep = j[None, :] < lengths[:, None]
+    shift = np.clip(lengths[:, None] - 1 - j[None, :], 0, None).astype(np.uint64)
+    bits = ((codes[:, None] >> shift) & np.uint64(1)).astype(np.uint8)
+    return bits[keep]
+
+
+def _huffman_decode(bits: np.ndarray, lengths: np.ndarray, m: int) -> np.ndarray:
+    """Decode m canonical Huffman codewords from a bit array, vectorised.
+
+    Every bit position is decoded as if a codeword started there; the chain
+    of real starts (0, then each start plus its codeword length) is then
+    followed for all m symbols at once by pointer doubling.
+    """
+    lmax = int(lengths.max())
+    codes = _canonical_codes(lengths)
+    size = bits.size
+    padded = np.concatenate([bits, np.zeros(lmax, dtype=np.uint8)]).astype(np.uint64)
+    window = np.zeros(size, dtype=np.uint64)
+    for j in range(lmax):
+        window = (window << np.uint64(1)) | padded[j:j + size]
+    # canonical codewords left-aligned to lmax bits are sorted, so the codeword
+    # starting at a position is the last one not above the window
+    aligned = codes << (np.uint64(lmax) - lengths.astype(np.uint64))
+    sym_at = np.searchsorted(aligned, window, side="right").astype(np.int64) - 1
+    jump = np.append(np.minimum(np.arange(size, dtype=np.int64) + lengths[sym_at], size), size)
+    pos = np.zeros(m, dtype=np.int64)
+    i = np.arange(m)
+    bit = 0
+    while (1 << bit) < m:
+        sel = ((i >> bit) & 1) == 1
+        pos[sel] = jump[pos[sel]]
+        jump = jump[jump]
+        bit += 1
+    if m and (pos[-1] >= size or pos[-1] + lengths[sym_at[pos[-1]]] > size):
+        raise MDLError("corrupt mosaic code: truncated mosaic")
+    return sym_at[pos]

@@ -1,0 +1,119 @@
+"""The result of scoring: a per-tensor table of bits per estimator, and totals."""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+
+@dataclass
+class Report:
+    """Bits per tensor and estimator, plus totals.
+
+    ``bits[est][tensor]`` is a float or NaN where the estimator does not apply
+    to that tensor. ``total[est]`` is the sum of per-tensor bits
+    (``whole=False``) or the bits of all tensors concatenated (``whole=True``).
+    """
+
+    names: list[str]
+    numel: dict[str, int]
+    dtypes: dict[str, str]
+    raw_bits: dict[str, int]
+    bits: dict[str, dict[str, float]]
+    total: dict[str, float]
+    whole: bool
+    settings: dict[str, dict[str, Any]]
+    kinds: dict[str, str]
+    breakdown: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
+
+    @property
+    def estimators(self) -> list[str]:
+        return list(self.bits)
+
+    @property
+    def total_numel(self) -> int:
+        return int(sum(self.numel.values()))
+
+    @property
+    def total_raw_bits(self) -> int:
+        return int(sum(self.raw_bits.values()))
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per tensor (index: name): ``numel`` and one column of bits per estimator."""
+        df = pd.DataFrame({"numel": pd.Series(self.numel, dtype="int64")}, index=pd.Index(self.names, name="tensor"))
+        for est, col in self.bits.items():
+            df[est] = pd.Series(col, dtype="float64")
+        return df
+
+    def bits_per_param(self) -> pd.DataFrame:
+        """Bits per parameter, per tensor and estimator."""
+        df = self.to_frame()
+        return df[self.estimators].div(df["numel"], axis=0)
+
+    def ratio(self) -> pd.DataFrame:
+        """Raw bits (numel x dtype width) over estimated bits, per tensor (higher = more compressible)."""
+        raw = pd.Series(self.raw_bits, dtype="float64")
+        return self.to_frame()[self.estimators].rdiv(raw, axis=0)
+
+    def summary(self) -> pd.DataFrame:
+        """One row per estimator: total bits, bits per parameter, raw/estimated ratio, kind."""
+        n, raw = self.total_numel, self.total_raw_bits
+        rows = {
+            est: {
+                "bits": b,
+                "bits_per_param": b / n,
+                "ratio": raw / b if b else math.inf,
+                "kind": self.kinds[est],
+            }
+            for est, b in self.total.items()
+        }
+        out = pd.DataFrame.from_dict(rows, orient="index")
+        out.index.name = "estimator"
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON schema: ``{"tensors": {name: {numel, dtype, bits}}, "total": {est: bits}}`` plus context."""
+        return {
+            "tensors": {
+                name: {
+                    "numel": self.numel[name],
+                    "dtype": self.dtypes[name],
+                    "bits": {est: _num(self.bits[est][name]) for est in self.estimators},
+                }
+                for name in self.names
+            },
+            "total": {est: _num(b) for est, b in self.total.items()},
+            "whole": self.whole,
+            "numel": self.total_numel,
+            "bits_per_param": {est: _num(b / self.total_numel) for est, b in self.total.items()},
+            "settings": self.settings,
+        }
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent)
+
+    def to_csv(self) -> str:
+        """Per-tensor rows (numel, dtype, bits per estimator) and a final ``(total)`` row."""
+        df = self.to_frame()
+        df.insert(1, "dtype", pd.Series(self.dtypes))
+        df.loc["(total)"] = [self.total_numel, "", *[self.total[e] for e in self.estimators]]
+        return df.to_csv()
+
+    def to_table(self) -> str:
+        """Human-readable text: per-tensor bits/param and a totals block."""
+        per = self.bits_per_param()
+        per.insert(0, "numel", self.to_frame()["numel"])
+        lines = ["bits per parameter, per tensor:", per.to_string(float_format=lambda v: f"{v:.3f}"), ""]
+        mode = "all tensors concatenated" if self.whole else "sum over tensors"
+        lines.append(f"total ({mode}), {self.total_numel:,} parameters:")
+        summ = self.summary()
+        lines.append(summ.to_string(formatters={
+            "bits": lambda v: f"{v:,.0f}", "bits_per_param": lambda v: f"{v:.3f}", "ratio": lambda v: f"{v:.3f}x"}))
+        return "\n".join(lines)
+
+
+def _num(x: float) -> float | None:
+    return None if x is None or (isinstance(x, float) and math.isnan(x)) else float(x)

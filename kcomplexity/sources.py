@@ -1,0 +1,335 @@
+"""Turn anything that holds weights into named arrays, one tensor at a time.
+
+Accepted sources: numpy arrays, torch tensors (any device; float32/16,
+bfloat16, ints, bool), ``nn.Module`` (trainable parameters; buffers on
+request), state_dicts (nested mappings), and files: ``.safetensors``
+(read one tensor at a time through a memory map), ``.pt``/``.pth``/``.bin``/
+``.ckpt`` (``torch.load(weights_only=True)`` only), ``.npz`` and ``.npy``.
+
+Policy for awkward values (documented in the README):
+
+* an empty tensor raises :class:`EmptyTensorError` (an empty tensor has no
+  codelength to estimate, and silently scoring it as 0 bits hides bugs);
+* NaN/Inf raise :class:`NonFiniteError` unless ``allow_nonfinite=True``, in
+  which case their raw bytes are scored like any others.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import (
+    CorruptFileError,
+    EmptyTensorError,
+    NonFiniteError,
+    NonNumericError,
+    SourceNotFoundError,
+    UnsafeCheckpointError,
+    UnsupportedSourceError,
+)
+
+#: keys under which training checkpoints commonly nest the model weights
+CHECKPOINT_KEYS = ("state_dict", "model_state_dict", "model")
+TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
+
+
+@dataclass(frozen=True)
+class NamedArray:
+    """One tensor: its name, its data in its own dtype's bytes, and that dtype.
+
+    ``data`` is a C-contiguous numpy array. bfloat16 has no numpy dtype, so
+    it is held as its uint16 bit patterns with ``dtype == "bfloat16"``.
+    """
+
+    name: str
+    data: np.ndarray
+    dtype: str
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.data.shape)
+
+    @property
+    def numel(self) -> int:
+        return int(self.data.size)
+
+    @property
+    def itemsize(self) -> int:
+        return int(self.data.dtype.itemsize)
+
+    @property
+    def raw_bits(self) -> int:
+        """Bits of the tensor as stored: numel x dtype width."""
+        return self.numel * self.itemsize * 8
+
+    def values(self) -> np.ndarray:
+        """The numeric values (float32 for bfloat16; bool as uint8), same shape."""
+        if self.dtype == "bfloat16":
+            return (self.data.astype(np.uint32) << 16).view(np.float32)
+        if self.data.dtype == np.bool_:
+            return self.data.view(np.uint8)
+        return self.data
+
+    def raw(self) -> memoryview:
+        """The tensor's bytes in its own dtype, without a copy."""
+        return memoryview(self.data.reshape(-1).view(np.uint8))
+
+    def bit_patterns(self) -> np.ndarray:
+        """Each element's bytes as one unsigned integer (1-D): distinct patterns = distinct values."""
+        return self.data.reshape(-1).view(f"u{self.itemsize}")
+
+
+def make_named(name: str, array: Any, allow_nonfinite: bool = False) -> NamedArray:
+    """Convert one numpy array or torch tensor into a validated :class:`NamedArray`."""
+    data, dtype = _to_numpy(name, array)
+    if data.size == 0:
+        raise EmptyTensorError(f"tensor '{name}' is empty (shape {tuple(data.shape)}); empty tensors have no codelength")
+    named = NamedArray(name, data, dtype)
+    if not allow_nonfinite and (dtype == "bfloat16" or data.dtype.kind == "f"):
+        finite = np.isfinite(named.values())
+        if not finite.all():
+            bad = int(finite.size - np.count_nonzero(finite))
+            raise NonFiniteError(
+                f"tensor '{name}' has {bad} NaN/Inf value(s); pass allow_nonfinite=True "
+                "(CLI: --allow-nonfinite) to score its raw bytes anyway"
+            )
+    return named
+
+
+def _to_numpy(name: str, array: Any) -> tuple[np.ndarray, str]:
+    torch = _torch_or_none()
+    if torch is not None and isinstance(array, torch.Tensor):
+        t = array.detach()
+        if t.device.type != "cpu":
+            t = t.cpu()
+        t = t.contiguous()
+        if t.dtype == torch.bfloat16:
+            return t.view(torch.int16).numpy().view(np.uint16), "bfloat16"
+        if t.is_complex() or t.dtype not in _TORCH_NUMPY_OK(torch):
+            raise NonNumericError(f"tensor '{name}' has dtype {t.dtype}; {SUPPORTED_DTYPES}")
+        arr = t.numpy()
+    elif isinstance(array, np.ndarray) or np.isscalar(array):
+        arr = np.asarray(array)
+    else:
+        raise UnsupportedSourceError(f"'{name}' is a {type(array).__name__}, not a tensor or array")
+    if arr.dtype.kind not in "fiub":
+        raise NonNumericError(f"tensor '{name}' has dtype {arr.dtype}; {SUPPORTED_DTYPES}")
+    arr = np.ascontiguousarray(arr)
+    return arr, str(arr.dtype)
+
+
+SUPPORTED_DTYPES = "supported dtypes: float64/32/16, bfloat16, signed/unsigned integers, bool"
+
+
+def _TORCH_NUMPY_OK(torch: Any) -> set:
+    return {
+        torch.float64, torch.float32, torch.float16, torch.int64, torch.int32, torch.int16,
+        torch.int8, torch.uint8, torch.bool,
+    }
+
+
+def _torch_or_none() -> Any:
+    try:
+        import torch
+    except ImportError:  # torch is optional at import time
+        return None
+    return torch
+
+
+class Source:
+    """A lazily read collection of named tensors; iterate to get :class:`NamedArray`."""
+
+    def __init__(self, names: list[str], opener: Any, allow_nonfinite: bool, label: str) -> None:
+        self.names = names
+        self._opener = opener
+        self.allow_nonfinite = allow_nonfinite
+        self.label = label
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __iter__(self) -> Iterator[NamedArray]:
+        for name, array in self._opener():
+            yield make_named(name, array, self.allow_nonfinite)
+
+
+def open_source(source: Any, include_buffers: bool = False, allow_nonfinite: bool = False) -> Source:
+    """Open anything holding weights as a :class:`Source` (lazy; files are read tensor by tensor)."""
+    if isinstance(source, Source):
+        return source
+    if isinstance(source, (str, os.PathLike)):
+        return _open_path(Path(source), allow_nonfinite)
+    torch = _torch_or_none()
+    if torch is not None and isinstance(source, torch.nn.Module):
+        items = [(n, p) for n, p in source.named_parameters() if p.requires_grad]
+        if include_buffers:
+            items += list(source.named_buffers())
+        if not items:
+            raise EmptyTensorError(f"{type(source).__name__} has no trainable parameters")
+        return _from_items(items, allow_nonfinite, type(source).__name__)
+    if (torch is not None and isinstance(source, torch.Tensor)) or isinstance(source, np.ndarray):
+        return _from_items([("tensor", source)], allow_nonfinite, "tensor")
+    if isinstance(source, Mapping):
+        return _from_items(flatten_state(source), allow_nonfinite, "state_dict")
+    raise UnsupportedSourceError(
+        f"cannot read weights from a {type(source).__name__}; pass an array, tensor, nn.Module, "
+        "state_dict or a path to .safetensors/.pt/.pth/.npz/.npy"
+    )
+
+
+def flatten_state(state: Mapping) -> list[tuple[str, Any]]:
+    """Tensors of a (nested) state dict as (dotted name, tensor) pairs.
+
+    A training checkpoint that nests the weights under ``state_dict``,
+    ``model_state_dict`` or ``model`` yields only those weights; other
+    non-tensor entries (epoch numbers, strings) are skipped.
+    """
+    for key in CHECKPOINT_KEYS:
+        if isinstance(state.get(key), Mapping):
+            return _flatten(state[key], "")
+    return _flatten(state, "")
+
+
+def _flatten(state: Mapping, prefix: str) -> list[tuple[str, Any]]:
+    torch = _torch_or_none()
+    out: list[tuple[str, Any]] = []
+    for key, value in state.items():
+        name = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, Mapping):
+            out += _flatten(value, name)
+        elif isinstance(value, np.ndarray) or (torch is not None and isinstance(value, torch.Tensor)):
+            out.append((name, value))
+    return out
+
+
+def _from_items(items: list[tuple[str, Any]], allow_nonfinite: bool, label: str) -> Source:
+    if not items:
+        raise EmptyTensorError(f"{label} holds no tensors")
+    return Source([n for n, _ in items], lambda: iter(items), allow_nonfinite, label)
+
+
+def _open_path(path: Path, allow_nonfinite: bool) -> Source:
+    if not path.exists():
+        raise SourceNotFoundError(f"no such file: {path}")
+    if path.is_dir():
+        raise UnsupportedSourceError(f"{path} is a directory; pass a weights file")
+    suffix = path.suffix.lower()
+    if suffix == ".safetensors":
+        return _open_safetensors(path, allow_nonfinite)
+    if suffix in TORCH_SUFFIXES:
+        return _from_items(flatten_state(_load_torch(path)), allow_nonfinite, str(path))
+    if suffix in (".npz", ".npy"):
+        return _open_numpy(path, allow_nonfinite)
+    raise UnsupportedSourceError(
+        f"unknown weights file type '{suffix or path.name}'; use .safetensors, .pt, .pth, .bin, .ckpt, .npz or .npy"
+    )
+
+
+def _open_safetensors(path: Path, allow_nonfinite: bool) -> Source:
+    from safetensors import safe_open
+
+    def handle() -> Any:
+        try:
+            return safe_open(str(path), framework="pt")
+        except Exception as exc:  # safetensors raises its own error types; all mean "cannot parse"
+            raise CorruptFileError(f"{path}: not a valid safetensors file ({_one_line(exc)})") from None
+
+    with handle() as f:
+        names = list(f.keys())
+    if not names:
+        raise EmptyTensorError(f"{path} holds no tensors")
+
+    def opener() -> Iterator[tuple[str, Any]]:
+        with handle() as f:
+            for name in names:
+                try:
+                    tensor = f.get_tensor(name)
+                except Exception as exc:
+                    raise CorruptFileError(f"{path}: cannot read tensor '{name}' ({_one_line(exc)})") from None
+                yield name, tensor
+
+    return Source(names, opener, allow_nonfinite, str(path))
+
+
+def _load_torch(path: Path) -> Any:
+    import torch
+
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+    except pickle.UnpicklingError as exc:
+        msg = _one_line(exc)
+        if "weights only" in msg.lower() or "weights_only" in msg.lower():
+            raise UnsafeCheckpointError(
+                f"{path}: refused by torch.load(weights_only=True): it pickles objects other than tensors "
+                "and plain containers; re-save it as a state_dict or safetensors"
+            ) from None
+        raise CorruptFileError(f"{path}: not a readable torch checkpoint ({msg})") from None
+    except (RuntimeError, EOFError, ValueError, OSError, zipfile.BadZipFile) as exc:
+        raise CorruptFileError(f"{path}: not a readable torch checkpoint ({_one_line(exc)})") from None
+    if isinstance(obj, torch.Tensor):
+        return {"tensor": obj}
+    if not isinstance(obj, Mapping):
+        raise UnsupportedSourceError(f"{path} holds a {type(obj).__name__}, not a tensor or state_dict")
+    return obj
+
+
+def _open_numpy(path: Path, allow_nonfinite: bool) -> Source:
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except ValueError as exc:
+        raise UnsafeCheckpointError(f"{path}: holds pickled objects, which are not loaded ({_one_line(exc)})") from None
+    except (OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise CorruptFileError(f"{path}: not a readable numpy file ({_one_line(exc)})") from None
+    if isinstance(loaded, np.ndarray):
+        return _from_items([(path.stem, loaded)], allow_nonfinite, str(path))
+    names = list(loaded.files)
+    if not names:
+        raise EmptyTensorError(f"{path} holds no arrays")
+
+    def opener() -> Iterator[tuple[str, Any]]:
+        with np.load(path, allow_pickle=False) as archive:
+            for name in names:
+                try:
+                    yield name, archive[name]
+                except ValueError as exc:  # object arrays need pickle
+                    raise NonNumericError(f"{path}: array '{name}' is not numeric ({_one_line(exc)})") from None
+                except (OSError, EOFError, zipfile.BadZipFile) as exc:
+                    raise CorruptFileError(f"{path}: cannot read array '{name}' ({_one_line(exc)})") from None
+
+    return Source(names, opener, allow_nonfinite, str(path))
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def concat(arrays: list[NamedArray], name: str = "(all)") -> NamedArray:
+    """All tensors flattened and concatenated in order, as one :class:`NamedArray`.
+
+    Tensors of one dtype keep it (so compressors see their real bytes);
+    mixed dtypes are promoted to a common float type first.
+    """
+    if not arrays:
+        raise EmptyTensorError("nothing to concatenate")
+    dtypes = {a.dtype for a in arrays}
+    if len(dtypes) == 1:
+        data = np.concatenate([a.data.reshape(-1) for a in arrays])
+        return NamedArray(name, data, arrays[0].dtype)
+    common = np.result_type(*[a.values().dtype for a in arrays], np.float32)
+    data = np.concatenate([a.values().reshape(-1).astype(common, copy=False) for a in arrays])
+    return NamedArray(name, data, str(data.dtype))
+
+
+def as_named(x: Any, name: str = "tensor", allow_nonfinite: bool = True) -> NamedArray:
+    """Accept a :class:`NamedArray`, numpy array or torch tensor for a single-array API."""
+    if isinstance(x, NamedArray):
+        return x
+    return make_named(name, x, allow_nonfinite=allow_nonfinite)

@@ -1,0 +1,8 @@
+"""Exceptions for bad MoMos input; all are kcomplexity errors so the CLIs treat them alike."""
+from __future__ import annotations
+
+from kcomplexity.errors import KComplexityError
+
+
+class MoMosError(KComplexityError, ValueError):
+    """Invalid MoMos setting (block size, capacity, k, scope, ...) or a model it cannot project."""
