@@ -23,6 +23,7 @@ import io
 import math
 import pickle
 import threading
+import zlib
 from collections import OrderedDict, defaultdict
 from dataclasses import dataclass
 from functools import lru_cache
@@ -46,9 +47,7 @@ MAX_BLOCK = {1: 12, 2: 4}
 
 _SHORT_BINUNICODE, _MEMOIZE, _BINFLOAT, _FRAME = 0x8C, 0x94, 0x47, 0x95
 _DIGIT0 = 0x30
-#: gaps between entries that are pure structure: nothing, SETITEMS/MARK
-#: ('u', '(') and/or one FRAME header (9 bytes)
-_PLAIN_GAPS = np.array([0, 1, 2, 9, 10, 11])
+_SCAN_CHUNK = 1 << 24
 
 
 @dataclass(frozen=True)
@@ -107,12 +106,25 @@ def table(ndim: int, nsymbols: int, shape: tuple[int, ...]) -> ShapeTable:
 
 @lru_cache(maxsize=None)
 def _load(ndim: int, nsymbols: int) -> dict[tuple[int, ...], ShapeTable]:
-    raw = gzip.decompress(ctm_file(ndim, nsymbols).read_bytes())
+    raw = _gunzip(ctm_file(ndim, nsymbols).read_bytes())
     parsed = scan_pickle(raw, nsymbols)
     if parsed is None:
         parsed = _from_mapping(unpickle_restricted(raw), nsymbols)
-    return {_shape(ndim, length): _make_table(_shape(ndim, length), nsymbols, c, v)
-            for length, (c, v) in parsed.items()}
+    del raw
+    tables = {}
+    for length in sorted(parsed):
+        codes, values = parsed.pop(length)  # free each shape's arrays once its table exists
+        tables[_shape(ndim, length)] = _make_table(_shape(ndim, length), nsymbols, codes, values)
+    return tables
+
+
+def _gunzip(data: bytes) -> bytes:
+    """Decompress a gzip file in one allocation (its trailer states the size, mod 2**32)."""
+    size = int.from_bytes(data[-4:], "little") or 1
+    try:
+        return zlib.decompress(data, wbits=31, bufsize=size)
+    except zlib.error:
+        return gzip.decompress(data)
 
 
 def _shape(ndim: int, length: int) -> tuple[int, ...]:
@@ -129,12 +141,19 @@ def scan_pickle(raw: bytes, nsymbols: int) -> dict[int, tuple[np.ndarray, np.nda
     None if the stream holds anything the scan cannot account for.
     """
     b = np.frombuffer(raw, dtype=np.uint8)
-    if b.size < 64:
+    if b.size < 64 or b.size >= 2**31 - 64:
         return None
-    starts = np.flatnonzero(b == _SHORT_BINUNICODE)
-    lengths = b.take(starts + 1, mode="clip").astype(np.int64)
-    keep = (lengths >= 1) & (lengths <= 16)
-    starts, lengths = starts[keep], lengths[keep]
+    # candidates found chunk by chunk with int32 offsets: peak memory stays
+    # near the size of the stream itself
+    found = []
+    for lo in range(0, b.size, _SCAN_CHUNK):
+        hit = np.flatnonzero(b[lo:lo + _SCAN_CHUNK] == _SHORT_BINUNICODE).astype(np.int32)
+        hit += lo
+        lens = b.take(hit + 1, mode="clip")
+        found.append(hit[(lens >= 1) & (lens <= 16)])
+    starts = np.concatenate(found)
+    del found
+    lengths = b[starts + 1].astype(np.int32)
     # MEMOIZE then BINFLOAT follow the key, each possibly after a FRAME header
     pos = starts + 2 + lengths
     pos = np.where(b.take(pos, mode="clip") == _FRAME, pos + 9, pos)
@@ -146,29 +165,37 @@ def scan_pickle(raw: bytes, nsymbols: int) -> dict[int, tuple[np.ndarray, np.nda
     out: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     valid = np.zeros(starts.size, dtype=bool)
     for length in np.unique(lengths).tolist():
-        sel = np.flatnonzero(lengths == length)
-        # uint8 arithmetic: bytes below '0' wrap around and fail the range test too
-        digits = b[starts[sel, None] + 2 + np.arange(length)] - np.uint8(_DIGIT0)
-        ok = (digits < nsymbols).all(axis=1)
-        sel, digits = sel[ok], digits[ok]
+        sel = np.flatnonzero(lengths == length).astype(np.int32)
+        # one column at a time keeps index temporaries at one int64 per entry
+        codes = np.zeros(sel.size, dtype=np.int64)
+        ok = np.ones(sel.size, dtype=bool)
+        first = starts[sel] + 2
+        for j in range(length):
+            digit = b[first + j] - np.uint8(_DIGIT0)  # uint8: bytes below '0' wrap and fail too
+            ok &= digit < nsymbols
+            codes *= nsymbols
+            codes += digit
+        sel, codes = sel[ok], codes[ok]
         if sel.size == 0:
             continue
         valid[sel] = True
-        codes = np.zeros(sel.size, dtype=np.int64)
-        for j in range(length):
-            codes *= nsymbols
-            codes += digits[:, j]
-        vals = b[pos[sel, None] + 1 + np.arange(8)].view(">f8").ravel().astype(np.float64)
-        out[length] = (codes, vals)
+        # BINFLOAT is big-endian: fill the bytes reversed to get native little-endian doubles
+        raw_vals = np.empty((sel.size, 8), dtype=np.uint8)
+        first = pos[sel] + 1
+        for j in range(8):
+            raw_vals[:, 7 - j] = b[first + j]
+        out[length] = (codes, raw_vals.view("<f8").ravel())
     starts, lengths, pos = starts[valid], lengths[valid], pos[valid]
     if starts.size == 0:
         return None
-    # every byte between entries must be structure; only a handful of larger
+    # every byte between entries must be structure: nothing, SETITEMS/MARK
+    # ('u', '(') and/or one 9-byte FRAME header; only a handful of larger
     # gaps (dict headers between shapes) may exist
     gaps = starts[1:] - (pos[:-1] + 9)
     if (gaps < 0).any():
         return None
-    irregular = int(np.count_nonzero(~np.isin(gaps, _PLAIN_GAPS)))
+    plain = (gaps <= 2) | ((gaps >= 9) & (gaps <= 11))
+    irregular = int(gaps.size - np.count_nonzero(plain))
     if irregular > len(out) + 1 or (gaps > 64).any() or starts[0] > 256 or b.size - (pos[-1] + 9) > 8:
         return None
     return out

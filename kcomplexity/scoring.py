@@ -51,6 +51,7 @@ def score(
                 breakdown.setdefault(label, {})[a.name] = extra
         if whole:
             kept.append(a)
+        del a  # keep at most one tensor alive while the next one is read
     if whole:
         total = {label: _try(lambda: est.bits_whole(kept)) for label, est in ests.items()}
     else:

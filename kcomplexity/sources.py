@@ -156,8 +156,14 @@ class Source:
         return len(self.names)
 
     def __iter__(self) -> Iterator[NamedArray]:
-        for name, array in self._opener():
-            yield make_named(name, array, self.allow_nonfinite)
+        # drop each reference before fetching the next tensor, so that streaming
+        # a file holds one tensor at a time
+        items = self._opener()
+        while (item := next(items, None)) is not None:
+            named = make_named(item[0], item[1], self.allow_nonfinite)
+            del item
+            yield named
+            del named
 
 
 def open_source(source: Any, include_buffers: bool = False, allow_nonfinite: bool = False) -> Source:
@@ -254,6 +260,7 @@ def _open_safetensors(path: Path, allow_nonfinite: bool) -> Source:
                 except Exception as exc:
                     raise CorruptFileError(f"{path}: cannot read tensor '{name}' ({_one_line(exc)})") from None
                 yield name, tensor
+                del tensor
 
     return Source(names, opener, allow_nonfinite, str(path))
 
@@ -264,13 +271,15 @@ def _load_torch(path: Path) -> Any:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except pickle.UnpicklingError as exc:
-        msg = _one_line(exc)
-        if "weights only" in msg.lower() or "weights_only" in msg.lower():
+        # torch reports every failure as "Weights only load failed"; a refused
+        # object shows as an unsupported global, anything else is corruption
+        msg = str(exc)
+        if "unsupported global" in msg.lower():
             raise UnsafeCheckpointError(
                 f"{path}: refused by torch.load(weights_only=True): it pickles objects other than tensors "
                 "and plain containers; re-save it as a state_dict or safetensors"
             ) from None
-        raise CorruptFileError(f"{path}: not a readable torch checkpoint ({msg})") from None
+        raise CorruptFileError(f"{path}: not a readable torch checkpoint (unpickling failed)") from None
     except (RuntimeError, EOFError, ValueError, OSError, zipfile.BadZipFile) as exc:
         raise CorruptFileError(f"{path}: not a readable torch checkpoint ({_one_line(exc)})") from None
     if isinstance(obj, torch.Tensor):

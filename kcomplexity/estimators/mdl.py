@@ -23,7 +23,7 @@ import numpy as np
 
 from .. import mosaic_code
 from ..errors import EstimatorSettingError, MDLError
-from ..sources import NamedArray, open_source
+from ..sources import NamedArray, make_named, open_source
 from .base import Estimator, register
 
 _PATTERN = {16: np.uint16, 32: np.uint32, 64: np.uint64}
@@ -104,12 +104,12 @@ def mdl(source_or_mosaic: Any, s: int | None = None, q: int | None = None, inclu
     if _is_mosaic(source_or_mosaic):
         mos = source_or_mosaic
         s = int(mos.s)
-        motifs = np.asarray(_numpy(mos.motifs))
+        table = make_named("motifs", mos.motifs, allow_nonfinite=True)
         index = np.asarray(_numpy(mos.index), dtype=np.int64)
         n = int(sum(mos.sizes))
-        dtype = str(motifs.dtype)
-        patterns = motifs.reshape(-1, s).view(_PATTERN[motifs.dtype.itemsize * 8])
-        k = int(motifs.shape[0])
+        dtype = table.dtype
+        patterns = table.bit_patterns().reshape(-1, s)
+        k = int(patterns.shape[0])
     else:
         if s is None:
             raise MDLError("mdl() of a tensor or model needs the block size s")

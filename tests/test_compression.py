@@ -1,0 +1,101 @@
+"""Compression estimators: real compressors, real bytes, structure scores far lower than noise."""
+from __future__ import annotations
+
+import bz2
+import lzma
+import zlib
+
+import numpy as np
+import pytest
+import torch
+import zstandard
+
+import kcomplexity as kc
+from kcomplexity.estimators import available, get
+from kcomplexity.errors import EstimatorSettingError, UnknownEstimatorError
+
+CODE_ESTIMATORS = ["lzma", "zstd", "gzip", "bz2", "lzma-bg", "zstd-bg"]
+
+
+def test_registry_lists_every_family():
+    names = available()
+    for name in CODE_ESTIMATORS + ["entropy", "bdm", "bdm-planes", "bdm-k", "mdl", "mdl-paper"]:
+        assert name in names
+    with pytest.raises(UnknownEstimatorError, match="available: .*lzma"):
+        get("lz4")
+
+
+def test_settings_in_spec_and_bad_settings():
+    assert get("zstd:level=3").level == 3
+    assert get("lzma", preset=6).settings()["preset"] == 6
+    with pytest.raises(EstimatorSettingError):
+        get("zstd:level=40")
+    with pytest.raises(EstimatorSettingError):
+        get("zstd:nonsense=1")
+    with pytest.raises(EstimatorSettingError):
+        get("zstd:level")
+
+
+def test_lengths_equal_direct_compressor_calls(rng):
+    x = rng.standard_normal(5000).astype(np.float32)
+    raw = x.tobytes()
+    lz = lzma.compress(raw, format=lzma.FORMAT_RAW, filters=[{"id": lzma.FILTER_LZMA2, "preset": 9}])
+    assert get("lzma").bits(x) == 8 * len(lz)
+    assert get("zstd").bits(x) == 8 * len(zstandard.ZstdCompressor(level=19).compress(raw))
+    assert get("bz2").bits(x) == 8 * len(bz2.compress(raw, 9))
+    c = zlib.compressobj(9, zlib.DEFLATED, -15, 9)
+    assert get("gzip").bits(x) == 8 * len(c.compress(raw) + c.flush())
+    planes = x.view(np.uint8).reshape(-1, 4).T
+    expect = sum(8 * len(zstandard.ZstdCompressor(level=19).compress(planes[j].tobytes())) for j in range(4))
+    assert get("zstd-bg").bits(x) == expect
+
+
+def test_raw_lzma_has_no_container():
+    tiny = np.zeros(4, dtype=np.float32)
+    assert get("lzma").bits(tiny) < 8 * len(lzma.compress(tiny.tobytes()))
+
+
+@pytest.mark.parametrize("name", CODE_ESTIMATORS + ["entropy"])
+def test_structure_scores_far_below_noise(name, rng):
+    n = 20000
+    noise = rng.standard_normal(n).astype(np.float32)
+    zeros = np.zeros(n, dtype=np.float32)
+    repeated = np.tile(rng.standard_normal(16).astype(np.float32), n // 16)
+    few = rng.choice(np.array([-0.5, 0.0, 0.25, 1.0], dtype=np.float32), size=n)
+    est = get(name)
+    b_noise = est.bits(noise)
+    assert b_noise > 0.8 * 32 * n if name != "entropy" else b_noise > 0.9 * n * np.log2(n)
+    # order-0 entropy sees 16 distinct values in the tiled pattern: 4 of ~14.3 bits/value
+    limit = 0.3 if name == "entropy" else 0.2
+    for structured in (zeros, repeated, few):
+        assert est.bits(structured) < limit * b_noise, name
+
+
+def test_byte_grouping_beats_plain_on_float_weights(rng):
+    x = (rng.standard_normal(100_000) * 0.02).astype(np.float32)
+    assert get("zstd-bg").bits(x) < 0.97 * get("zstd").bits(x)
+    assert get("lzma-bg").bits(x) < get("lzma").bits(x)
+    bd = get("zstd-bg").breakdown(kc.sources.as_named(x))
+    assert bd["byte3"] < bd["byte0"]  # sign+exponent byte is far more predictable than mantissa noise
+
+
+def test_zstd_multithreaded_is_deterministic_and_valid(rng):
+    x = rng.standard_normal(2_000_000).astype(np.float32)  # 8 MB, above the threshold
+    mt = get("zstd", level=3)
+    out = mt.compress(memoryview(x).cast("B"))
+    assert zstandard.ZstdDecompressor().decompress(out) == x.tobytes()
+    assert mt.bits(x) == get("zstd", level=3, threads=2).bits(x)
+
+
+def test_entropy_is_n_times_empirical_entropy():
+    x = np.array([1, 1, 2, 2, 2, 2, 3, 3], dtype=np.float32)
+    h = -(0.25 * np.log2(0.25) * 2 + 0.5 * np.log2(0.5))
+    assert get("entropy").bits(x) == pytest.approx(8 * h)
+
+
+def test_dtype_bytes_are_what_is_compressed():
+    t = torch.randn(4096)
+    b32 = get("zstd").bits(t)
+    b16 = get("zstd").bits(t.half())
+    bbf = get("zstd").bits(t.bfloat16())
+    assert b16 < 0.7 * b32 and bbf < 0.7 * b32
