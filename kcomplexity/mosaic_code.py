@@ -21,7 +21,6 @@ paper: it does not grow with the weights.
 """
 from __future__ import annotations
 
-import heapq
 import math
 from dataclasses import dataclass
 
@@ -114,25 +113,44 @@ def plan(patterns: np.ndarray, index: np.ndarray, n: int, s: int, dtype: str) ->
 
 
 def huffman_lengths(counts: np.ndarray) -> np.ndarray:
-    """Optimal prefix-code lengths (bits) for symbols with these positive counts."""
+    """Optimal prefix-code lengths (bits) for symbols with these positive counts.
+
+    Two-queue Huffman on the sorted counts (internal nodes are created in
+    nondecreasing weight, so no heap is needed); depths then follow from
+    the parent links with vectorised passes.
+    """
     k = counts.size
     if k == 1:
         return np.ones(1, dtype=np.int64)
+    order = np.argsort(counts, kind="stable")
+    leaves = counts[order].tolist()
+    weight = leaves + [0] * (k - 1)
     parent = np.zeros(2 * k - 1, dtype=np.int64)
-    heap = [(int(c), i) for i, c in enumerate(counts.tolist())]
-    heapq.heapify(heap)
-    nxt = k
-    while len(heap) > 1:
-        c1, a = heapq.heappop(heap)
-        c2, b = heapq.heappop(heap)
+    li, ni, nxt = 0, k, k  # next leaf, next unmerged internal node, next id
+    for _ in range(k - 1):
+        pair = []
+        for _ in range(2):
+            if li < k and (ni >= nxt or leaves[li] <= weight[ni]):
+                pair.append(li)
+                li += 1
+            else:
+                pair.append(ni)
+                ni += 1
+        a, b = pair
+        weight[nxt] = weight[a] + weight[b]
         parent[a] = parent[b] = nxt
-        heapq.heappush(heap, (c1 + c2, nxt))
         nxt += 1
-    # depth of node i = depth of its parent + 1; parents have larger ids, so go from the root down
+    root = 2 * k - 2
     depth = np.zeros(2 * k - 1, dtype=np.int64)
-    for node in range(2 * k - 3, -1, -1):
-        depth[node] = depth[parent[node]] + 1
-    return depth[:k]
+    cur = np.arange(2 * k - 1)
+    active = cur != root
+    while active.any():
+        depth[active] += 1
+        cur[active] = parent[cur[active]]
+        active = cur != root
+    out = np.empty(k, dtype=np.int64)
+    out[order] = depth[:k]
+    return out
 
 
 def _canonical_codes(lengths: np.ndarray) -> np.ndarray:

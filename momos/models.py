@@ -1,0 +1,104 @@
+"""The paper's models, sized by the data set: MLP, CIFAR-style ResNet-20, a small ViT."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .errors import MoMosError
+
+MODELS = ("mlp", "resnet20", "vit")
+
+
+def build(name: str, input_shape: tuple[int, int, int], num_classes: int, width: int | None = None) -> nn.Module:
+    """A model for images of ``input_shape`` (C, H, W); ``width`` overrides the default width."""
+    if name == "mlp":
+        return MLP(int(torch.tensor(input_shape).prod()), num_classes, width or 256)
+    if name == "resnet20":
+        return ResNet20(input_shape[0], num_classes, width or 16)
+    if name == "vit":
+        return ViT(input_shape, num_classes, width or 64)
+    raise MoMosError(f"unknown model '{name}'; available: {', '.join(MODELS)}")
+
+
+class MLP(nn.Module):
+    """The paper's MLP: input - 4 hidden layers of ``width`` with ReLU - classes (3072-256x4-10 on CIFAR-10)."""
+
+    def __init__(self, inputs: int, num_classes: int, width: int = 256, depth: int = 4) -> None:
+        super().__init__()
+        dims = [inputs] + [width] * depth
+        self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
+        self.head = nn.Linear(width, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.flatten(1)
+        for layer in self.hidden:
+            x = F.relu(layer(x))
+        return self.head(x)
+
+
+class _Block(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.stride, self.pad = stride, cout - cin
+
+    def shortcut(self, x: torch.Tensor) -> torch.Tensor:
+        # option A: subsample and zero-pad the channels, no parameters
+        if self.stride == 1 and self.pad == 0:
+            return x
+        x = x[:, :, :: self.stride, :: self.stride]
+        return F.pad(x, (0, 0, 0, 0, self.pad // 2, self.pad - self.pad // 2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        return F.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+class ResNet20(nn.Module):
+    """CIFAR-style ResNet-20 (He et al. 2016): 3 stages of 3 basic blocks, option A shortcuts."""
+
+    def __init__(self, in_channels: int, num_classes: int, width: int = 16) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, width, 3, 1, 1, bias=False)
+        self.bn = nn.BatchNorm2d(width)
+        blocks, cin = [], width
+        for stage, cout in enumerate((width, 2 * width, 4 * width)):
+            for i in range(3):
+                blocks.append(_Block(cin, cout, 2 if stage > 0 and i == 0 else 1))
+                cin = cout
+        self.blocks = nn.Sequential(*blocks)
+        self.head = nn.Linear(cin, num_classes)
+        for m in self.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                nn.init.kaiming_normal_(m.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.blocks(F.relu(self.bn(self.conv(x))))
+        return self.head(F.adaptive_avg_pool2d(x, 1).flatten(1))
+
+
+class ViT(nn.Module):
+    """A small Vision Transformer: patch embedding, 4 pre-norm encoder layers, class token."""
+
+    def __init__(self, input_shape: tuple[int, int, int], num_classes: int, width: int = 64, depth: int = 4,
+                 heads: int = 4) -> None:
+        super().__init__()
+        c, h, w = input_shape
+        self.patch = next(p for p in (4, 2, 1) if h % p == 0 and w % p == 0 and (h // p) * (w // p) >= 4)
+        tokens = (h // self.patch) * (w // self.patch)
+        self.embed = nn.Conv2d(c, width, self.patch, self.patch)
+        self.cls = nn.Parameter(torch.zeros(1, 1, width))
+        self.pos = nn.Parameter(torch.randn(1, tokens + 1, width) * 0.02)
+        layer = nn.TransformerEncoderLayer(width, heads, 2 * width, dropout=0.0, batch_first=True, norm_first=True)
+        self.encoder = nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(width)
+        self.head = nn.Linear(width, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.embed(x).flatten(2).transpose(1, 2)
+        x = torch.cat([self.cls.expand(x.shape[0], -1, -1), x], 1) + self.pos
+        return self.head(self.norm(self.encoder(x))[:, 0])

@@ -1,0 +1,313 @@
+"""Train a baseline, QAT, MoMos or MoMos+QAT model and log every complexity estimate every epoch.
+
+Per epoch: train -> MoMos projection (after the optimiser steps) -> validate
+-> checkpoint -> estimators. The estimators of epoch e run in a background
+thread while epoch e+1 trains; its log line is written when they finish.
+Line 0 is the initialisation. A run killed at any moment resumes with
+``resume=True``: the log keeps each epoch exactly once.
+"""
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import sys
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+from tqdm.auto import tqdm
+
+import kcomplexity as kc
+from kcomplexity.callbacks import append_jsonl, measure
+
+from . import checkpoint, data, models, qat
+from .config import TrainConfig
+from .errors import RunError
+from .projection import MoMos, Projection
+
+MDL_NAMES = ("mdl", "mdl-paper")
+
+
+@dataclass
+class RunResult:
+    """What a finished run reports; the same is in ``RUN_DIR/result.json``."""
+
+    run_dir: Path
+    test_acc: float
+    test_acc_final: float
+    best_epoch: int
+    best_val_acc: float
+    final: dict[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"run_dir": str(self.run_dir), "test_acc": self.test_acc, "test_acc_final": self.test_acc_final,
+                "best_epoch": self.best_epoch, "best_val_acc": self.best_val_acc, "final": self.final}
+
+
+def versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {"python": sys.version.split()[0]}
+    for pkg in ("kcomplexity", "torch", "numpy", "scipy", "zstandard", "pybdm"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+def prepare_run_dir(run_dir: Path, cfg: TrainConfig, resume: bool, overwrite: bool) -> None:
+    """Create the run folder, or check that it holds this very run (resume), or clear it (overwrite)."""
+    cfg_file = run_dir / "config.json"
+    if resume:
+        if not cfg_file.is_file():
+            raise RunError(f"nothing to resume: {run_dir} holds no config.json")
+        return
+    if run_dir.exists() and any(run_dir.iterdir()):
+        if not overwrite:
+            what = "a different run" if cfg_file.is_file() and _stored(cfg_file) != cfg.to_json() else "a run"
+            raise RunError(f"{run_dir} already holds {what}; pass --resume to continue it or --overwrite to replace it")
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint.write_atomic(cfg_file, json.dumps({"config": cfg.to_json(), "versions": versions()}, indent=2))
+
+
+def _stored(cfg_file: Path) -> dict[str, Any]:
+    try:
+        return json.loads(cfg_file.read_text())["config"]
+    except (OSError, ValueError, KeyError) as exc:
+        raise RunError(f"{cfg_file} is unreadable ({exc})") from None
+
+
+def read_log(path: Path, repair: bool = False) -> list[dict[str, Any]]:
+    """Complete lines of a log; with ``repair`` a torn last line (from a kill) is cut off the file."""
+    if not path.is_file():
+        return []
+    raw = path.read_bytes()
+    keep = raw[: raw.rfind(b"\n") + 1]
+    records = []
+    for line in keep.decode("utf-8").splitlines():
+        if line.strip():
+            records.append(json.loads(line))
+    if repair and len(keep) != len(raw):
+        with open(path, "r+b") as fh:
+            fh.truncate(len(keep))
+    return records
+
+
+class _Trainer:
+    def __init__(self, cfg: TrainConfig, run_dir: Path, quiet: bool, model: torch.nn.Module | None) -> None:
+        self.cfg, self.run_dir, self.quiet = cfg, run_dir, quiet
+        self.device = torch.device(cfg.device)
+        torch.manual_seed(cfg.seed)
+        random.seed(cfg.seed)
+        np.random.seed(cfg.seed)
+        self.data = data.load(cfg.data, seed=cfg.seed, val_fraction=cfg.val_fraction, data_dir=cfg.data_dir,
+                              download=cfg.download, limit=cfg.limit)
+        self.model = (model if model is not None else
+                      models.build(cfg.model, self.data.input_shape, self.data.num_classes, cfg.width)).to(self.device)
+        if cfg.uses_qat:
+            qat.attach(self.model, cfg.q)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.opt = self._optimizer(params)
+        self.sched = (torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, T_max=max(cfg.epochs, 1))
+                      if cfg.schedule == "cosine" else torch.optim.lr_scheduler.LambdaLR(self.opt, lambda _: 1.0))
+        self.shuffle = torch.Generator().manual_seed(cfg.seed)
+        self.momos = (MoMos(cfg.s, cfg.capacity, cfg.k, cfg.force_zero, seed=cfg.seed, scope=cfg.scope)
+                      if cfg.uses_momos else None)
+        labels = [e for e in cfg.estimators if e.split(":")[0] not in MDL_NAMES]
+        self.plain_estimators = kc.estimators.resolve(labels) if labels else {}
+        self.mdl_labels = [e for e in cfg.estimators if e.split(":")[0] in MDL_NAMES]
+        self.best = {"epoch": -1, "val_acc": -1.0}
+        self.log_path = run_dir / "log.jsonl"
+        self.ckpt_root = run_dir / "checkpoints"
+
+    def _optimizer(self, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+        c = self.cfg
+        if c.optimizer == "sgd":
+            return torch.optim.SGD(params, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay)
+        cls = torch.optim.AdamW if c.optimizer == "adamw" else torch.optim.Adam
+        return cls(params, lr=c.lr, weight_decay=c.weight_decay)
+
+    # ------------------------------------------------------------------ one epoch
+    def train_epoch(self, epoch: int) -> tuple[float, float]:
+        self.model.train()
+        x, y = self.data.train.x, self.data.train.y
+        order = torch.randperm(len(y), generator=self.shuffle)
+        bs = self.cfg.batch_size
+        total_loss, correct = 0.0, 0
+        bar = tqdm(range(0, len(y), bs), desc=f"epoch {epoch}/{self.cfg.epochs}", unit="batch", leave=False,
+                   disable=self.quiet, file=sys.stderr)
+        for lo in bar:
+            idx = order[lo:lo + bs]
+            xb, yb = x[idx].to(self.device), y[idx].to(self.device)
+            self.opt.zero_grad(set_to_none=True)
+            out = self.model(xb)
+            loss = F.cross_entropy(out, yb)
+            loss.backward()
+            self.opt.step()
+            total_loss += float(loss.detach()) * len(idx)
+            correct += int((out.argmax(1) == yb).sum())
+            bar.set_postfix(loss=f"{total_loss / (lo + len(idx)):.4f}", acc=f"{correct / (lo + len(idx)):.3f}")
+        self.sched.step()
+        return total_loss / len(y), correct / len(y)
+
+    @torch.no_grad()
+    def evaluate(self, split: data.Split) -> tuple[float, float]:
+        self.model.eval()
+        loss, correct = 0.0, 0
+        for lo in range(0, len(split), 1024):
+            xb, yb = split.x[lo:lo + 1024].to(self.device), split.y[lo:lo + 1024].to(self.device)
+            out = self.model(xb)
+            loss += float(F.cross_entropy(out, yb, reduction="sum"))
+            correct += int((out.argmax(1) == yb).sum())
+        return loss / len(split), correct / len(split)
+
+    # ------------------------------------------------------------------ complexity
+    def snapshot(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().to("cpu", copy=True) for k, v in qat.effective_weights(self.model).items()}
+
+    def complexity(self, weights: dict[str, torch.Tensor], mosaic: Any) -> tuple[dict[str, Any], float]:
+        t = time.perf_counter()
+        out: dict[str, Any] = {}
+        if self.plain_estimators:
+            out.update(measure(weights, self.plain_estimators, whole=True))
+        q = self.cfg.q if self.cfg.uses_qat else None
+        for label in self.mdl_labels:
+            est = kc.estimators.get(label)
+            s = self.cfg.s if "s=" not in label else est.s
+            r = kc.mdl(mosaic, q=q) if mosaic is not None and s == mosaic.s else kc.mdl(weights, s=s, q=q)
+            out[label] = r.coded_bits if est.code == "coded" else r.paper_bits
+            if est.code == "paper" and label == "mdl-paper":
+                out["rac"] = r.rac
+        return {k: out[k] for k in self.cfg.estimators} | ({"rac": out["rac"]} if "rac" in out else {}), \
+            time.perf_counter() - t
+
+    def write(self, record: dict[str, Any], result: tuple[dict[str, Any], float]) -> None:
+        record = dict(record)
+        record["complexity"], record["time"]["estimators_s"] = result
+        append_jsonl(self.log_path, record)
+        if not self.quiet:
+            c = ", ".join(f"{k} {v:,.0f}" for k, v in record["complexity"].items() if k != "rac" and v is not None)
+            tqdm.write(f"epoch {record['epoch']:>3}: val_acc {record['val_acc']:.4f} val_loss {record['val_loss']:.4f}"
+                       f" | {c} bits", file=sys.stderr)
+
+    def state(self, epoch: int, pending: dict[str, Any]) -> dict[str, Any]:
+        return {"epoch": epoch, "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
+                "rng_torch": torch.get_rng_state(), "rng_shuffle": self.shuffle.get_state(),
+                "momos": self.momos.state_dict() if self.momos else {}, "best": json.dumps(self.best),
+                "pending": json.dumps(pending)}
+
+    def restore(self) -> int:
+        epoch, state, folder = checkpoint.load(self.ckpt_root, self.model)
+        try:
+            self.opt.load_state_dict(state["optimizer"])
+            self.sched.load_state_dict(state["scheduler"])
+            torch.set_rng_state(state["rng_torch"])
+            self.shuffle.set_state(state["rng_shuffle"])
+            if self.momos:
+                self.momos.load_state_dict(state["momos"])
+            self.best = json.loads(state["best"])
+            pending = json.loads(state["pending"])
+        except (KeyError, ValueError, RuntimeError) as exc:
+            raise RunError(f"corrupt checkpoint state in {folder}: {exc}") from None
+        logged = {r["epoch"] for r in read_log(self.log_path, repair=True)}
+        if pending["epoch"] not in logged:
+            mosaic = None
+            if (folder / "mosaic.safetensors").is_file():
+                from .mosaic import Mosaic
+
+                mosaic = Mosaic.load(folder / "mosaic.safetensors")
+            self.write(pending, self.complexity(self.snapshot(), mosaic))
+        return epoch
+
+    # ------------------------------------------------------------------ the run
+    def run(self, resume: bool) -> RunResult:
+        start = self.restore() + 1 if resume else 0
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="estimators")
+        waiting: tuple[dict[str, Any], Future] | None = None
+        try:
+            for epoch in range(start, self.cfg.epochs + 1):
+                record, mosaic = self.one_epoch(epoch)
+                if waiting is not None:
+                    self.write(waiting[0], waiting[1].result())
+                if epoch >= 1 and record["val_acc"] > self.best["val_acc"]:
+                    self.best = {"epoch": epoch, "val_acc": record["val_acc"]}
+                    checkpoint.save_best(self.run_dir, self.model, self.best)
+                checkpoint.save(self.ckpt_root, epoch, self.model, self.state(epoch, record), mosaic)
+                waiting = (record, pool.submit(self.complexity, self.snapshot(), mosaic))
+            if waiting is not None:
+                self.write(waiting[0], waiting[1].result())
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+        return self.finish()
+
+    def one_epoch(self, epoch: int) -> tuple[dict[str, Any], Any]:
+        t0 = time.perf_counter()
+        lr = self.opt.param_groups[0]["lr"]
+        if epoch == 0:
+            train_loss, train_acc = self.evaluate(self.data.train)
+        else:
+            train_loss, train_acc = self.train_epoch(epoch)
+        t1 = time.perf_counter()
+        proj: Projection | None = self.momos(self.model) if self.momos is not None and epoch >= 1 else None
+        t2 = time.perf_counter()
+        val_loss, val_acc = self.evaluate(self.data.val)
+        t3 = time.perf_counter()
+        record = {
+            "epoch": epoch, "train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss, "val_acc": val_acc,
+            "lr": lr, "n_params": sum(p.numel() for p in self.model.parameters() if p.requires_grad),
+            "projection": proj.stats() if proj is not None else None,
+            "time": {"train_s": t1 - t0, "project_s": t2 - t1, "val_s": t3 - t2},
+        }
+        return record, (proj.mosaic if proj is not None else None)
+
+    def finish(self) -> RunResult:
+        final_loss, final_acc = self.evaluate(self.data.test)
+        best = self.best
+        if best["epoch"] >= 1 and (self.run_dir / "best.safetensors").is_file():
+            from safetensors.torch import load_file
+
+            current = {k: v.clone() for k, v in self.model.state_dict().items()}
+            self.model.load_state_dict(load_file(str(self.run_dir / "best.safetensors")))
+            test_acc = self.evaluate(self.data.test)[1]
+            self.model.load_state_dict(current)
+        else:
+            test_acc = final_acc
+        log = read_log(self.log_path)
+        result = RunResult(self.run_dir, test_acc, final_acc, int(best["epoch"]), float(best["val_acc"]),
+                           log[-1] if log else {})
+        checkpoint.write_atomic(self.run_dir / "result.json", json.dumps(result.to_json(), indent=2))
+        if not self.quiet:
+            print(f"{self.run_dir}: test accuracy {test_acc:.4f} (best epoch {best['epoch']}), "
+                  f"final-epoch model {final_acc:.4f}", file=sys.stderr)
+        return result
+
+
+def train(config: TrainConfig | dict[str, Any], run_dir: str | Path, resume: bool = False, overwrite: bool = False,
+          quiet: bool = False, model: torch.nn.Module | None = None) -> RunResult:
+    """Train one run into ``run_dir`` (config.json, log.jsonl, checkpoints/, best.safetensors, result.json).
+
+    ``model`` replaces the named model with your own ``nn.Module``.
+    With ``resume=True`` the stored config is used and training continues
+    after the last completed epoch.
+    """
+    run_dir = Path(run_dir)
+    if resume:
+        cfg = TrainConfig.from_json(_stored(run_dir / "config.json")) if (run_dir / "config.json").is_file() else None
+        if cfg is None:
+            raise RunError(f"nothing to resume: {run_dir} holds no config.json")
+    else:
+        cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_json(dict(config))
+    cfg = cfg.resolved()
+    prepare_run_dir(run_dir, cfg, resume, overwrite)
+    return _Trainer(cfg, run_dir, quiet, model).run(resume)
+
+
+__all__ = ["train", "RunResult", "TrainConfig", "read_log"]
