@@ -85,7 +85,8 @@ class TrainConfig:
             raise MoMosError(f"unknown scope '{cfg.scope}'; allowed: {', '.join(SCOPES)}")
         if cfg.uses_qat and not 2 <= int(cfg.q) <= 16:
             raise MoMosError(f"QAT needs q in 2..16 bits, got {cfg.q}")
-        kc.estimators.resolve(cfg.estimators)  # unknown names fail now, listing the valid ones
+        if cfg.estimators:  # unknown names fail now, listing the valid ones; [] logs no estimator
+            kc.estimators.resolve(cfg.estimators)
         return cfg
 
     def to_json(self) -> dict[str, Any]:

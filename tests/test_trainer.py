@@ -1,0 +1,199 @@
+"""momos trainer: every method, the log schema, resume after SIGKILL, determinism, run-dir safety, compare."""
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import momos
+from momos.cli import main
+from momos.compare import load_run, plot, table
+from momos.config import TrainConfig
+from momos.errors import RunError
+from momos.trainer import read_log, train
+
+FAST = dict(epochs=2, width=32, estimators=["lzma", "bdm", "mdl", "mdl-paper"])
+
+
+def _strip_times(records):
+    return [{k: v for k, v in r.items() if k != "time"} for r in records]
+
+
+@pytest.mark.parametrize("method", ["baseline", "qat", "momos", "momos+qat"])
+def test_each_method_and_log_schema(method, tmp_path):
+    res = train(TrainConfig(method=method, **FAST), tmp_path / method, quiet=True)
+    log = read_log(tmp_path / method / "log.jsonl")
+    assert [r["epoch"] for r in log] == [0, 1, 2]
+    for r in log:
+        assert {"epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "time", "projection",
+                "complexity", "n_params"} <= set(r)
+        assert {"train_s", "project_s", "val_s", "estimators_s"} <= set(r["time"])
+        assert set(FAST["estimators"]) <= set(r["complexity"])
+        assert all(v > 0 for v in r["complexity"].values())
+    assert log[0]["projection"] is None
+    if "momos" in method:
+        p = log[-1]["projection"]
+        assert p["k"] == max(1, int(0.05 * p["m"])) and p["changed"] > 0 and p["distortion"] > 0
+        # RAC = n q / (k s q + m ceil(log2 k)): index bits weigh more against 8-bit values
+        assert log[-1]["complexity"]["rac"] > (2 if method == "momos" else 1.2)
+    else:
+        assert log[-1]["projection"] is None
+    if method == "qat":
+        # 8-bit fake-quantised weights: few distinct values, so compressors see far fewer bits than float32
+        assert log[-1]["complexity"]["lzma"] < 0.5 * 32 * log[-1]["n_params"]
+    cfg = json.loads((tmp_path / method / "config.json").read_text())
+    assert cfg["config"]["method"] == method and cfg["config"]["lr"] == 3e-4 and "torch" in cfg["versions"]
+    result = json.loads((tmp_path / method / "result.json").read_text())
+    assert 0 <= result["test_acc"] <= 1 and result["best_epoch"] in (1, 2)
+    assert res.test_acc == result["test_acc"]
+    assert (tmp_path / method / "best.safetensors").is_file()
+
+
+def test_momos_keeps_accuracy_and_is_far_simpler(tmp_path):
+    # the README demo's setting: paper MLP and profile on digits, 30 epochs, s=2, capacity 0.05;
+    # accuracy as the paper reports it (best checkpoint by validation), bits at the last epoch
+    runs = {}
+    for method in ("baseline", "momos"):
+        res = train(TrainConfig(method=method, epochs=30, estimators=["lzma", "mdl"]), tmp_path / method, quiet=True)
+        runs[method] = (res, read_log(tmp_path / method / "log.jsonl")[-1])
+    (base_res, base), (mo_res, mo) = runs["baseline"], runs["momos"]
+    assert base_res.best_val_acc > 0.85
+    assert mo_res.best_val_acc >= base_res.best_val_acc - 0.03
+    assert mo["val_acc"] >= base["val_acc"] - 0.03
+    for est in ("lzma", "mdl"):
+        assert mo["complexity"][est] < 0.5 * base["complexity"][est], est
+
+
+def test_deterministic_given_config_and_seed(tmp_path):
+    cfg = TrainConfig(method="momos", **FAST)
+    train(cfg, tmp_path / "a", quiet=True)
+    train(cfg, tmp_path / "b", quiet=True)
+    a, b = (read_log(tmp_path / d / "log.jsonl") for d in "ab")
+    assert _strip_times(a) == _strip_times(b)
+
+
+def test_resume_after_sigkill_at_a_random_point(tmp_path):
+    args = ["--method", "momos", "--epochs", "6", "--width", "32", "-e", "lzma,mdl", "--quiet"]
+    ref = tmp_path / "ref"
+    assert main(["train", "--out", str(ref), *args]) == 0
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    rng = random.Random(12345)
+    for attempt in range(3):
+        run = tmp_path / f"killed{attempt}"
+        proc = subprocess.Popen([sys.executable, "-m", "momos", "train", "--out", str(run), *args],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+        # wait until the run has started writing, then kill at a random moment
+        deadline = time.time() + 60
+        while not (run / "log.jsonl").exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        time.sleep(rng.uniform(0.0, 3.0))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        res = subprocess.run([sys.executable, "-m", "momos", "train", "--resume", "--out", str(run), "--quiet"],
+                             capture_output=True, text=True)
+        assert res.returncode == 0, res.stderr
+        raw = (run / "log.jsonl").read_text()
+        assert raw.endswith("\n")
+        log = [json.loads(line) for line in raw.splitlines()]
+        assert [r["epoch"] for r in log] == list(range(7))
+        assert _strip_times(log) == _strip_times(read_log(ref / "log.jsonl"))
+
+
+def test_run_directory_safety(tmp_path):
+    run = tmp_path / "run"
+    train(TrainConfig(method="baseline", **FAST), run, quiet=True)
+    before = (run / "log.jsonl").read_text()
+    with pytest.raises(RunError, match="different run"):
+        train(TrainConfig(method="momos", **FAST), run, quiet=True)
+    with pytest.raises(RunError, match="already holds a run"):
+        train(TrainConfig(method="baseline", **FAST), run, quiet=True)
+    assert (run / "log.jsonl").read_text() == before  # nothing logged is lost
+    # corrupt checkpoint on resume
+    latest = json.loads((run / "checkpoints" / "latest.json").read_text())
+    (run / "checkpoints" / latest["folder"] / "model.safetensors").write_bytes(b"garbage")
+    with pytest.raises(RunError, match="corrupt checkpoint"):
+        train({}, run, resume=True, quiet=True)
+    assert (run / "log.jsonl").read_text() == before
+    train(TrainConfig(method="momos", **FAST), run, overwrite=True, quiet=True)
+    assert read_log(run / "log.jsonl")[-1]["projection"] is not None
+    with pytest.raises(RunError, match="nothing to resume"):
+        train({}, tmp_path / "empty", resume=True)
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--model", "alexnet"], "unknown model 'alexnet'; available: mlp, resnet20, vit"),
+    (["--data", "imagenet"], "unknown data set 'imagenet'; available: digits"),
+    (["--method", "prune"], "unknown method 'prune'; available: baseline"),
+    (["--method", "momos", "--capacity", "1.5"], "capacity must lie in (0, 1]"),
+    (["--method", "momos", "-s", "0"], "block size s must be a positive integer"),
+    (["-e", "lzma,nope"], "unknown estimator 'nope'"),
+    (["--data", "mnist", "--data-dir", "/no/such/dir"], "lacks the MNIST file"),
+])
+def test_cli_bad_input_one_line(argv, needle, tmp_path, capsys):
+    assert main(["train", "--out", str(tmp_path / "r"), "--epochs", "1", "--quiet", *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err and len(err.splitlines()) == 1
+
+
+def test_models_and_own_module(tmp_path):
+    for name in ("resnet20", "vit"):
+        res = train(TrainConfig(model=name, method="momos", epochs=1, width=8 if name == "resnet20" else 16,
+                                estimators=["zstd", "mdl"], limit=256), tmp_path / name, quiet=True)
+        assert 0 <= res.test_acc <= 1
+    own = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+    res = train(TrainConfig(method="momos", epochs=1, estimators=["bdm"]), tmp_path / "own", quiet=True, model=own)
+    assert read_log(tmp_path / "own" / "log.jsonl")[-1]["n_params"] == 650
+
+
+def test_compare_table_and_plot(tmp_path, capsys):
+    for method in ("baseline", "momos"):
+        train(TrainConfig(method=method, **FAST), tmp_path / method, quiet=True)
+    runs = [load_run(tmp_path / m) for m in ("baseline", "momos")]
+    tab = table(runs)
+    assert list(tab.index) == ["baseline", "momos"]
+    assert {"val_acc", "test_acc", "lzma", "bdm", "mdl", "mdl-paper"} <= set(tab.columns)
+    png = plot(runs, tmp_path / "cmp.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main(["compare", str(tmp_path / "baseline"), str(tmp_path / "momos"), "--plot",
+                 str(tmp_path / "c2.png")]) == 0
+    out = capsys.readouterr().out
+    assert "momos" in out and "mdl" in out and (tmp_path / "c2.png").is_file()
+    assert main(["compare", str(tmp_path / "nothing")]) == 2
+
+
+def test_mnist_from_the_bundled_wheel_or_skip():
+    try:
+        ds = momos.data.load("mnist", limit=100)
+    except momos.errors.DataError as exc:
+        pytest.skip(str(exc))
+    assert ds.input_shape == (1, 28, 28) and len(ds.test) == 10_000 and len(ds.train) == 100
+
+
+def test_mnist_idx_directory(tmp_path):
+    import gzip
+
+    import numpy as np
+
+    def idx(arr, path):
+        header = bytes([0, 0, 8, arr.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in arr.shape)
+        with gzip.open(path, "wb") as fh:
+            fh.write(header + arr.astype(np.uint8).tobytes())
+
+    rng = np.random.default_rng(0)
+    idx(rng.integers(0, 256, (50, 28, 28)), tmp_path / "train-images-idx3-ubyte.gz")
+    idx(rng.integers(0, 10, 50), tmp_path / "train-labels-idx1-ubyte.gz")
+    idx(rng.integers(0, 256, (20, 28, 28)), tmp_path / "t10k-images-idx3-ubyte.gz")
+    idx(rng.integers(0, 10, 20), tmp_path / "t10k-labels-idx1-ubyte.gz")
+    ds = momos.data.load("mnist", data_dir=str(tmp_path))
+    assert len(ds.train) + len(ds.val) == 50 and len(ds.test) == 20 and float(ds.train.x.max()) <= 1.0
+    Path(tmp_path / "t10k-labels-idx1-ubyte.gz").unlink()
+    with pytest.raises(momos.errors.DataError, match="t10k-labels"):
+        momos.data.load("mnist", data_dir=str(tmp_path))
