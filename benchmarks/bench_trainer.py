@@ -25,10 +25,11 @@ def main() -> None:
         for label, ests in (("no logging", []), ("lzma,zstd,bdm,mdl,mdl-paper",
                                                   ["lzma", "zstd", "bdm", "mdl", "mdl-paper"])):
             cfg = TrainConfig(model="mlp", data="mnist", method=args.method, epochs=args.epochs, estimators=ests)
+            run = f"{tmp}/{len(times)}"
             t = time.perf_counter()
-            train(cfg, f"{tmp}/{len(times)}", quiet=True)
+            train(cfg, run, quiet=True)
             times[label] = (time.perf_counter() - t) / (args.epochs + 1)
-            log = read_log(f"{tmp}/{len(times) - 1}/log.jsonl")
+            log = read_log(f"{run}/log.jsonl")
             est_s = sum(r["time"]["estimators_s"] for r in log[1:]) / max(len(log) - 1, 1)
             train_s = sum(r["time"]["train_s"] for r in log[1:]) / max(len(log) - 1, 1)
             print(f"{label:30s} wall per epoch {times[label]:6.2f} s  (training {train_s:.2f} s, "

@@ -15,16 +15,31 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .errors import NotApplicableError
 from .estimators.base import Estimator, resolve
 from .scoring import score
+from .sources import open_source
 
 DEFAULT_ESTIMATORS = ("lzma", "zstd", "bdm", "mdl")
 
 
 def measure(source: Any, estimators: Any = DEFAULT_ESTIMATORS, whole: bool = True) -> dict[str, float | None]:
-    """Total bits per estimator label for ``source`` (None where an estimator does not apply)."""
-    report = score(source, estimators, whole=whole)
-    return {k: (None if math.isnan(v) else float(v)) for k, v in report.total.items()}
+    """Total bits per estimator label for ``source`` (None where an estimator does not apply).
+
+    With ``whole=True`` (the MoMos paper's measurement) only the estimate of
+    all tensors concatenated is computed, not the per-tensor rows.
+    """
+    if not whole:
+        report = score(source, estimators)
+        return {k: (None if math.isnan(v) else float(v)) for k, v in report.total.items()}
+    arrays = list(open_source(source))
+    out: dict[str, float | None] = {}
+    for label, est in resolve(estimators).items():
+        try:
+            out[label] = float(est.bits_whole(arrays))
+        except NotApplicableError:
+            out[label] = None
+    return out
 
 
 def append_jsonl(path: str | Path, record: dict[str, Any]) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from .errors import KComplexityError
 
@@ -72,19 +72,23 @@ def _emit(text: str, output: str | None) -> None:
         raise KComplexityError(f"cannot write {output}: {exc.strerror}") from None
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``kcomplexity`` console script; returns the exit status."""
-    args = _parser().parse_args(argv)
-    handler = {"score": _score, "estimators": _estimators, "demo": _demo}[args.command]
+def run_guarded(prog: str, handler: Callable[[argparse.Namespace], None], args: argparse.Namespace) -> int:
+    """Run a CLI handler; bad input becomes one line on stderr and exit status 2, never a traceback."""
     try:
         handler(args)
     except KComplexityError as exc:
-        print(f"kcomplexity: error: {exc}", file=sys.stderr)
+        print(f"{prog}: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
-        print("kcomplexity: interrupted", file=sys.stderr)
+        print(f"{prog}: interrupted", file=sys.stderr)
         return 130
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``kcomplexity`` console script; returns the exit status."""
+    args = _parser().parse_args(argv)
+    return run_guarded("kcomplexity", {"score": _score, "estimators": _estimators, "demo": _demo}[args.command], args)
 
 
 if __name__ == "__main__":

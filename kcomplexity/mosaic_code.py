@@ -92,7 +92,7 @@ def plan(patterns: np.ndarray, index: np.ndarray, n: int, s: int, dtype: str) ->
     if dtype not in DTYPE_CODES:
         raise MDLError(f"cannot code motif values of dtype {dtype}; supported: {', '.join(DTYPE_CODES)}")
     q = WIDTH[dtype]
-    uniq, inverse = np.unique(patterns.reshape(patterns.shape[0], -1), axis=0, return_inverse=True)
+    uniq, inverse = unique_rows(patterns.reshape(patterns.shape[0], -1))
     symbols = inverse.reshape(-1)[np.asarray(index, dtype=np.int64)]
     counts = np.bincount(symbols, minlength=uniq.shape[0])
     used = np.flatnonzero(counts)
@@ -110,6 +110,27 @@ def plan(patterns: np.ndarray, index: np.ndarray, n: int, s: int, dtype: str) ->
     rank[order] = np.arange(order.size)
     huff = MosaicPlan(n, s, q, dtype, uniq[order], rank[symbols], counts[order], lengths[order])
     return huff if huff.total_bits < fixed.total_bits else fixed
+
+
+def unique_rows(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct rows of an unsigned-integer matrix (sorted) and each row's index among them.
+
+    Rows of up to 8 bytes are packed into one uint64 so numpy sorts plain
+    integers; wider rows are compared as raw bytes. Much faster than
+    ``np.unique(axis=0)``, which sorts structured records.
+    """
+    rows = np.ascontiguousarray(rows)
+    width = rows.shape[1] * rows.dtype.itemsize
+    if width <= 8:
+        keys = np.zeros(rows.shape[0], dtype=np.uint64)
+        bits = rows.dtype.itemsize * 8
+        for j in range(rows.shape[1]):
+            keys = (keys << np.uint64(bits)) | rows[:, j].astype(np.uint64)
+        _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+    else:
+        keys = rows.view(np.dtype((np.void, width))).reshape(-1)
+        _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+    return rows[first], inverse.reshape(-1)
 
 
 def huffman_lengths(counts: np.ndarray) -> np.ndarray:

@@ -1,6 +1,7 @@
 """``momos`` command line: ``train``, ``compare``, ``demo``.
 
-Bad input ends with one line on stderr and exit status 2, never a traceback.
+Bad input ends with one line on stderr and exit status 2, never a traceback
+(:func:`kcomplexity.cli.run_guarded`).
 """
 from __future__ import annotations
 
@@ -10,13 +11,11 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from kcomplexity.errors import KComplexityError
+from kcomplexity.cli import run_guarded
 
 from .config import METHODS, TrainConfig
 from .data import DATASETS
 from .models import MODELS
-
-EXIT_BAD_INPUT = 2
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -109,15 +108,7 @@ def _demo(args: argparse.Namespace) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``momos`` console script; returns the exit status."""
     args = _parser().parse_args(argv)
-    try:
-        {"train": _train, "compare": _compare, "demo": _demo}[args.command](args)
-    except KComplexityError as exc:
-        print(f"momos: error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        print("momos: interrupted", file=sys.stderr)
-        return 130
-    return 0
+    return run_guarded("momos", {"train": _train, "compare": _compare, "demo": _demo}[args.command], args)
 
 
 if __name__ == "__main__":

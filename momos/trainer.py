@@ -85,8 +85,9 @@ def _stored(cfg_file: Path) -> dict[str, Any]:
         raise RunError(f"{cfg_file} is unreadable ({exc})") from None
 
 
-def read_log(path: Path, repair: bool = False) -> list[dict[str, Any]]:
+def read_log(path: str | Path, repair: bool = False) -> list[dict[str, Any]]:
     """Complete lines of a log; with ``repair`` a torn last line (from a kill) is cut off the file."""
+    path = Path(path)
     if not path.is_file():
         return []
     raw = path.read_bytes()
@@ -174,20 +175,20 @@ class _Trainer:
         return {k: v.detach().to("cpu", copy=True) for k, v in qat.effective_weights(self.model).items()}
 
     def complexity(self, weights: dict[str, torch.Tensor], mosaic: Any) -> tuple[dict[str, Any], float]:
+        """Every requested estimator (bits) and the paper's RAC; MDL comes from the projection's mosaic when it has one."""
         t = time.perf_counter()
-        out: dict[str, Any] = {}
-        if self.plain_estimators:
-            out.update(measure(weights, self.plain_estimators, whole=True))
+        out: dict[str, Any] = measure(weights, self.plain_estimators, whole=True) if self.plain_estimators else {}
         q = self.cfg.q if self.cfg.uses_qat else None
+        by_s: dict[int, kc.MDL] = {}
         for label in self.mdl_labels:
             est = kc.estimators.get(label)
-            s = self.cfg.s if "s=" not in label else est.s
-            r = kc.mdl(mosaic, q=q) if mosaic is not None and s == mosaic.s else kc.mdl(weights, s=s, q=q)
-            out[label] = r.coded_bits if est.code == "coded" else r.paper_bits
-            if est.code == "paper" and label == "mdl-paper":
-                out["rac"] = r.rac
-        return {k: out[k] for k in self.cfg.estimators} | ({"rac": out["rac"]} if "rac" in out else {}), \
-            time.perf_counter() - t
+            s = est.s if "s=" in label else self.cfg.s
+            if s not in by_s:
+                by_s[s] = kc.mdl(mosaic, q=q) if mosaic is not None and mosaic.s == s else kc.mdl(weights, s=s, q=q)
+            out[label] = by_s[s].coded_bits if est.code == "coded" else by_s[s].paper_bits
+        if self.cfg.s in by_s:
+            out["rac"] = by_s[self.cfg.s].rac
+        return out, time.perf_counter() - t
 
     def write(self, record: dict[str, Any], result: tuple[dict[str, Any], float]) -> None:
         record = dict(record)

@@ -116,8 +116,8 @@ def mdl(source_or_mosaic: Any, s: int | None = None, q: int | None = None, inclu
         s = _check_s(s)
         arrays = _arrays(source_or_mosaic, include_buffers)
         patterns_flat, dtype, n = _padded_patterns(arrays, s)
-        uniq, index = np.unique(patterns_flat.reshape(-1, s), axis=0, return_inverse=True)
-        patterns, index, k = uniq, index.reshape(-1), int(uniq.shape[0])
+        patterns, index = mosaic_code.unique_rows(patterns_flat.reshape(-1, s))
+        k = int(patterns.shape[0])
     width = mosaic_code.WIDTH.get(dtype)
     if width is None:
         raise MDLError(f"mdl codes float16/bfloat16/float32/float64 values, got {dtype}")
