@@ -112,7 +112,7 @@ def _to_numpy(name: str, array: Any) -> tuple[np.ndarray, str]:
         t = t.contiguous()
         if t.dtype == torch.bfloat16:
             return t.view(torch.int16).numpy().view(np.uint16), "bfloat16"
-        if t.is_complex() or t.dtype not in _TORCH_NUMPY_OK(torch):
+        if t.is_complex() or t.dtype not in _torch_numpy_dtypes(torch):
             raise NonNumericError(f"tensor '{name}' has dtype {t.dtype}; {SUPPORTED_DTYPES}")
         arr = t.numpy()
     elif isinstance(array, np.ndarray) or np.isscalar(array):
@@ -128,7 +128,7 @@ def _to_numpy(name: str, array: Any) -> tuple[np.ndarray, str]:
 SUPPORTED_DTYPES = "supported dtypes: float64/32/16, bfloat16, signed/unsigned integers, bool"
 
 
-def _TORCH_NUMPY_OK(torch: Any) -> set:
+def _torch_numpy_dtypes(torch: Any) -> set:
     return {
         torch.float64, torch.float32, torch.float16, torch.int64, torch.int32, torch.int16,
         torch.int8, torch.uint8, torch.bool,
