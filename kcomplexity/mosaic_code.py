@@ -83,17 +83,21 @@ def index_width(k: int) -> int:
     return int(math.ceil(math.log2(k))) if k > 1 else 0
 
 
-def plan(patterns: np.ndarray, index: np.ndarray, n: int, s: int, dtype: str) -> MosaicPlan:
+def plan(patterns: np.ndarray, index: np.ndarray, n: int, s: int, dtype: str, distinct: bool = False) -> MosaicPlan:
     """Choose the shorter of the fixed and Huffman codes for motif table ``patterns`` and block ``index``.
 
     ``patterns`` are the motifs' unsigned bit patterns (k x s, width of
     ``dtype``); duplicate and unused motifs are merged/dropped here.
+    ``distinct=True`` says the rows are already distinct (skips the merge).
     """
     if dtype not in DTYPE_CODES:
         raise MDLError(f"cannot code motif values of dtype {dtype}; supported: {', '.join(DTYPE_CODES)}")
     q = WIDTH[dtype]
-    uniq, inverse = unique_rows(patterns.reshape(patterns.shape[0], -1))
-    symbols = inverse.reshape(-1)[np.asarray(index, dtype=np.int64)]
+    if distinct:
+        uniq, symbols = patterns.reshape(patterns.shape[0], -1), np.asarray(index, dtype=np.int64)
+    else:
+        uniq, inverse = unique_rows(patterns.reshape(patterns.shape[0], -1))
+        symbols = inverse.reshape(-1)[np.asarray(index, dtype=np.int64)]
     counts = np.bincount(symbols, minlength=uniq.shape[0])
     used = np.flatnonzero(counts)
     remap = np.full(uniq.shape[0], -1, dtype=np.int64)
@@ -126,10 +130,9 @@ def unique_rows(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         bits = rows.dtype.itemsize * 8
         for j in range(rows.shape[1]):
             keys = (keys << np.uint64(bits)) | rows[:, j].astype(np.uint64)
-        _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
     else:
         keys = rows.view(np.dtype((np.void, width))).reshape(-1)
-        _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+    _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
     return rows[first], inverse.reshape(-1)
 
 

@@ -38,7 +38,7 @@ def save(root: Path, epoch: int, model: torch.nn.Module, state: dict[str, Any], 
     if folder.exists():
         shutil.rmtree(folder)
     folder.mkdir()
-    save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(folder / "model.safetensors"))
+    save_file(_weights(model), str(folder / "model.safetensors"))
     torch.save(state, folder / "state.pt")
     if mosaic is not None:
         mosaic.save(folder / "mosaic.safetensors")
@@ -71,9 +71,13 @@ def load(root: Path, model: torch.nn.Module) -> tuple[int, dict[str, Any], Path]
 def save_best(root: Path, model: torch.nn.Module, info: dict[str, Any]) -> None:
     """Keep the best model so far (weights + what made it best), replacing the previous one atomically."""
     tmp = root / "best.safetensors.tmp"
-    save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(tmp))
+    save_file(_weights(model), str(tmp))
     os.replace(tmp, root / "best.safetensors")
     write_atomic(root / "best.json", json.dumps(info))
+
+
+def _weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
 
 
 def _fsync_dir(path: Path) -> None:

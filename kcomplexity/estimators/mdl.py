@@ -101,7 +101,8 @@ def mdl(source_or_mosaic: Any, s: int | None = None, q: int | None = None, inclu
     float32); a smaller q (e.g. after q-bit quantisation-aware training)
     gives the formula lengths only.
     """
-    if _is_mosaic(source_or_mosaic):
+    from_mosaic = _is_mosaic(source_or_mosaic)
+    if from_mosaic:
         mos = source_or_mosaic
         s = int(mos.s)
         table = make_named("motifs", mos.motifs, allow_nonfinite=True)
@@ -125,7 +126,8 @@ def mdl(source_or_mosaic: Any, s: int | None = None, q: int | None = None, inclu
     if not 1 <= q <= 64:
         raise MDLError(f"q (bits per motif value) must be in 1..64, got {q}")
     m = int(index.size)
-    plan = mosaic_code.plan(patterns, index, n, s, dtype)
+    # a sampled motif table may repeat rows; blocks found by unique_rows are already distinct
+    plan = mosaic_code.plan(patterns, index, n, s, dtype, distinct=not from_mosaic)
     if q == width:
         coded, kept = plan.total_bits, plan
     else:
