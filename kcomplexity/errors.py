@@ -59,6 +59,14 @@ class NotApplicableError(KComplexityError, ValueError):
     """
 
 
+class MissingContextError(NotApplicableError):
+    """An estimator that needs context (a model and loss, the previous weights) was not given it."""
+
+
+class IntrinsicError(KComplexityError, ValueError):
+    """Invalid input to the intrinsic-complexity search (bad budget, a loss that is NaN or raises)."""
+
+
 class BDMError(KComplexityError, ValueError):
     """Invalid input to the Block Decomposition Method."""
 

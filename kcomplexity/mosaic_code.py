@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .bitio import from_bits as _from_bits, read_varint, to_bits as _to_bits, varint as _varint
 from .errors import MDLError
 
 #: value dtypes a motif table can be stored in exactly, by code
@@ -206,16 +207,16 @@ def decode(data: bytes) -> tuple[np.ndarray, np.ndarray, int, str]:
     fields = []
     try:
         for _ in range(5):
-            value, pos = _read_varint(buf, pos)
+            value, pos = read_varint(buf, pos)
             fields.append(value)
         m, s, dcode, k, mode = fields
         if dcode not in DTYPES or s < 1 or k < 1 or mode not in (0, 1):
             raise MDLError("corrupt mosaic code: bad header")
         hist = []
         if mode == 1:
-            lmax, pos = _read_varint(buf, pos)
+            lmax, pos = read_varint(buf, pos)
             for _ in range(lmax):
-                c, pos = _read_varint(buf, pos)
+                c, pos = read_varint(buf, pos)
                 hist.append(c)
     except IndexError:
         raise MDLError("corrupt mosaic code: truncated header") from None
@@ -239,43 +240,6 @@ def decode(data: bytes) -> tuple[np.ndarray, np.ndarray, int, str]:
     if index.size and index.max() >= k:
         raise MDLError("corrupt mosaic code: motif index out of range")
     return patterns, index, s, DTYPES[dcode]
-
-
-def _varint(x: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = x & 0x7F
-        x >>= 7
-        out.append(byte | (0x80 if x else 0))
-        if not x:
-            return bytes(out)
-
-
-def _read_varint(buf: memoryview, pos: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        byte = buf[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        shift += 7
-        if not byte & 0x80:
-            return value, pos
-
-
-def _to_bits(values: np.ndarray, width: int) -> np.ndarray:
-    """Each value as ``width`` bits, MSB first, concatenated (uint8 0/1)."""
-    if width == 0:
-        return np.zeros(0, dtype=np.uint8)
-    shifts = np.arange(width - 1, -1, -1, dtype=np.uint64)
-    return ((values[:, None] >> shifts) & np.uint64(1)).astype(np.uint8).reshape(-1)
-
-
-def _from_bits(bits: np.ndarray, width: int) -> np.ndarray:
-    words = bits.reshape(-1, width).astype(np.uint64)
-    out = np.zeros(words.shape[0], dtype=np.uint64)
-    for j in range(width):
-        out = (out << np.uint64(1)) | words[:, j]
-    return out
 
 
 def _variable_bits(codes: np.ndarray, lengths: np.ndarray) -> np.ndarray:

@@ -28,6 +28,10 @@ class Report:
     settings: dict[str, dict[str, Any]]
     kinds: dict[str, str]
     breakdown: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
+    #: per estimator and tensor: details such as the distortion of a lossy code (mse, max_abs_err)
+    details: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    #: per estimator: details of the total (a lossy code's mse over all values and max error)
+    total_details: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def estimators(self) -> list[str]:
@@ -41,11 +45,24 @@ class Report:
     def total_raw_bits(self) -> int:
         return int(sum(self.raw_bits.values()))
 
-    def to_frame(self) -> pd.DataFrame:
-        """One row per tensor (index: name): ``numel`` and one column of bits per estimator."""
+    @property
+    def lossy(self) -> list[str]:
+        """Estimators whose bits buy a distortion (their rows carry ``mse`` and ``max_abs_err``)."""
+        return [e for e in self.estimators if self.kinds[e] == "lossy code length"]
+
+    def to_frame(self, distortion: bool = False) -> pd.DataFrame:
+        """One row per tensor (index: name): ``numel`` and one column of bits per estimator.
+
+        With ``distortion=True`` each lossy estimator adds ``EST:mse`` and
+        ``EST:max_abs_err`` columns beside its bits.
+        """
         df = pd.DataFrame({"numel": pd.Series(self.numel, dtype="int64")}, index=pd.Index(self.names, name="tensor"))
         for est, col in self.bits.items():
             df[est] = pd.Series(col, dtype="float64")
+            if distortion and est in self.lossy:
+                for key in DISTORTION:
+                    df[f"{est}:{key}"] = pd.Series({n: d.get(key) for n, d in self.details.get(est, {}).items()},
+                                                   dtype="float64")
         return df
 
     def bits_per_param(self) -> pd.DataFrame:
@@ -67,6 +84,7 @@ class Report:
                 "bits_per_param": b / n,
                 "ratio": raw / b if b else math.inf,
                 "kind": self.kinds[est],
+                **({k: self.total_details.get(est, {}).get(k, math.nan) for k in DISTORTION} if self.lossy else {}),
             }
             for est, b in self.total.items()
         }
@@ -82,10 +100,13 @@ class Report:
                     "numel": self.numel[name],
                     "dtype": self.dtypes[name],
                     "bits": {est: _num(self.bits[est][name]) for est in self.estimators},
+                    **({"details": {est: _jsonable(self.details[est][name]) for est in self.details
+                                    if name in self.details[est]}} if self.details else {}),
                 }
                 for name in self.names
             },
             "total": {est: _num(b) for est, b in self.total.items()},
+            "details": {est: _jsonable(d) for est, d in self.total_details.items()},
             "whole": self.whole,
             "numel": self.total_numel,
             "bits_per_param": {est: _num(b / self.total_numel) for est, b in self.total.items()},
@@ -97,22 +118,38 @@ class Report:
 
     def to_csv(self) -> str:
         """Per-tensor rows (numel, dtype, bits per estimator) and a final ``(total)`` row."""
-        df = self.to_frame()
+        df = self.to_frame(distortion=True)
         df.insert(1, "dtype", pd.Series(self.dtypes))
-        df.loc["(total)"] = [self.total_numel, "", *[self.total[e] for e in self.estimators]]
+        total: dict[str, Any] = {"numel": self.total_numel, "dtype": ""}
+        for est in self.estimators:
+            total[est] = self.total[est]
+            total.update({f"{est}:{k}": self.total_details.get(est, {}).get(k) for k in DISTORTION if est in self.lossy})
+        df.loc["(total)"] = pd.Series(total)
         return df.to_csv()
 
     def to_table(self) -> str:
         """Human-readable text: per-tensor bits/param and a totals block."""
         per = self.bits_per_param()
         per.insert(0, "numel", self.to_frame()["numel"])
+        frame = self.to_frame(distortion=True)
+        for col in [f"{e}:{k}" for e in self.lossy for k in DISTORTION]:
+            per[col] = frame[col]
         lines = ["bits per parameter, per tensor:", per.to_string(float_format=lambda v: f"{v:.3f}"), ""]
         mode = "all tensors concatenated" if self.whole else "sum over tensors"
         lines.append(f"total ({mode}), {self.total_numel:,} parameters:")
         summ = self.summary()
         lines.append(summ.to_string(formatters={
-            "bits": lambda v: f"{v:,.0f}", "bits_per_param": lambda v: f"{v:.3f}", "ratio": lambda v: f"{v:.3f}x"}))
+            "bits": lambda v: f"{v:,.0f}", "bits_per_param": lambda v: f"{v:.3f}", "ratio": lambda v: f"{v:.3f}x",
+            **{k: (lambda v: f"{v:.3g}") for k in DISTORTION}}))
         return "\n".join(lines)
+
+
+#: the distortion every lossy figure travels with, in the weights' units
+DISTORTION = ("mse", "max_abs_err")
+
+
+def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: (_num(v) if isinstance(v, float) else v) for k, v in d.items()}
 
 
 def _num(x: float) -> float | None:

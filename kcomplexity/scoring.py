@@ -8,7 +8,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from .errors import NotApplicableError
-from .estimators.base import Estimator, resolve
+from .estimators.base import Estimate, Estimator, resolve
 from .report import Report
 from .sources import NamedArray, open_source
 
@@ -38,6 +38,7 @@ def score(
     dtypes: dict[str, str] = {}
     raw_bits: dict[str, int] = {}
     bits: dict[str, dict[str, float]] = {e: {} for e in ests}
+    estimates: dict[str, dict[str, Estimate]] = {e: {} for e in ests}
     breakdown: dict[str, dict[str, dict[str, float]]] = {}
     kept: list[NamedArray] = []
     bar = tqdm(src, total=len(src), desc="scoring", unit="tensor", disable=not progress or len(src) < 2, leave=False)
@@ -46,33 +47,42 @@ def score(
         names.append(a.name)
         numel[a.name], dtypes[a.name], raw_bits[a.name] = a.numel, a.dtype, a.raw_bits
         for label, est in ests.items():
-            bits[label][a.name], extra = _score_one(est, a)
+            estimates[label][a.name], extra = _score_one(est, a)
+            bits[label][a.name] = estimates[label][a.name].bits
             if extra is not None:
                 breakdown.setdefault(label, {})[a.name] = extra
         if whole:
             kept.append(a)
         del a  # keep at most one tensor alive while the next one is read
-    if whole:
-        total = {label: _try(lambda: est.bits_whole(kept)) for label, est in ests.items()}
-    else:
-        total = {label: math.fsum(v for v in col.values() if not math.isnan(v)) for label, col in bits.items()}
+    totals = {}
+    for label, est in ests.items():
+        if whole:
+            totals[label] = _try(lambda: est.estimate_whole(kept))
+        else:
+            parts = [(e, numel[name]) for name, e in estimates[label].items() if not math.isnan(e.bits)]
+            totals[label] = est.combine([e for e, _ in parts], [k for _, k in parts]) if parts else Estimate(math.nan)
+    details = {label: {name: dict(e.details) for name, e in col.items() if e.details}
+               for label, col in estimates.items()}
     return Report(
-        names=names, numel=numel, dtypes=dtypes, raw_bits=raw_bits, bits=bits, total=total, whole=whole,
+        names=names, numel=numel, dtypes=dtypes, raw_bits=raw_bits, bits=bits,
+        total={label: t.bits for label, t in totals.items()}, whole=whole,
         settings={label: {"name": est.name, **est.settings()} for label, est in ests.items()},
         kinds={label: est.kind for label, est in ests.items()}, breakdown=breakdown,
+        details={label: col for label, col in details.items() if col},
+        total_details={label: dict(t.details) for label, t in totals.items() if t.details},
     )
 
 
-def _score_one(est: Estimator, a: NamedArray) -> tuple[float, dict[str, float] | None]:
+def _score_one(est: Estimator, a: NamedArray) -> tuple[Estimate, dict[str, float] | None]:
     try:
         extra = est.breakdown(a)
-        return (math.fsum(extra.values()) if extra is not None else est.bits(a)), extra
+        return (Estimate(math.fsum(extra.values())) if extra is not None else est.estimate(a)), extra
     except NotApplicableError:
-        return math.nan, None
+        return Estimate(math.nan), None
 
 
-def _try(fn: Any) -> float:
+def _try(fn: Any) -> Estimate:
     try:
-        return float(fn())
+        return fn()
     except NotApplicableError:
-        return math.nan
+        return Estimate(math.nan)

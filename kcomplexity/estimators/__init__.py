@@ -5,7 +5,7 @@ keywords or ``"name:key=value"``).
 """
 from __future__ import annotations
 
-from . import compression, entropy, bdm, mdl  # noqa: F401  (registration side effects)
-from .base import Estimator, available, get, register, resolve
+from . import compression, entropy, bdm, mdl, precision  # noqa: F401  (registration side effects)
+from .base import Context, Estimate, Estimator, available, get, register, resolve
 
-__all__ = ["Estimator", "available", "get", "register", "resolve"]
+__all__ = ["Context", "Estimate", "Estimator", "available", "get", "register", "resolve"]

@@ -24,7 +24,7 @@ import numpy as np
 from .. import mosaic_code
 from ..errors import EstimatorSettingError, MDLError
 from ..sources import NamedArray, make_named, open_source
-from .base import Estimator, register
+from .base import Context, Estimate, Estimator, register
 
 _PATTERN = {16: np.uint16, 32: np.uint32, 64: np.uint64}
 
@@ -204,6 +204,19 @@ class MDLEstimator(Estimator):
     def bits_whole(self, arrays: Sequence[NamedArray]) -> float:
         """All tensors as one mosaic, each padded on its own (as the MoMos projection does)."""
         return self._pick(mdl(list(arrays), self.s, self.q))
+
+    def estimate_whole(self, arrays: Sequence[NamedArray], context: Context | None = None) -> Estimate:
+        """As :meth:`bits_whole`, scoring ``context.mosaic`` itself when its block size is ``s``.
+
+        ``context.q`` (q-bit weights) applies unless this estimator fixes q;
+        details hold the paper's ``rac`` and ``paper_bits``.
+        """
+        context = context or Context()
+        q = self.q if self.q is not None else context.q
+        mosaic = context.mosaic
+        result = (mdl(mosaic, q=q) if mosaic is not None and int(mosaic.s) == self.s
+                  else mdl(list(arrays), self.s, q))
+        return Estimate(self._pick(result), {"rac": result.rac, "paper_bits": result.paper_bits})
 
 
 register("mdl", lambda **kw: MDLEstimator(code="coded", **kw))

@@ -1,0 +1,151 @@
+"""Estimators at a stated precision: lossy code lengths that carry the distortion they buy.
+
+* ``quant``: each tensor uniformly quantised (step = ``rel`` x its RMS, or
+  ``delta``) and entropy-coded (:mod:`kcomplexity.quantized`); bits are
+  ``len(code) * 8`` and details hold ``mse`` and ``max_abs_err``.
+* ``delta``: information per step, the conditional code of the weights
+  given the previous logged weights: each tensor's difference
+  ``w_t - w_(t-1)`` quantised on the grid of ``quant`` for ``w_t``
+  (step = ``rel`` x RMS of ``w_t``), so a decoder holding ``w_(t-1)``
+  rebuilds ``w_t`` within step/2. Needs ``Context.previous``.
+* ``intrinsic``: the code at the coarsest global ``rel`` whose loss stays
+  within a budget (:func:`kcomplexity.intrinsic.intrinsic`). Needs
+  ``Context.model`` and ``Context.loss_fn``.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from ..errors import EstimatorSettingError, MissingContextError
+from ..quantized import QuantizedCode, check_precision, code_quantized
+from ..sources import NamedArray
+from .base import Context, Estimate, Estimator, register
+
+#: quant's default precision: step = RMS / 10, i.e. a signal-to-quantisation-noise ratio of about 31 dB
+DEFAULT_REL = 0.1
+
+
+def summarise(codes: Sequence[QuantizedCode], **extra: Any) -> Estimate:
+    """Total bits of several tensors' codes with their joint distortion (MSE over all values, max error)."""
+    n = sum(c.numel for c in codes)
+    sse = math.fsum(c.sse for c in codes)
+    signal = math.fsum(c.signal for c in codes)
+    details = {"mse": sse / n, "max_abs_err": max(c.max_abs_err for c in codes),
+               "snr_db": 10 * math.log10(signal / sse) if sse > 0 and signal > 0 else math.inf, **extra}
+    return Estimate(float(sum(c.bits for c in codes)), details)
+
+
+class Quant(Estimator):
+    """Registered as ``quant``."""
+
+    name = "quant"
+    kind = "lossy code length"
+
+    def __init__(self, rel: float | None = None, delta: float | None = None) -> None:
+        if rel is None and delta is None:
+            rel = DEFAULT_REL
+        self.rel, self.delta = check_precision(rel, delta)
+        self.description = ("uniform quantisation per tensor (step = rel x RMS, or delta) + the shortest of "
+                            "order-0 / Gaussian / Laplace ANS codes and zstd; details: mse, max_abs_err")
+
+    def settings(self) -> dict[str, Any]:
+        return {"rel": self.rel} if self.rel is not None else {"delta": self.delta}
+
+    def code(self, a: NamedArray) -> QuantizedCode:
+        return code_quantized(a, rel=self.rel, delta=self.delta)
+
+    def estimate(self, a: NamedArray) -> Estimate:
+        c = self.code(a)
+        return Estimate(float(c.bits), {"mse": c.mse, "max_abs_err": c.max_abs_err, "step": c.step,
+                                        "method": c.method})
+
+    def _bits(self, a: NamedArray) -> float:
+        return float(self.code(a).bits)
+
+    def combine(self, parts: Sequence[Estimate], numels: Sequence[int]) -> Estimate:
+        n = sum(numels)
+        mse = math.fsum(p.details["mse"] * k for p, k in zip(parts, numels)) / n
+        return Estimate(math.fsum(p.bits for p in parts),
+                        {"mse": mse, "max_abs_err": max(p.details["max_abs_err"] for p in parts)})
+
+    def bits_whole(self, arrays: Sequence[NamedArray]) -> float:
+        return self.estimate_whole(arrays).bits
+
+    def estimate_whole(self, arrays: Sequence[NamedArray], context: Context | None = None) -> Estimate:
+        """Each tensor on its own grid (the step is per tensor); the codes laid end to end."""
+        return summarise([self.code(a) for a in arrays])
+
+
+class Delta(Estimator):
+    """Registered as ``delta``."""
+
+    name = "delta"
+    kind = "lossy code length"
+    needs = ("previous",)
+
+    def __init__(self, rel: float = DEFAULT_REL) -> None:
+        self.rel, _ = check_precision(rel, None)
+        self.description = ("information per step: quantised code of w_t - w_(t-1) on quant's grid for w_t "
+                            "(step = rel x RMS of w_t); needs the previous weights")
+
+    def settings(self) -> dict[str, Any]:
+        return {"rel": self.rel}
+
+    def _bits(self, a: NamedArray) -> float:  # pragma: no cover - estimate() refuses first
+        raise MissingContextError("delta needs the previous weights")
+
+    def estimate_whole(self, arrays: Sequence[NamedArray], context: Context | None = None) -> Estimate:
+        previous = {p.name: p for p in self.require(context).previous}
+        codes = []
+        for a in arrays:
+            prev = previous.get(a.name)
+            if prev is None or prev.shape != a.shape:
+                raise EstimatorSettingError(f"delta: the previous weights have no tensor '{a.name}' of shape {a.shape}")
+            cur = a.values().astype(np.float64)
+            rms = float(np.sqrt(np.mean(cur * cur)))
+            step = self.rel * rms if rms > 0 else 1.0
+            codes.append(code_quantized(cur - prev.values().astype(np.float64), delta=step))
+        return summarise(codes)
+
+
+class Intrinsic(Estimator):
+    """Registered as ``intrinsic``."""
+
+    name = "intrinsic"
+    kind = "lossy code length"
+    needs = ("model", "loss_fn")
+
+    def __init__(self, eps: float = 0.1, relative: bool = False, max_evals: int = 16) -> None:
+        from ..errors import IntrinsicError
+        from ..intrinsic import check_budget
+
+        try:
+            self.eps, self.relative, self.max_evals = check_budget(eps, relative, max_evals)
+        except IntrinsicError as exc:
+            raise EstimatorSettingError(f"intrinsic: {exc}") from None
+        self.description = ("quant's code at the coarsest global rel whose loss stays within loss + eps "
+                            "(DeMoss et al. 2024); needs a model and a loss closure")
+
+    def settings(self) -> dict[str, Any]:
+        return {"eps": self.eps, "relative": self.relative, "max_evals": self.max_evals}
+
+    def _bits(self, a: NamedArray) -> float:  # pragma: no cover - estimate() refuses first
+        raise MissingContextError("intrinsic needs a model and a loss closure")
+
+    def estimate_whole(self, arrays: Sequence[NamedArray], context: Context | None = None) -> Estimate:
+        from ..intrinsic import intrinsic
+
+        context = self.require(context)
+        r = intrinsic(context.model, context.loss_fn, eps=self.eps, relative=self.relative, max_evals=self.max_evals)
+        return Estimate(float(r.bits), r.details())
+
+
+register("quant", Quant)
+register("delta", Delta)
+register("intrinsic", Intrinsic)
+
+__all__ = ["Quant", "Delta", "Intrinsic", "DEFAULT_REL", "summarise"]

@@ -1,0 +1,140 @@
+"""Intrinsic complexity at a loss budget (DeMoss et al. 2024, "The Complexity Dynamics of Grokking").
+
+The coarsest uniform precision at which the model still does its job: one
+global ``rel`` (step = rel x RMS, per tensor) applied to every trainable
+parameter, found by bisection in log(rel) so that the loss stays within
+``loss_before + eps`` (or ``loss_before * (1 + eps)``), and the length of
+the quantised code (:mod:`kcomplexity.quantized`) at that precision. The
+model is restored bit for bit afterwards, also when the loss raises.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .errors import IntrinsicError
+from .quantized import code_quantized, reconstruct
+
+#: the search interval for rel: at REL_MAX (step = 16 RMS) nearly every weight rounds to zero;
+#: REL_MIN is finer than any budget we have seen need
+REL_MIN, REL_MAX = 1e-4, 16.0
+#: stop bisecting once the interval is this narrow (ratio hi/lo)
+REL_TOLERANCE = 1.02
+
+
+@dataclass(frozen=True)
+class Intrinsic:
+    """Result of :func:`intrinsic`: the code length at the coarsest precision within the budget."""
+
+    bits: int                #: length of the quantised code of every trainable tensor at ``rel``, in bits
+    rel: float               #: the coarsest global step / RMS found within the budget
+    loss_before: float
+    loss_after: float        #: loss of the model quantised at ``rel``
+    budget: float            #: the largest loss allowed
+    evals: int               #: loss evaluations spent (including ``loss_before``)
+    within_budget: bool      #: False when even REL_MIN broke the budget (then bits are at REL_MIN)
+    mse: float               #: distortion of the quantised weights (mean over all parameters)
+    max_abs_err: float
+    numel: int
+
+    def details(self) -> dict[str, Any]:
+        return {"rel": self.rel, "loss_before": self.loss_before, "loss_after": self.loss_after,
+                "budget": self.budget, "evals": self.evals, "within_budget": self.within_budget,
+                "mse": self.mse, "max_abs_err": self.max_abs_err}
+
+
+def check_budget(eps: Any, relative: Any = False, max_evals: Any = 16) -> tuple[float, bool, int]:
+    """Validate (eps, relative, max_evals): eps finite and > 0, max_evals an integer >= 3."""
+    if isinstance(eps, bool) or not isinstance(eps, (int, float, np.integer, np.floating)) \
+            or not math.isfinite(float(eps)) or float(eps) <= 0:
+        raise IntrinsicError(f"eps must be a finite number > 0, got {eps!r}")
+    if not isinstance(relative, (bool, np.bool_)):
+        raise IntrinsicError(f"relative must be True or False, got {relative!r}")
+    if isinstance(max_evals, bool) or not isinstance(max_evals, (int, np.integer)) or max_evals < 3:
+        raise IntrinsicError(f"max_evals must be an integer >= 3 (before, coarsest, one bisection), got {max_evals!r}")
+    return float(eps), bool(relative), int(max_evals)
+
+
+def intrinsic(model: Any, loss_fn: Callable[[Any], float], eps: float = 0.1, relative: bool = False,
+              max_evals: int = 16) -> Intrinsic:
+    """The quantised code of ``model``'s trainable parameters at the coarsest precision within the loss budget, in bits.
+
+    ``loss_fn(model) -> float`` evaluates data the caller fixed. The search
+    costs at most ``max_evals`` loss evaluations plus one code at the end; the
+    model (parameters, buffers, train/eval mode) is left exactly as it was.
+    """
+    import torch
+
+    eps, relative, max_evals = check_budget(eps, relative, max_evals)
+    if not isinstance(model, torch.nn.Module):
+        raise IntrinsicError(f"intrinsic() needs an nn.Module, got {type(model).__name__}")
+    if not callable(loss_fn):
+        raise IntrinsicError("loss_fn must be callable as loss_fn(model) -> float")
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if not params:
+        raise IntrinsicError("the model has no trainable parameters")
+    saved = {k: v.detach().clone() for k, v in model.state_dict(keep_vars=True).items()}
+    training = model.training
+    evals = 0
+
+    def loss_at(rel: float | None) -> float:
+        nonlocal evals
+        with torch.no_grad():
+            for name, p in params:
+                src = saved_params[name]
+                p.copy_(src if rel is None else _quantized_like(src, rel))
+        evals += 1
+        try:
+            value = loss_fn(model)
+            return float(value.detach() if hasattr(value, "detach") else value)
+        except IntrinsicError:
+            raise
+        except Exception as exc:  # the caller's closure: any failure becomes one clear error
+            raise IntrinsicError(f"loss_fn raised {type(exc).__name__}: {exc}") from exc
+
+    saved_params = {n: p.detach().clone() for n, p in params}
+    try:
+        before = loss_at(None)
+        if not math.isfinite(before):
+            raise IntrinsicError(f"the model's loss is already {before}; intrinsic complexity needs a finite loss")
+        budget = before * (1 + eps) if relative else before + eps
+        ok = lambda loss: math.isfinite(loss) and loss <= budget  # noqa: E731 - NaN/inf never fit a budget
+        lo, hi, lo_loss = REL_MIN, REL_MAX, None
+        hi_loss = loss_at(REL_MAX)
+        if ok(hi_loss):
+            lo, lo_loss = REL_MAX, hi_loss
+        else:
+            # keep one evaluation in reserve to verify REL_MIN if no bisection point passes
+            while hi / lo > REL_TOLERANCE and evals < max_evals - (lo_loss is None):
+                mid = math.sqrt(lo * hi)
+                loss = loss_at(mid)
+                if ok(loss):
+                    lo, lo_loss = mid, loss
+                else:
+                    hi = mid
+            if lo_loss is None:
+                lo_loss = loss_at(REL_MIN)
+        within = ok(lo_loss)
+        codes = [code_quantized(saved_params[n], rel=lo) for n, _ in params]
+    finally:
+        with torch.no_grad():
+            model.load_state_dict(saved)
+        model.train(training)
+    n = sum(c.numel for c in codes)
+    return Intrinsic(bits=sum(c.bits for c in codes), rel=lo, loss_before=before, loss_after=lo_loss, budget=budget,
+                     evals=evals, within_budget=within, mse=math.fsum(c.sse for c in codes) / n,
+                     max_abs_err=max(c.max_abs_err for c in codes), numel=n)
+
+
+def _quantized_like(t: Any, rel: float) -> Any:
+    """``t`` replaced by its decoded quantisation at ``rel`` (exactly what decode_quantized returns), same dtype."""
+    import torch
+
+    return torch.from_numpy(reconstruct(t, rel=rel)).to(dtype=t.dtype, device=t.device).reshape(t.shape)
+
+
+__all__ = ["intrinsic", "Intrinsic", "check_budget", "REL_MIN", "REL_MAX"]

@@ -1,0 +1,321 @@
+"""A real code of weights at a stated precision: uniform scalar quantisation + an entropy code.
+
+Each tensor is quantised on its own grid: symbol ``i = round(x / step)``,
+decoded value ``i * step``, so every value comes back within ``step / 2``
+(plus the rounding of the decoded value to its dtype). The step is given
+absolutely (``delta``) or relative to the tensor's RMS (``rel``:
+``step = rel * RMS``). Integer and bool tensors are coded exactly (step 1).
+
+The integer symbols are then coded by whichever of these real codes is
+shortest for this tensor (the header says which):
+
+* ``const``     every symbol equal: nothing beyond the header;
+* ``order0``    the symbol counts are sent (zstd of fixed-width integers),
+                then an ANS code driven by those counts (constriction);
+* ``gaussian``  / ``laplace``: a discretised distribution whose two float64
+                parameters are sent, then an ANS code (constriction);
+* ``zstd``      zstd of the symbols as fixed-width little-endian integers
+                (wins on tiled or repetitive tensors, which order-0 codes miss).
+
+Layout (integers as LEB128 varints; ``zz`` = zig-zag signed)::
+
+    b"KQ" version dtype-code method ndim dims... step(float64 LE)
+    zz(lo) (hi - lo) [method fields] payload
+
+:func:`encode_quantized` returns the bytes and :func:`decode_quantized`
+inverts them; ``len(data) * 8`` is the code length in bits.
+"""
+from __future__ import annotations
+
+import math
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .bitio import read_varint, unzigzag, varint, zigzag
+from .errors import CorruptFileError, EstimatorSettingError
+from .sources import NamedArray, as_named
+
+MAGIC = b"KQ"
+VERSION = 1
+#: dtypes we can restore, by code; floats decode to float32 (float64 stays float64)
+DTYPES = ("float32", "float16", "bfloat16", "float64", "int8", "int16", "int32", "int64",
+          "uint8", "uint16", "uint32", "uint64", "bool")
+METHODS = ("const", "order0", "gaussian", "laplace", "zstd")
+#: ANS models need symbols inside int32 and an alphabet the 24-bit fixed-point
+#: probabilities can cover; wider alphabets fall back to zstd
+MAX_ANS_ALPHABET = 1 << 20
+ZSTD_LEVEL = 3
+
+
+@dataclass(frozen=True)
+class QuantizedCode:
+    """One tensor's quantised code and what it buys."""
+
+    data: bytes
+    step: float          #: quantisation step (1 for integer tensors)
+    method: str          #: which entropy code won
+    numel: int
+    sse: float           #: sum of squared errors of the decoded values
+    max_abs_err: float   #: largest |decoded - original|
+    signal: float        #: sum of squared original values (for SNR)
+
+    @property
+    def bits(self) -> int:
+        """Length of the code in bits: ``len(data) * 8``."""
+        return 8 * len(self.data)
+
+    @property
+    def mse(self) -> float:
+        return self.sse / self.numel
+
+
+def check_precision(rel: Any = None, delta: Any = None) -> tuple[float | None, float | None]:
+    """Validate a precision: exactly one of ``rel`` (step / RMS) or ``delta`` (absolute step), each finite and > 0."""
+    if (rel is None) == (delta is None):
+        raise EstimatorSettingError("give exactly one precision: rel (step as a fraction of the tensor's RMS) "
+                                    "or delta (an absolute step)")
+    name, value = ("rel", rel) if rel is not None else ("delta", delta)
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise EstimatorSettingError(f"{name} must be a number, got {value!r}")
+    value = float(value)
+    if not math.isfinite(value) or value <= 0:
+        raise EstimatorSettingError(f"{name} must be finite and > 0, got {value}")
+    return (value, None) if name == "rel" else (None, value)
+
+
+def quantize(a: NamedArray, rel: float | None = None, delta: float | None = None
+             ) -> tuple[np.ndarray, float, np.ndarray]:
+    """(int64 symbols, step, values as float64) of one tensor; integers and bools get step 1 and stay exact."""
+    values = a.values()
+    if a.dtype == "bool" or values.dtype.kind in "iu":
+        if values.dtype == np.uint64 and values.size and int(values.max()) > np.iinfo(np.int64).max:
+            raise EstimatorSettingError(f"tensor '{a.name}' holds uint64 values beyond the int64 range")
+        sym = values.reshape(-1).astype(np.int64)
+        return sym, 1.0, sym.astype(np.float64)
+    x = values.reshape(-1).astype(np.float64)
+    if not np.isfinite(x).all():
+        raise EstimatorSettingError(f"tensor '{a.name}' holds NaN/Inf, which no finite step can quantise")
+    step = delta if delta is not None else rel * float(np.sqrt(np.mean(x * x)))
+    if step == 0.0:  # an all-zero tensor: any step codes it exactly
+        step = 1.0
+    sym = np.rint(x / step)
+    if sym.size and np.abs(sym).max() >= 2.0 ** 62:
+        raise EstimatorSettingError(f"step {step:g} is too fine for tensor '{a.name}' (symbols exceed 2**62)")
+    return sym.astype(np.int64), float(step), x
+
+
+def encode_quantized(x: Any, rel: float | None = None, delta: float | None = None) -> bytes:
+    """Quantise one array or tensor (step = ``delta`` or ``rel`` x its RMS) and entropy-code it; returns the code.
+
+    ``len(result) * 8`` is the code length in bits; :func:`decode_quantized`
+    rebuilds every value within step/2.
+    """
+    return code_quantized(x, rel=rel, delta=delta).data
+
+
+def code_quantized(x: Any, rel: float | None = None, delta: float | None = None) -> QuantizedCode:
+    """Like :func:`encode_quantized`, with the step, the winning method and the distortion."""
+    rel, delta = check_precision(rel, delta)
+    a = as_named(x)
+    sym, step, orig = quantize(a, rel, delta)
+    head = bytearray(MAGIC) + bytes([VERSION, DTYPES.index(a.dtype)])
+    shape = bytearray(varint(len(a.shape)))
+    for d in a.shape:
+        shape += varint(int(d))
+    method, body = _entropy_code(sym)
+    data = bytes(head + bytes([METHODS.index(method)]) + shape + struct.pack("<d", step) + body)
+    rec = _reconstruct(sym, step, a.dtype).reshape(-1).astype(np.float64)
+    err = rec - orig
+    return QuantizedCode(data=data, step=step, method=method, numel=int(sym.size), sse=float(np.dot(err, err)),
+                         max_abs_err=float(np.abs(err).max()), signal=float(np.dot(orig, orig)))
+
+
+def reconstruct(x: Any, rel: float | None = None, delta: float | None = None) -> np.ndarray:
+    """What :func:`decode_quantized` returns for ``x`` at this precision, without building the code."""
+    rel, delta = check_precision(rel, delta)
+    a = as_named(x)
+    sym, step, _ = quantize(a, rel, delta)
+    return _reconstruct(sym, step, a.dtype).reshape(a.shape)
+
+
+def decode_quantized(data: bytes) -> np.ndarray:
+    """Inverse of :func:`encode_quantized`: float32 values in the original shape.
+
+    float64 tensors come back as float64 and integer/bool tensors exactly in
+    their own dtype.
+    """
+    buf = memoryview(bytes(data))
+    try:
+        if bytes(buf[:2]) != MAGIC or buf[2] != VERSION:
+            raise CorruptFileError("not a quantised code (bad magic or version)")
+        dtype, method = DTYPES[buf[3]], METHODS[buf[4]]
+        ndim, pos = read_varint(buf, 5)
+        shape = []
+        for _ in range(ndim):
+            d, pos = read_varint(buf, pos)
+            shape.append(d)
+        (step,) = struct.unpack_from("<d", buf, pos)
+        sym = _entropy_decode(method, buf, pos + 8, math.prod(shape))
+    except (IndexError, struct.error):
+        raise CorruptFileError("corrupt quantised code: truncated") from None
+    return _reconstruct(sym, step, dtype).reshape(shape)
+
+
+def _reconstruct(sym: np.ndarray, step: float, dtype: str) -> np.ndarray:
+    if dtype == "bool":
+        return sym.astype(np.bool_)
+    if dtype.startswith(("int", "uint")):
+        return sym.astype(dtype)
+    return (sym * step).astype(np.float64 if dtype == "float64" else np.float32)
+
+
+# ---------------------------------------------------------------- entropy codes
+def _entropy_code(sym: np.ndarray) -> tuple[str, bytes]:
+    """The shortest of our codes for these symbols: (method, bytes after the step)."""
+    lo, hi = (int(sym.min()), int(sym.max())) if sym.size else (0, 0)
+    prefix = varint(zigzag(lo)) + varint(hi - lo)
+    if hi == lo:
+        return "const", prefix
+    candidates = {"zstd": _zstd_code(sym - lo, hi - lo)}
+    if hi - lo < MAX_ANS_ALPHABET and -(2 ** 31) <= lo and hi < 2 ** 31:
+        counts = np.bincount(sym - lo, minlength=hi - lo + 1)
+        candidates["order0"] = _order0_code(sym - lo, counts)
+        # parametric models are only tried when their predicted length can win
+        best = min(len(c) for c in candidates.values())
+        for name in ("gaussian", "laplace"):
+            params = _fit(name, sym, counts, lo)
+            if _predicted_bytes(name, params, counts, lo) < best:
+                candidates[name] = _parametric_code(name, sym, lo, hi, params)
+    method = min(candidates, key=lambda k: len(candidates[k]))
+    return method, prefix + candidates[method]
+
+
+def _entropy_decode(method: str, buf: memoryview, pos: int, n: int) -> np.ndarray:
+    z, pos = read_varint(buf, pos)
+    span, pos = read_varint(buf, pos)
+    lo = unzigzag(z)
+    if method == "const":
+        return np.full(n, lo, dtype=np.int64)
+    if method == "zstd":
+        return _zstd_decode(buf[pos:], span, n) + lo
+    if method == "order0":
+        return _order0_decode(buf, pos, n, span) + lo
+    params = struct.unpack_from("<dd", buf, pos)
+    return _ans_decode(_model(method, lo, lo + span, params), buf[pos + 16:], n)
+
+
+def _width(span: int) -> int:
+    return next(w for w in (1, 2, 4, 8) if span < 256 ** w)
+
+
+def _zstd_code(offsets: np.ndarray, span: int) -> bytes:
+    import zstandard
+
+    return zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress(offsets.astype(f"<u{_width(span)}").tobytes())
+
+
+def _zstd_decode(payload: memoryview, span: int, n: int) -> np.ndarray:
+    import zstandard
+
+    width = _width(span)
+    try:
+        raw = zstandard.ZstdDecompressor().decompress(bytes(payload), max_output_size=n * width)
+    except zstandard.ZstdError as exc:
+        raise CorruptFileError(f"corrupt quantised code: {exc}") from None
+    if len(raw) != n * width:
+        raise CorruptFileError("corrupt quantised code: wrong number of symbols")
+    return np.frombuffer(raw, dtype=f"<u{width}").astype(np.int64)
+
+
+def _order0_code(offsets: np.ndarray, counts: np.ndarray) -> bytes:
+    import zstandard
+
+    table = zstandard.ZstdCompressor(level=19).compress(counts.astype(f"<u{_width(int(counts.max()))}").tobytes())
+    head = bytes([_width(int(counts.max()))]) + varint(len(table)) + table
+    return head + _ans_encode(_categorical(counts), offsets)
+
+
+def _order0_decode(buf: memoryview, pos: int, n: int, span: int) -> np.ndarray:
+    import zstandard
+
+    width = buf[pos]
+    size, pos = read_varint(buf, pos + 1)
+    try:
+        raw = zstandard.ZstdDecompressor().decompress(bytes(buf[pos:pos + size]), max_output_size=(span + 1) * 8)
+    except zstandard.ZstdError as exc:
+        raise CorruptFileError(f"corrupt quantised code: {exc}") from None
+    if width not in (1, 2, 4, 8) or len(raw) != (span + 1) * width:
+        raise CorruptFileError("corrupt quantised code: bad symbol table")
+    counts = np.frombuffer(raw, dtype=f"<u{width}").astype(np.int64)
+    if counts.sum() != n:
+        raise CorruptFileError("corrupt quantised code: symbol table does not match the shape")
+    return _ans_decode(_categorical(counts), buf[pos + size:], n)
+
+
+def _categorical(counts: np.ndarray) -> Any:
+    import constriction
+
+    return constriction.stream.model.Categorical(counts.astype(np.float64), perfect=False)
+
+
+def _fit(name: str, sym: np.ndarray, counts: np.ndarray, lo: int) -> tuple[float, float]:
+    """Maximum-likelihood (mean, scale) of the continuous model, from the symbol histogram."""
+    support = np.arange(lo, lo + counts.size, dtype=np.float64)
+    w = counts / counts.sum()
+    if name == "gaussian":
+        mean = float(np.dot(w, support))
+        return mean, max(float(np.sqrt(np.dot(w, (support - mean) ** 2))), 0.1)
+    cdf = np.cumsum(w)
+    median = float(support[np.searchsorted(cdf, 0.5)])
+    return median, max(float(np.dot(w, np.abs(support - median))), 0.1)
+
+
+def _predicted_bytes(name: str, params: tuple[float, float], counts: np.ndarray, lo: int) -> float:
+    """Cross-entropy of the symbols under the discretised model, in bytes (what ANS will spend, within a word)."""
+    from scipy import stats
+
+    dist = stats.norm(*params) if name == "gaussian" else stats.laplace(*params)
+    edges = np.arange(lo, lo + counts.size + 1, dtype=np.float64) - 0.5
+    mass = np.diff(dist.cdf(edges))
+    mass = np.maximum(mass / mass.sum(), 2.0 ** -24)
+    used = counts > 0
+    return float(-np.dot(counts[used], np.log2(mass[used]))) / 8 + 16
+
+
+def _model(name: str, lo: int, hi: int, params: tuple[float, float]) -> Any:
+    import constriction
+
+    cls = constriction.stream.model.QuantizedGaussian if name == "gaussian" else constriction.stream.model.QuantizedLaplace
+    return cls(lo, hi, params[0], params[1])
+
+
+def _parametric_code(name: str, sym: np.ndarray, lo: int, hi: int, params: tuple[float, float]) -> bytes:
+    return struct.pack("<dd", *params) + _ans_encode(_model(name, lo, hi, params), sym)
+
+
+def _ans_encode(model: Any, symbols: np.ndarray) -> bytes:
+    import constriction
+
+    coder = constriction.stream.stack.AnsCoder()
+    coder.encode_reverse(symbols.astype(np.int32), model)
+    return coder.get_compressed().astype("<u4").tobytes()
+
+
+def _ans_decode(model: Any, payload: memoryview, n: int) -> np.ndarray:
+    import constriction
+
+    if len(payload) % 4:
+        raise CorruptFileError("corrupt quantised code: ANS payload is not whole 32-bit words")
+    words = np.frombuffer(bytes(payload), dtype="<u4").astype(np.uint32)
+    try:
+        coder = constriction.stream.stack.AnsCoder(words)
+        out = coder.decode(model, n)
+    except Exception as exc:  # constriction raises plain ValueError/AssertionError on bad data
+        raise CorruptFileError(f"corrupt quantised code: {exc}") from None
+    return np.asarray(out, dtype=np.int64)
+
+
+__all__ = ["encode_quantized", "decode_quantized", "code_quantized", "reconstruct", "QuantizedCode", "check_precision", "quantize"]
