@@ -10,36 +10,63 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .errors import NotApplicableError
-from .estimators.base import Estimator, resolve
+from .errors import MissingContextError, NotApplicableError
+from .estimators.base import Context, Estimate, Estimator, resolve
 from .scoring import score
-from .sources import open_source
+from .sources import NamedArray, open_source
 
 DEFAULT_ESTIMATORS = ("lzma", "zstd", "bdm", "mdl")
 
 
-def measure(source: Any, estimators: Any = DEFAULT_ESTIMATORS, whole: bool = True) -> dict[str, float | None]:
-    """Total bits per estimator label for ``source`` (None where an estimator does not apply).
+def measure_estimates(source: Any, estimators: Any = DEFAULT_ESTIMATORS, whole: bool = True,
+                      context: Context | None = None) -> dict[str, Estimate | None]:
+    """Every estimator's :class:`Estimate` of ``source`` (bits + details), by label.
 
-    With ``whole=True`` (the MoMos paper's measurement) only the estimate of
-    all tensors concatenated is computed, not the per-tensor rows.
+    None where an estimator does not apply; estimators whose ``needs`` the
+    ``context`` does not meet (``delta`` before there are previous weights)
+    are left out. With ``whole=True`` (the MoMos paper's measurement) only
+    the estimate of all tensors together is computed, not per-tensor rows.
     """
+    ests = resolve(estimators)
     if not whole:
-        report = score(source, estimators)
-        return {k: (None if math.isnan(v) else float(v)) for k, v in report.total.items()}
+        report = score(source, ests)
+        return {k: (None if math.isnan(v) else Estimate(float(v), report.total_details.get(k, {})))
+                for k, v in report.total.items()}
     arrays = list(open_source(source))
-    out: dict[str, float | None] = {}
-    for label, est in resolve(estimators).items():
+    out: dict[str, Estimate | None] = {}
+    for label, est in ests.items():
         try:
-            out[label] = float(est.bits_whole(arrays))
+            out[label] = est.estimate_whole(arrays, context)
+        except MissingContextError:
+            continue
         except NotApplicableError:
             out[label] = None
     return out
+
+
+def measure(source: Any, estimators: Any = DEFAULT_ESTIMATORS, whole: bool = True,
+            context: Context | None = None) -> dict[str, float | None]:
+    """Total bits per estimator label for ``source`` (see :func:`measure_estimates`)."""
+    return {k: (None if e is None else float(e.bits))
+            for k, e in measure_estimates(source, estimators, whole, context).items()}
+
+
+def split_estimates(estimates: dict[str, Estimate | None]) -> tuple[dict[str, float | None], dict[str, dict[str, Any]]]:
+    """({label: bits}, {label: details}) for a log record; details only where an estimator gave some."""
+    bits = {k: (None if e is None else float(e.bits)) for k, e in estimates.items()}
+    details = {k: _json_safe(dict(e.details)) for k, e in estimates.items() if e is not None and e.details}
+    return bits, details
+
+
+def _json_safe(d: dict[str, Any]) -> dict[str, Any]:
+    """Details as strict JSON allows: an infinite or NaN float becomes None."""
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in d.items()}
 
 
 def append_jsonl(path: str | Path, record: dict[str, Any]) -> None:
@@ -52,24 +79,44 @@ def append_jsonl(path: str | Path, record: dict[str, Any]) -> None:
 
 
 class ComplexityLogger:
-    """Logs every requested estimator on a model's weights, one JSON line per call."""
+    """Logs every requested estimator on a model's weights, one JSON line per call.
+
+    ``loss_fn(model) -> float`` (on data you fixed) lets ``intrinsic`` run;
+    ``delta`` uses the weights of the previous call.
+    """
 
     def __init__(self, estimators: str | Sequence[str | Estimator] = DEFAULT_ESTIMATORS,
-                 path: str | Path | None = None, whole: bool = True) -> None:
+                 path: str | Path | None = None, whole: bool = True,
+                 loss_fn: Callable[[Any], float] | None = None) -> None:
         self.estimators = resolve(estimators)  # validated now, not at the first epoch
         self.path = Path(path) if path is not None else None
         self.whole = whole
+        self.loss_fn = loss_fn
         self.records: list[dict[str, Any]] = []
+        self._previous: list[NamedArray] | None = None
 
     def log(self, model: Any, epoch: int, **extra: Any) -> dict[str, Any]:
-        """Score ``model`` now; append ``{"epoch", "complexity": {est: bits}, "estimators_s", **extra}``."""
+        """Score ``model`` now; append ``{"epoch", "complexity": {est: bits}, "details", "estimators_s", **extra}``.
+
+        ``details`` holds what each figure buys (a lossy code's ``mse`` and
+        ``max_abs_err``, ``intrinsic``'s ``rel`` and losses, ``mdl``'s ``rac``).
+        """
         t = time.perf_counter()
-        bits = measure(model, self.estimators, whole=self.whole)
-        record = {"epoch": int(epoch), "complexity": bits, "estimators_s": time.perf_counter() - t, **extra}
-        self.records.append(record)
+        arrays = [NamedArray(a.name, a.data.copy(), a.dtype) for a in open_source(model)]
+        context = Context(model=model if _is_module(model) else None, loss_fn=self.loss_fn, previous=self._previous)
+        bits, details = split_estimates(measure_estimates(arrays, self.estimators, whole=self.whole, context=context))
+        record = {"epoch": int(epoch), "complexity": bits, "details": details,
+                  "estimators_s": time.perf_counter() - t, **extra}
         if self.path is not None:
             append_jsonl(self.path, record)
+        self.records.append(record)
+        self._previous = arrays
         return record
+
+
+def _is_module(obj: Any) -> bool:
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(obj, torch.nn.Module)
 
 
 def lightning_callback(logger: ComplexityLogger, package: str = "lightning.pytorch") -> Any:

@@ -104,6 +104,8 @@ def make_named(name: str, array: Any, allow_nonfinite: bool = False) -> NamedArr
 
 
 def _to_numpy(name: str, array: Any) -> tuple[np.ndarray, str]:
+    if isinstance(array, NamedArray):
+        return array.data, array.dtype
     torch = _torch_or_none()
     if torch is not None and isinstance(array, torch.Tensor):
         t = array.detach()
@@ -184,6 +186,8 @@ def open_source(source: Any, include_buffers: bool = False, allow_nonfinite: boo
         return _from_items([("tensor", source)], allow_nonfinite, "tensor")
     if isinstance(source, Mapping):
         return _from_items(flatten_state(source), allow_nonfinite, "state_dict")
+    if isinstance(source, (list, tuple)) and source and all(isinstance(a, NamedArray) for a in source):
+        return _from_items([(a.name, a) for a in source], allow_nonfinite, "arrays")
     raise UnsupportedSourceError(
         f"cannot read weights from a {type(source).__name__}; pass an array, tensor, nn.Module, "
         "state_dict or a path to .safetensors/.pt/.pth/.npz/.npy"

@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_file
 from .errors import RunError
 
 LATEST = "latest.json"
+PREVIOUS = "previous.safetensors"
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -31,8 +32,13 @@ def write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def save(root: Path, epoch: int, model: torch.nn.Module, state: dict[str, Any], mosaic: Any = None) -> Path:
-    """Write checkpoint ``epoch`` under ``root`` and make it the latest; older ones are removed."""
+def save(root: Path, epoch: int, model: torch.nn.Module, state: dict[str, Any], mosaic: Any = None,
+         previous: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write checkpoint ``epoch`` under ``root`` and make it the latest; older ones are removed.
+
+    ``previous`` (the weights logged at the epoch before, which ``delta`` is
+    conditioned on) is kept beside it so a resumed run logs the same numbers.
+    """
     root.mkdir(parents=True, exist_ok=True)
     folder = root / f"epoch-{epoch:05d}"
     if folder.exists():
@@ -42,6 +48,8 @@ def save(root: Path, epoch: int, model: torch.nn.Module, state: dict[str, Any], 
     torch.save(state, folder / "state.pt")
     if mosaic is not None:
         mosaic.save(folder / "mosaic.safetensors")
+    if previous is not None:
+        save_file({k: v.contiguous() for k, v in previous.items()}, str(folder / PREVIOUS))
     _fsync_dir(folder)
     write_atomic(root / LATEST, json.dumps({"epoch": epoch, "folder": folder.name}))
     for old in root.glob("epoch-*"):
@@ -66,6 +74,17 @@ def load(root: Path, model: torch.nn.Module) -> tuple[int, dict[str, Any], Path]
         raise RunError(f"corrupt checkpoint in {root}: state is for epoch {state.get('epoch')}, "
                        f"pointer says {pointer['epoch']}")
     return int(pointer["epoch"]), state, folder
+
+
+def load_previous(folder: Path) -> dict[str, torch.Tensor] | None:
+    """The previous epoch's logged weights saved with a checkpoint, or None."""
+    path = folder / PREVIOUS
+    if not path.is_file():
+        return None
+    try:
+        return load_file(str(path))
+    except Exception as exc:  # safetensors raises its own error types for damaged files
+        raise RunError(f"corrupt checkpoint file {path}: {exc}") from None
 
 
 def save_best(root: Path, model: torch.nn.Module, info: dict[str, Any]) -> None:

@@ -27,6 +27,8 @@ def load_run(run_dir: str | Path) -> dict[str, Any]:
     for r in records:
         row = {k: r[k] for k in ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr")}
         row.update({f"bits:{k}": v for k, v in r.get("complexity", {}).items()})
+        for label, details in r.get("details", {}).items():
+            row.update({f"{label}:{k}": v for k, v in details.items() if k in TABLE_DETAILS})
         if r.get("projection"):
             row.update({f"proj:{k}": v for k, v in r["projection"].items()})
         rows.append(row)
@@ -35,6 +37,10 @@ def load_run(run_dir: str | Path) -> dict[str, Any]:
     label = run_dir.name if run_dir.name == config["method"] else f"{run_dir.name} ({config['method']})"
     return {"dir": run_dir, "label": label, "config": config, "log": pd.DataFrame(rows).set_index("epoch"),
             "result": result}
+
+
+#: details shown beside the bits: the paper's RAC, the distortion a lossy code buys, intrinsic's precision
+TABLE_DETAILS = ("rac", "mse", "max_abs_err", "rel")
 
 
 def estimator_columns(runs: list[dict[str, Any]]) -> list[str]:
@@ -53,8 +59,11 @@ def table(runs: list[dict[str, Any]]) -> pd.DataFrame:
                                "val_acc": last["val_acc"],
                                "test_acc": run["result"]["test_acc"] if run["result"] else float("nan")}
         for col in estimator_columns(runs):
-            row[col.removeprefix("bits:")] = last.get(col, float("nan"))
-        if "bits:rac" in run["log"].columns:
+            label = col.removeprefix("bits:")
+            row[label] = last.get(col, float("nan"))
+            row.update({f"{label}:{k}": last[f"{label}:{k}"] for k in TABLE_DETAILS
+                        if f"{label}:{k}" in run["log"].columns})
+        if "bits:rac" in run["log"].columns:  # logs written before rac moved into mdl's details
             row["rac"] = last["bits:rac"]
         rows[run["label"]] = row
     out = pd.DataFrame.from_dict(rows, orient="index")

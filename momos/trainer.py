@@ -8,6 +8,7 @@ Line 0 is the initialisation. A run killed at any moment resumes with
 """
 from __future__ import annotations
 
+import copy
 import json
 import random
 import shutil
@@ -24,14 +25,17 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 import kcomplexity as kc
-from kcomplexity.callbacks import append_jsonl, measure
+from kcomplexity.callbacks import append_jsonl, measure_estimates, split_estimates
+from kcomplexity.estimators import Context
+from kcomplexity.sources import open_source
 
 from . import checkpoint, data, models, qat
 from .config import TrainConfig
 from .errors import RunError
 from .projection import MoMos, Projection
 
-MDL_NAMES = ("mdl", "mdl-paper")
+#: estimators that need a loss (``intrinsic``) get it on this many training examples, a fixed seeded subset
+LOSS_EXAMPLES = 4096
 
 
 @dataclass
@@ -122,9 +126,11 @@ class _Trainer:
         self.shuffle = torch.Generator().manual_seed(cfg.seed)
         self.momos = (MoMos(cfg.s, cfg.capacity, cfg.k, cfg.force_zero, seed=cfg.seed, scope=cfg.scope)
                       if cfg.uses_momos else None)
-        labels = [e for e in cfg.estimators if e.split(":")[0] not in MDL_NAMES]
-        self.plain_estimators = kc.estimators.resolve(labels) if labels else {}
-        self.mdl_labels = [e for e in cfg.estimators if e.split(":")[0] in MDL_NAMES]
+        self.estimators = kc.estimators.resolve(cfg.estimators) if cfg.estimators else {}
+        needs = {n for est in self.estimators.values() for n in est.needs}
+        self.loss_fn = fixed_loss(self.data.train, cfg.seed, self.device) if "loss_fn" in needs else None
+        self.keep_model, self.keep_previous = "model" in needs, "previous" in needs
+        self.previous: dict[str, torch.Tensor] | None = None  # weights of the last logged epoch (for delta)
         self.best = {"epoch": -1, "val_acc": -1.0}
         self.log_path = run_dir / "log.jsonl"
         self.ckpt_root = run_dir / "checkpoints"
@@ -174,28 +180,28 @@ class _Trainer:
     def snapshot(self) -> dict[str, torch.Tensor]:
         return {k: v.detach().to("cpu", copy=True) for k, v in qat.effective_weights(self.model).items()}
 
-    def complexity(self, weights: dict[str, torch.Tensor], mosaic: Any) -> tuple[dict[str, Any], float]:
-        """Every requested estimator (bits) and the paper's RAC; MDL comes from the projection's mosaic when it has one."""
-        t = time.perf_counter()
-        out: dict[str, Any] = measure(weights, self.plain_estimators, whole=True) if self.plain_estimators else {}
-        q = self.cfg.q if self.cfg.uses_qat else None
-        by_s: dict[int, kc.MDL] = {}
-        for label in self.mdl_labels:
-            est = kc.estimators.get(label)
-            s = est.s if "s=" in label else self.cfg.s
-            if s not in by_s:
-                by_s[s] = kc.mdl(mosaic, q=q) if mosaic is not None and mosaic.s == s else kc.mdl(weights, s=s, q=q)
-            out[label] = by_s[s].coded_bits if est.code == "coded" else by_s[s].paper_bits
-        if self.cfg.s in by_s:
-            out["rac"] = by_s[self.cfg.s].rac
-        return out, time.perf_counter() - t
+    def context(self, mosaic: Any, previous: dict[str, torch.Tensor] | None) -> Context:
+        """What context-needing estimators get: a copy of the model (they may evaluate it while the next
+        epoch trains), the fixed loss, the previous logged weights, the mosaic and q."""
+        return Context(model=copy.deepcopy(self.model) if self.keep_model else None, loss_fn=self.loss_fn,
+                       previous=list(open_source(previous)) if previous is not None else None,
+                       mosaic=mosaic, q=self.cfg.q if self.cfg.uses_qat else None)
 
-    def write(self, record: dict[str, Any], result: tuple[dict[str, Any], float]) -> None:
+    def complexity(self, weights: dict[str, torch.Tensor], context: Context
+                   ) -> tuple[dict[str, Any], dict[str, Any], float]:
+        """Every requested estimator through the registry: ({label: bits}, {label: details}, seconds)."""
+        t = time.perf_counter()
+        if not self.estimators:
+            return {}, {}, 0.0
+        bits, details = split_estimates(measure_estimates(weights, self.estimators, whole=True, context=context))
+        return bits, details, time.perf_counter() - t
+
+    def write(self, record: dict[str, Any], result: tuple[dict[str, Any], dict[str, Any], float]) -> None:
         record = dict(record)
-        record["complexity"], record["time"]["estimators_s"] = result
+        record["complexity"], record["details"], record["time"]["estimators_s"] = result
         append_jsonl(self.log_path, record)
         if not self.quiet:
-            c = ", ".join(f"{k} {v:,.0f}" for k, v in record["complexity"].items() if k != "rac" and v is not None)
+            c = ", ".join(f"{k} {v:,.0f}" for k, v in record["complexity"].items() if v is not None)
             tqdm.write(f"epoch {record['epoch']:>3}: val_acc {record['val_acc']:.4f} val_loss {record['val_loss']:.4f}"
                        f" | {c} bits", file=sys.stderr)
 
@@ -219,13 +225,16 @@ class _Trainer:
         except (KeyError, ValueError, RuntimeError) as exc:
             raise RunError(f"corrupt checkpoint state in {folder}: {exc}") from None
         logged = {r["epoch"] for r in read_log(self.log_path, repair=True)}
+        previous = checkpoint.load_previous(folder)
         if pending["epoch"] not in logged:
             mosaic = None
             if (folder / "mosaic.safetensors").is_file():
                 from .mosaic import Mosaic
 
                 mosaic = Mosaic.load(folder / "mosaic.safetensors")
-            self.write(pending, self.complexity(self.snapshot(), mosaic))
+            self.write(pending, self.complexity(self.snapshot(), self.context(mosaic, previous)))
+        if self.keep_previous:
+            self.previous = self.snapshot()
         return epoch
 
     # ------------------------------------------------------------------ the run
@@ -241,8 +250,11 @@ class _Trainer:
                 if epoch >= 1 and record["val_acc"] > self.best["val_acc"]:
                     self.best = {"epoch": epoch, "val_acc": record["val_acc"]}
                     checkpoint.save_best(self.run_dir, self.model, self.best)
-                checkpoint.save(self.ckpt_root, epoch, self.model, self.state(epoch, record), mosaic)
-                waiting = (record, pool.submit(self.complexity, self.snapshot(), mosaic))
+                checkpoint.save(self.ckpt_root, epoch, self.model, self.state(epoch, record), mosaic, self.previous)
+                weights = self.snapshot()
+                waiting = (record, pool.submit(self.complexity, weights, self.context(mosaic, self.previous)))
+                if self.keep_previous:
+                    self.previous = weights
             if waiting is not None:
                 self.write(waiting[0], waiting[1].result())
         finally:
@@ -289,6 +301,24 @@ class _Trainer:
             print(f"{self.run_dir}: test accuracy {test_acc:.4f} (best epoch {best['epoch']}), "
                   f"final-epoch model {final_acc:.4f}", file=sys.stderr)
         return result
+
+
+def fixed_loss(split: data.Split, seed: int, device: torch.device) -> Any:
+    """``loss_fn(model) -> float``: mean cross-entropy (nats) on a fixed seeded subset of at most LOSS_EXAMPLES."""
+    n = len(split)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:LOSS_EXAMPLES].sort().values
+    x, y = split.x[order], split.y[order]
+
+    @torch.no_grad()
+    def loss_fn(model: torch.nn.Module) -> float:
+        model.eval()
+        total = 0.0
+        for lo in range(0, len(y), 1024):
+            out = model(x[lo:lo + 1024].to(device))
+            total += float(F.cross_entropy(out, y[lo:lo + 1024].to(device), reduction="sum"))
+        return total / len(y)
+
+    return loss_fn
 
 
 def train(config: TrainConfig | dict[str, Any], run_dir: str | Path, resume: bool = False, overwrite: bool = False,

@@ -43,7 +43,7 @@ def test_each_method_and_log_schema(method, tmp_path):
         p = log[-1]["projection"]
         assert p["k"] == max(1, int(0.05 * p["m"])) and p["changed"] > 0 and p["distortion"] > 0
         # RAC = n q / (k s q + m ceil(log2 k)): index bits weigh more against 8-bit values
-        assert log[-1]["complexity"]["rac"] > (2 if method == "momos" else 1.2)
+        assert log[-1]["details"]["mdl"]["rac"] > (2 if method == "momos" else 1.2)
     else:
         assert log[-1]["projection"] is None
     if method == "qat":
