@@ -8,7 +8,9 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from .errors import KComplexityError
+from typing import Any
+
+from .errors import EstimatorSettingError, KComplexityError
 
 EXIT_BAD_INPUT = 2
 
@@ -27,6 +29,17 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--allow-nonfinite", action="store_true", help="score tensors holding NaN/Inf by their raw bytes")
     s.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
 
+    r = sub.add_parser("rd", help="rate-distortion curve: bits of the quantised code against the distortion it buys")
+    r.add_argument("path", help="weights file")
+    r.add_argument("--rel", default="1,0.3,0.1,0.03,0.01,0.003",
+                   help="comma-separated steps as a fraction of each tensor's RMS (default: 1,0.3,0.1,0.03,0.01,0.003)")
+    r.add_argument("--momos", metavar="SETTINGS",
+                   help="add MoMos points on a copy of the weights, e.g. 's=2' or 's=2:seed=1' (needs --capacity)")
+    r.add_argument("--capacity", help="comma-separated MoMos capacities for --momos (default 0.01,0.05,0.2)")
+    r.add_argument("--plot", help="write a PNG of bits/param against MSE here")
+    r.add_argument("--format", "-f", choices=("table", "json", "csv"), default="table")
+    r.add_argument("--output", "-o", help="write to this file instead of stdout")
+
     sub.add_parser("estimators", help="list the registered estimators and their default settings")
 
     d = sub.add_parser("demo", help="score a small MLP at initialisation and after training on bundled digits")
@@ -43,6 +56,44 @@ def _score(args: argparse.Namespace) -> None:
                    progress=not args.quiet)
     text = {"table": report.to_table, "json": report.to_json, "csv": report.to_csv}[args.format]()
     _emit(text, args.output)
+
+
+def _rd(args: argparse.Namespace) -> None:
+    from .rd import rd
+
+    extra = None
+    if args.momos is not None or args.capacity is not None:
+        options = _settings(args.momos or "s=2")
+        options["capacity"] = _floats(args.capacity or "0.01,0.05,0.2", "--capacity")
+        extra = {"momos": options}
+    curve = rd(args.path, _floats(args.rel, "--rel"), extra=extra)
+    df = curve.to_frame()
+    text = {"table": lambda: df.to_string(index=False, float_format=lambda v: f"{v:.4g}"),
+            "json": lambda: df.to_json(orient="records", indent=2), "csv": lambda: df.to_csv(index=False)}[args.format]()
+    _emit(text, args.output)
+    if args.plot:
+        print(f"plot: {curve.plot(args.plot)}", file=sys.stderr)
+
+
+def _floats(text: str, flag: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise EstimatorSettingError(f"{flag} takes comma-separated numbers, got {text!r}") from None
+
+
+def _settings(text: str) -> dict[str, Any]:
+    """'s=2:seed=1' -> {"s": 2, "seed": 1} (integers where they parse)."""
+    out: dict[str, Any] = {}
+    for item in filter(None, text.replace(",", ":").split(":")):
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise EstimatorSettingError(f"setting '{item}' is not key=value")
+        try:
+            out[key.strip()] = int(value)
+        except ValueError:
+            raise EstimatorSettingError(f"setting '{item}' needs an integer value") from None
+    return out
 
 
 def _estimators(_: argparse.Namespace) -> None:
@@ -88,7 +139,7 @@ def run_guarded(prog: str, handler: Callable[[argparse.Namespace], None], args: 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``kcomplexity`` console script; returns the exit status."""
     args = _parser().parse_args(argv)
-    return run_guarded("kcomplexity", {"score": _score, "estimators": _estimators, "demo": _demo}[args.command], args)
+    return run_guarded("kcomplexity", {"score": _score, "rd": _rd, "estimators": _estimators, "demo": _demo}[args.command], args)
 
 
 if __name__ == "__main__":

@@ -28,13 +28,16 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--model", default="mlp", help=f"one of {', '.join(MODELS)}")
     t.add_argument("--data", default="digits", help=f"one of {', '.join(DATASETS)}")
     t.add_argument("--method", default="baseline", help=f"one of {', '.join(METHODS)}")
-    t.add_argument("--epochs", type=int, default=20)
-    t.add_argument("--batch-size", type=int, default=128)
+    t.add_argument("--epochs", type=int, help="default: the model's profile (20; grok-mlp 60)")
+    t.add_argument("--batch-size", type=int, help="default: the model's profile (128; grok-mlp full batch)")
+    t.add_argument("--steps-per-epoch", type=int,
+                   help="optimiser steps per epoch (default: one pass over the data; grok-mlp 100)")
     t.add_argument("--optimizer", help="adamw | sgd | adam (default: the model's paper profile)")
     t.add_argument("--lr", type=float)
     t.add_argument("--weight-decay", type=float)
     t.add_argument("--momentum", type=float)
-    t.add_argument("--schedule", default="cosine", help="cosine | constant")
+    t.add_argument("--beta2", type=float, help="Adam/AdamW second-moment decay (default 0.999; grok-mlp 0.98)")
+    t.add_argument("--schedule", help="cosine | constant (default: the model's profile)")
     t.add_argument("-s", "--block-size", dest="s", type=int, default=2, help="MoMos block size s")
     t.add_argument("--capacity", type=float, default=0.05, help="motifs as a fraction of blocks (0, 1]")
     t.add_argument("-k", type=int, help="number of motifs (instead of --capacity)")
@@ -48,6 +51,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--limit", type=int, help="use at most this many training examples")
     t.add_argument("--width", type=int, help="model width (MLP hidden units, ResNet base channels, ViT dim)")
     t.add_argument("--device", default="cpu")
+    t.add_argument("--modulus", type=int, default=97, help="modadd: the modulus p")
+    t.add_argument("--train-fraction", type=float, default=0.4, help="modadd: fraction of the p*p pairs to train on")
     t.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
 
     c = sub.add_parser("compare", help="table and plot of finished or running runs")
@@ -69,9 +74,9 @@ def _train(args: argparse.Namespace) -> None:
         result = train({}, args.out, resume=True, quiet=args.quiet)
     else:
         fields = {k: getattr(args, k) for k in (
-            "model", "data", "method", "epochs", "batch_size", "optimizer", "lr", "weight_decay", "momentum",
-            "schedule", "s", "capacity", "k", "force_zero", "scope", "q", "seed", "data_dir", "download", "limit",
-            "width", "device")}
+            "model", "data", "method", "epochs", "batch_size", "steps_per_epoch", "optimizer", "lr", "weight_decay",
+            "momentum", "beta2", "schedule", "s", "capacity", "k", "force_zero", "scope", "q", "seed", "data_dir",
+            "download", "limit", "width", "device", "modulus", "train_fraction")}
         fields["estimators"] = [e.strip() for e in args.estimators.split(",") if e.strip()]
         result = train(TrainConfig(**fields), args.out, overwrite=args.overwrite, quiet=args.quiet)
     print(json.dumps(result.to_json()["final"] | {"test_acc": result.test_acc}, indent=None))

@@ -16,11 +16,17 @@ from .projection import SCOPES, check_settings
 METHODS = ("baseline", "qat", "momos", "momos+qat")
 OPTIMIZERS = ("adamw", "sgd", "adam")
 SCHEDULES = ("cosine", "constant")
-#: the paper's training profiles (optimiser, learning rate, weight decay, momentum)
+#: what every profile starts from: one pass over the training data per epoch, batch 128, cosine schedule
+_BASE = {"epochs": 20, "batch_size": 128, "schedule": "cosine", "steps_per_epoch": None, "beta2": 0.999}
+#: training profiles per model (the paper's for mlp/resnet20/vit); a None field of TrainConfig takes these
 PROFILES: dict[str, dict[str, Any]] = {
-    "mlp": {"optimizer": "adamw", "lr": 3e-4, "weight_decay": 1e-2, "momentum": 0.0},
-    "resnet20": {"optimizer": "sgd", "lr": 0.1, "weight_decay": 1e-4, "momentum": 0.9},
-    "vit": {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 5e-2, "momentum": 0.0},
+    "mlp": {**_BASE, "optimizer": "adamw", "lr": 3e-4, "weight_decay": 1e-2, "momentum": 0.0},
+    "resnet20": {**_BASE, "optimizer": "sgd", "lr": 0.1, "weight_decay": 1e-4, "momentum": 0.9},
+    "vit": {**_BASE, "optimizer": "adamw", "lr": 1e-3, "weight_decay": 5e-2, "momentum": 0.0},
+    # grokking modular addition (DeMoss et al. 2024 setup): full batch, AdamW betas (0.9, 0.98),
+    # weight decay 1.0, constant lr; an epoch is 100 steps, so 60 epochs = 6,000 steps
+    "grok-mlp": {**_BASE, "optimizer": "adamw", "lr": 1e-3, "weight_decay": 1.0, "momentum": 0.0, "beta2": 0.98,
+                 "epochs": 60, "batch_size": 4096, "schedule": "constant", "steps_per_epoch": 100},
 }
 DEFAULT_ESTIMATORS = ["lzma", "zstd", "bdm", "mdl", "mdl-paper"]
 
@@ -32,13 +38,17 @@ class TrainConfig:
     model: str = "mlp"
     data: str = "digits"
     method: str = "baseline"
-    epochs: int = 20
-    batch_size: int = 128
+    epochs: int | None = None
+    batch_size: int | None = None
+    #: optimiser steps per epoch; None = one pass over the training data
+    steps_per_epoch: int | None = None
     optimizer: str | None = None
     lr: float | None = None
     weight_decay: float | None = None
     momentum: float | None = None
-    schedule: str = "cosine"
+    #: Adam/AdamW's second-moment decay (beta1 is 0.9)
+    beta2: float | None = None
+    schedule: str | None = None
     s: int = 2
     capacity: float | None = 0.05
     k: int | None = None
@@ -53,6 +63,9 @@ class TrainConfig:
     limit: int | None = None
     width: int | None = None
     device: str = "cpu"
+    #: modadd only: the modulus p and the fraction of the p*p pairs used for training
+    modulus: int = 97
+    train_fraction: float = 0.4
 
     @property
     def uses_momos(self) -> bool:
@@ -70,12 +83,16 @@ class TrainConfig:
             raise MoMosError(f"unknown data set '{self.data}'; available: {', '.join(DATASETS)}")
         if self.method not in METHODS:
             raise MoMosError(f"unknown method '{self.method}'; available: {', '.join(METHODS)}")
-        if self.schedule not in SCHEDULES:
-            raise MoMosError(f"unknown schedule '{self.schedule}'; available: {', '.join(SCHEDULES)}")
-        if int(self.epochs) < 0 or int(self.batch_size) < 1:
-            raise MoMosError("epochs must be >= 0 and batch_size >= 1")
         filled = {k: (v if getattr(self, k) is None else getattr(self, k)) for k, v in PROFILES[self.model].items()}
         cfg = dataclasses.replace(self, **filled)
+        if cfg.schedule not in SCHEDULES:
+            raise MoMosError(f"unknown schedule '{cfg.schedule}'; available: {', '.join(SCHEDULES)}")
+        if int(cfg.epochs) < 0 or int(cfg.batch_size) < 1:
+            raise MoMosError("epochs must be >= 0 and batch_size >= 1")
+        if cfg.steps_per_epoch is not None and int(cfg.steps_per_epoch) < 1:
+            raise MoMosError(f"steps_per_epoch must be >= 1 (or unset for one pass), got {cfg.steps_per_epoch}")
+        if not 0.0 <= float(cfg.beta2) < 1.0:
+            raise MoMosError(f"beta2 must lie in [0, 1), got {cfg.beta2}")
         if cfg.optimizer not in OPTIMIZERS:
             raise MoMosError(f"unknown optimizer '{cfg.optimizer}'; available: {', '.join(OPTIMIZERS)}")
         if cfg.k is not None:

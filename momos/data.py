@@ -6,6 +6,9 @@
   holding the standard MNIST idx files (``--data-dir``).
 * ``fashion-mnist``, ``cifar10``: through torchvision when it is installed
   and the files are under ``--data-dir`` (``--download`` lets torchvision fetch them).
+* ``modadd``: every pair (a, b) modulo p with label (a + b) mod p (the
+  grokking task); a seeded ``train_fraction`` of the pairs trains, the rest
+  is split in half into validation and test. Inputs are int64 token pairs.
 """
 from __future__ import annotations
 
@@ -21,12 +24,12 @@ import torch
 
 from .errors import DataError
 
-DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10")
+DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "modadd")
 
 
 @dataclass
 class Split:
-    """Images (N, C, H, W) float32 in [0, 1] and integer labels."""
+    """Inputs (images (N, C, H, W) float32 in [0, 1], or int64 tokens (N, L)) and integer labels."""
 
     x: torch.Tensor
     y: torch.Tensor
@@ -44,24 +47,32 @@ class DataSet:
     num_classes: int
 
     @property
-    def input_shape(self) -> tuple[int, int, int]:
-        return tuple(self.train.x.shape[1:])  # type: ignore[return-value]
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.train.x.shape[1:])
+
+    @property
+    def tokens(self) -> bool:
+        """True when inputs are integer tokens (modadd), not images."""
+        return not self.train.x.is_floating_point()
 
 
 def load(name: str, seed: int = 0, val_fraction: float = 0.1, data_dir: str | None = None,
-         download: bool = False, limit: int | None = None) -> DataSet:
+         download: bool = False, limit: int | None = None, modulus: int = 97, train_fraction: float = 0.4) -> DataSet:
     """Load a data set and split it deterministically given ``seed``.
 
     Data sets with an official test split keep it; the validation set is
     ``val_fraction`` of the training data. digits (no official split) is
-    split 70/15/15. ``limit`` caps the training set (for quick runs).
+    split 70/15/15; modadd as described in the module docstring (``modulus``,
+    ``train_fraction``). ``limit`` caps the training set (for quick runs).
     """
     if name not in DATASETS:
         raise DataError(f"unknown data set '{name}'; available: {', '.join(DATASETS)}")
     if not 0.0 < val_fraction < 0.5:
         raise DataError(f"val_fraction must lie in (0, 0.5), got {val_fraction}")
     gen = np.random.default_rng(seed)
-    if name == "digits":
+    if name == "modadd":
+        train, val, test = _modadd(int(modulus), float(train_fraction), gen)
+    elif name == "digits":
         from sklearn.datasets import load_digits
 
         x, y = load_digits(return_X_y=True)
@@ -81,6 +92,22 @@ def load(name: str, seed: int = 0, val_fraction: float = 0.1, data_dir: str | No
     splits = [Split(torch.from_numpy(np.ascontiguousarray(a)), torch.from_numpy(np.asarray(b, dtype=np.int64)))
               for a, b in (train, val, test)]
     return DataSet(name, *splits, num_classes=int(max(int(s.y.max()) for s in splits)) + 1)
+
+
+def _modadd(p: int, fraction: float, gen: np.random.Generator) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
+    if not 2 <= p <= 4096:
+        raise DataError(f"modadd modulus must be an integer in 2..4096, got {p}")
+    if not 0.0 < fraction < 1.0:
+        raise DataError(f"modadd train_fraction must lie in (0, 1), got {fraction}")
+    a, b = np.divmod(np.arange(p * p), p)
+    x, y = np.stack([a, b], 1).astype(np.int64), (a + b) % p
+    order = gen.permutation(p * p)
+    n_train = int(round(fraction * p * p))
+    rest = order[n_train:]
+    if n_train < 1 or rest.size < 2:
+        raise DataError(f"modadd with p={p} and train_fraction={fraction} leaves no training or held-out pairs")
+    tr, va, te = order[:n_train], rest[: rest.size // 2], rest[rest.size // 2:]
+    return (x[tr], y[tr]), (x[va], y[va]), (x[te], y[te])
 
 
 class _NumpyOnlyUnpickler(pickle.Unpickler):

@@ -7,11 +7,17 @@ from torch.nn import functional as F
 
 from .errors import MoMosError
 
-MODELS = ("mlp", "resnet20", "vit")
+MODELS = ("mlp", "resnet20", "vit", "grok-mlp")
 
 
-def build(name: str, input_shape: tuple[int, int, int], num_classes: int, width: int | None = None) -> nn.Module:
-    """A model for images of ``input_shape`` (C, H, W); ``width`` overrides the default width."""
+def build(name: str, input_shape: tuple[int, ...], num_classes: int, width: int | None = None,
+          tokens: bool = False) -> nn.Module:
+    """A model for inputs of ``input_shape`` ((C, H, W) images, or (L,) tokens); ``width`` overrides the default width."""
+    if (name == "grok-mlp") != tokens:
+        raise MoMosError("grok-mlp takes token pairs (--data modadd) and the other models take images"
+                         if tokens else "grok-mlp needs token inputs: use --data modadd")
+    if name == "grok-mlp":
+        return GrokMLP(num_classes, int(input_shape[0]), width or 512)
     if name == "mlp":
         return MLP(int(torch.tensor(input_shape).prod()), num_classes, width or 256)
     if name == "resnet20":
@@ -35,6 +41,19 @@ class MLP(nn.Module):
         for layer in self.hidden:
             x = F.relu(layer(x))
         return self.head(x)
+
+
+class GrokMLP(nn.Module):
+    """Embeddings + one hidden layer for modular arithmetic: tokens (N, L) -> embed 128 each -> concat -> ``width`` -> p."""
+
+    def __init__(self, vocab: int, length: int = 2, width: int = 512, dim: int = 128) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab, dim)
+        self.hidden = nn.Linear(length * dim, width)
+        self.head = nn.Linear(width, vocab)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(F.relu(self.hidden(self.embed(x).flatten(1))))
 
 
 class _Block(nn.Module):

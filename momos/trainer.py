@@ -114,9 +114,11 @@ class _Trainer:
         random.seed(cfg.seed)
         np.random.seed(cfg.seed)
         self.data = data.load(cfg.data, seed=cfg.seed, val_fraction=cfg.val_fraction, data_dir=cfg.data_dir,
-                              download=cfg.download, limit=cfg.limit)
+                              download=cfg.download, limit=cfg.limit, modulus=cfg.modulus,
+                              train_fraction=cfg.train_fraction)
         self.model = (model if model is not None else
-                      models.build(cfg.model, self.data.input_shape, self.data.num_classes, cfg.width)).to(self.device)
+                      models.build(cfg.model, self.data.input_shape, self.data.num_classes, cfg.width,
+                                   tokens=self.data.tokens)).to(self.device)
         if cfg.uses_qat:
             qat.attach(self.model, cfg.q)
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -140,19 +142,17 @@ class _Trainer:
         if c.optimizer == "sgd":
             return torch.optim.SGD(params, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay)
         cls = torch.optim.AdamW if c.optimizer == "adamw" else torch.optim.Adam
-        return cls(params, lr=c.lr, weight_decay=c.weight_decay)
+        return cls(params, lr=c.lr, weight_decay=c.weight_decay, betas=(0.9, c.beta2))
 
     # ------------------------------------------------------------------ one epoch
     def train_epoch(self, epoch: int) -> tuple[float, float]:
         self.model.train()
         x, y = self.data.train.x, self.data.train.y
-        order = torch.randperm(len(y), generator=self.shuffle)
-        bs = self.cfg.batch_size
-        total_loss, correct = 0.0, 0
-        bar = tqdm(range(0, len(y), bs), desc=f"epoch {epoch}/{self.cfg.epochs}", unit="batch", leave=False,
+        batches = self.batches()
+        total_loss, correct, seen = 0.0, 0, 0
+        bar = tqdm(batches, desc=f"epoch {epoch}/{self.cfg.epochs}", unit="batch", leave=False,
                    disable=self.quiet, file=sys.stderr)
-        for lo in bar:
-            idx = order[lo:lo + bs]
+        for idx in bar:
             xb, yb = x[idx].to(self.device), y[idx].to(self.device)
             self.opt.zero_grad(set_to_none=True)
             out = self.model(xb)
@@ -161,9 +161,22 @@ class _Trainer:
             self.opt.step()
             total_loss += float(loss.detach()) * len(idx)
             correct += int((out.argmax(1) == yb).sum())
-            bar.set_postfix(loss=f"{total_loss / (lo + len(idx)):.4f}", acc=f"{correct / (lo + len(idx)):.3f}")
+            seen += len(idx)
+            bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.3f}")
         self.sched.step()
-        return total_loss / len(y), correct / len(y)
+        return total_loss / seen, correct / seen
+
+    def batches(self) -> list[torch.Tensor]:
+        """This epoch's index batches: one shuffled pass, or ``steps_per_epoch`` batches drawn from
+        as many fresh shuffles as they need (a batch as large as the data set is full-batch training)."""
+        n, bs, steps = len(self.data.train), self.cfg.batch_size, self.cfg.steps_per_epoch
+        if steps is None:
+            return list(torch.randperm(n, generator=self.shuffle).split(bs))
+        bs = min(bs, n)
+        per_pass = n // bs
+        order = torch.cat([torch.randperm(n, generator=self.shuffle)[: per_pass * bs]
+                           for _ in range(-(-steps // per_pass))])
+        return list(order.split(bs)[:steps])
 
     @torch.no_grad()
     def evaluate(self, split: data.Split) -> tuple[float, float]:

@@ -1,0 +1,44 @@
+"""MoMos points for kcomplexity's rate–distortion curve (entry point ``kcomplexity.rd_points: momos``).
+
+A copy of the weights is projected onto a mosaic at each capacity; a point's
+bits are the length of the mosaic's real code (``kc.mdl(mosaic).coded_bits``)
+and its distortion that of the projection, so mosaics and scalar
+quantisation sit on one plot.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+import kcomplexity as kc
+from kcomplexity.sources import NamedArray
+
+from .errors import MoMosError
+from .projection import project
+
+
+def momos_points(arrays: Sequence[NamedArray], s: int = 2, capacity: Any = (0.01, 0.05, 0.2), seed: int = 0,
+                 force_zero: bool = True) -> list[dict[str, Any]]:
+    """One point per capacity: {code, setting, bits, mse, max_abs_err, snr_db} (bits of the mosaic's code)."""
+    capacities = [capacity] if isinstance(capacity, (int, float)) else list(capacity)
+    if not capacities:
+        raise MoMosError("MoMos rate–distortion points need at least one capacity")
+    originals = {a.name: torch.from_numpy(np.array(a.values(), dtype=np.float32)) for a in arrays}
+    signal = math.fsum(float(t.double().square().sum()) for t in originals.values())
+    n = sum(t.numel() for t in originals.values())
+    points = []
+    for cap in capacities:
+        weights = {k: v.clone() for k, v in originals.items()}
+        proj = project(weights, s, capacity=cap, force_zero=force_zero,
+                       generator=torch.Generator().manual_seed(int(seed)))
+        err = max(float((weights[k] - originals[k]).abs().max()) for k in weights)
+        mse = proj.distortion / n
+        points.append({"code": f"momos s={proj.mosaic.s}", "setting": f"capacity={cap:g}",
+                       "bits": float(kc.mdl(proj.mosaic).coded_bits), "mse": mse, "max_abs_err": err,
+                       "snr_db": 10 * math.log10(signal / proj.distortion) if proj.distortion > 0 else math.inf,
+                       "k": proj.k})
+    return points

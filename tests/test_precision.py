@@ -1,0 +1,275 @@
+"""Complexity at a stated precision: the quantised code, rate–distortion, intrinsic complexity, delta."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import kcomplexity as kc
+from kcomplexity import quantized
+from kcomplexity.callbacks import ComplexityLogger
+from kcomplexity.cli import main as kc_main
+from kcomplexity.errors import CorruptFileError, EstimatorSettingError, IntrinsicError
+
+
+def _within_step(decoded: np.ndarray, original: np.ndarray, step: float) -> bool:
+    """|decoded - original| <= step/2, up to rounding the decoded value to float32 (half an ulp)."""
+    x = np.asarray(original, dtype=np.float64)
+    slack = np.spacing(np.abs(x).astype(np.float32)).astype(np.float64)
+    return bool(np.all(np.abs(decoded.astype(np.float64) - x) <= step / 2 + slack))
+
+
+@pytest.mark.parametrize("rel", [3.0, 1.0, 0.3, 0.1, 0.01, 0.001])
+@pytest.mark.parametrize("kind", ["gauss", "laplace", "tiled", "few", "tiny", "zeros", "one"])
+def test_round_trip_within_half_a_step_and_bits_equal_length(kind, rel, rng):
+    x = {"gauss": rng.standard_normal((300, 70)), "laplace": rng.laplace(size=5000) * 3,
+         "tiled": np.tile(rng.standard_normal(37), 400), "few": rng.choice([-0.5, 0.0, 0.25, 1.0], 4000),
+         "tiny": rng.standard_normal(5) * 1e-6, "zeros": np.zeros((4, 4)), "one": np.array([2.5])}[kind]
+    x = x.astype(np.float32)
+    data = kc.encode_quantized(x, rel=rel)
+    code = quantized.code_quantized(x, rel=rel)
+    assert data == code.data
+    y = kc.decode_quantized(data)
+    assert y.dtype == np.float32 and y.shape == x.shape
+    assert _within_step(y, x, code.step)
+    assert kc.estimators.get("quant", rel=rel).bits(x) == len(data) * 8
+    assert code.mse == pytest.approx(float(np.mean((y.astype(np.float64) - x) ** 2)), rel=1e-9, abs=1e-30)
+    assert code.max_abs_err == pytest.approx(float(np.abs(y.astype(np.float64) - x).max()), abs=1e-12)
+
+
+def test_absolute_step_other_dtypes_and_exact_integers(rng):
+    x16 = rng.standard_normal(1000).astype(np.float16)
+    y = kc.decode_quantized(kc.encode_quantized(x16, delta=0.05))
+    assert y.dtype == np.float32 and _within_step(y, x16, 0.05)
+    xb = torch.randn(64, 33).to(torch.bfloat16)
+    y = kc.decode_quantized(kc.encode_quantized(xb, delta=0.01))
+    assert _within_step(y, xb.float().numpy(), 0.01)
+    x64 = rng.standard_normal(500)
+    assert kc.decode_quantized(kc.encode_quantized(x64, rel=0.01)).dtype == np.float64
+    for ints in (rng.integers(-1000, 1000, 3000).astype(np.int32), rng.integers(0, 3, 100).astype(np.uint8),
+                 np.array([2**40, -2**40, 7], dtype=np.int64), rng.random(50) > 0.5):
+        out = kc.decode_quantized(kc.encode_quantized(ints, rel=0.3))  # integers ignore the step: exact
+        assert out.dtype == ints.dtype and np.array_equal(out, ints)
+
+
+def test_every_entropy_code_wins_somewhere_and_decodes(rng):
+    inputs = {
+        "const": np.full(1000, 0.5, np.float32),
+        "order0": rng.choice([-1.0, 0.0, 3.0], 20000, p=[0.1, 0.85, 0.05]).astype(np.float32),
+        "gaussian": rng.standard_normal(200000).astype(np.float32),
+        "laplace": rng.laplace(size=200000).astype(np.float32),
+        "zstd": np.tile(rng.standard_normal(50).astype(np.float32), 2000),
+    }
+    for method, x in inputs.items():
+        code = quantized.code_quantized(x, rel=0.1)
+        assert code.method == method
+        assert _within_step(kc.decode_quantized(code.data), x, code.step)
+
+
+def test_bits_fall_monotonically_as_rel_grows(rng):
+    x = (rng.standard_normal((256, 128)) * np.linspace(0.1, 2, 128)).astype(np.float32)
+    rels = [0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0]
+    bits = [kc.estimators.get("quant", rel=r).bits(x) for r in rels]
+    assert all(a > b for a, b in zip(bits, bits[1:])), bits
+    mses = [quantized.code_quantized(x, rel=r).mse for r in rels]
+    assert all(a < b for a, b in zip(mses, mses[1:]))
+
+
+def test_structured_tensors_code_far_below_noise(rng):
+    noise = rng.standard_normal(40000).astype(np.float32)
+    tiled = np.tile(noise[:100], 400)
+    few = rng.choice(np.array([-1.0, 1.0], np.float32), 40000)
+    est = kc.estimators.get("quant", rel=0.05)
+    assert est.bits(tiled) < 0.05 * est.bits(noise)
+    assert est.bits(few) < 0.25 * est.bits(noise)
+
+
+def test_a_step_beyond_everything_codes_to_zeros_and_is_reported():
+    x = np.array([0.1, -0.2, 0.05], np.float32)
+    code = quantized.code_quantized(x, delta=100.0)
+    assert code.method == "const" and np.all(kc.decode_quantized(code.data) == 0)
+    assert code.max_abs_err == pytest.approx(0.2)
+
+
+@pytest.mark.parametrize("bad", [0, -0.1, float("nan"), float("inf"), "abc", True])
+def test_bad_precision_is_a_clear_error(bad):
+    with pytest.raises(EstimatorSettingError):
+        kc.encode_quantized(np.ones(3, np.float32), rel=bad)
+    with pytest.raises(EstimatorSettingError):
+        kc.estimators.get("quant", delta=bad)
+    with pytest.raises(EstimatorSettingError):
+        kc.estimators.get("delta", rel=bad)
+    with pytest.raises(EstimatorSettingError):
+        kc.estimators.get("intrinsic", eps=bad)
+
+
+def test_precision_needs_exactly_one_setting_and_finite_values():
+    with pytest.raises(EstimatorSettingError, match="exactly one"):
+        kc.encode_quantized(np.ones(3, np.float32), rel=0.1, delta=0.1)
+    with pytest.raises(EstimatorSettingError, match="exactly one"):
+        kc.encode_quantized(np.ones(3, np.float32))
+    with pytest.raises(EstimatorSettingError, match="NaN"):
+        kc.encode_quantized(np.array([1.0, np.nan], np.float32), rel=0.1)
+
+
+def test_corrupt_codes_raise_our_error(rng):
+    data = kc.encode_quantized(rng.standard_normal(1000).astype(np.float32), rel=0.1)
+    for bad in (b"", b"XX" + data[2:], data[:10], data[:-5], data[:7] + b"\xff" * 30):
+        with pytest.raises(CorruptFileError):
+            kc.decode_quantized(bad)
+
+
+def test_report_shows_distortion_beside_bits(tmp_path, rng):
+    src = {"w": rng.standard_normal((50, 20)).astype(np.float32), "b": rng.standard_normal(20).astype(np.float32)}
+    r = kc.score(src, ["lzma", "quant:rel=0.2"])
+    assert r.kinds["quant:rel=0.2"] == "lossy code length"
+    summ = r.summary()
+    assert summ.loc["quant:rel=0.2", "mse"] > 0 and summ.loc["quant:rel=0.2", "max_abs_err"] > 0
+    assert np.isnan(summ.loc["lzma", "mse"])
+    d = json.loads(r.to_json())
+    assert set(d["details"]["quant:rel=0.2"]) >= {"mse", "max_abs_err"}
+    assert d["tensors"]["w"]["details"]["quant:rel=0.2"]["max_abs_err"] <= 0.1 * np.sqrt(np.mean(src["w"] ** 2)) + 1e-6
+    assert "quant:rel=0.2:mse" in r.to_csv().splitlines()[0]
+    assert "quant:rel=0.2:max_abs_err" in r.to_table()
+    # the total's distortion is the MSE over all values
+    rows = d["tensors"]
+    mse = (rows["w"]["details"]["quant:rel=0.2"]["mse"] * 1000 + rows["b"]["details"]["quant:rel=0.2"]["mse"] * 20) / 1020
+    assert d["details"]["quant:rel=0.2"]["mse"] == pytest.approx(mse)
+
+
+# ---------------------------------------------------------------- intrinsic complexity
+def _digits_model_and_loss(epochs: int = 60):
+    from sklearn.datasets import load_digits
+
+    x, y = load_digits(return_X_y=True)
+    x, y = torch.tensor(x / 16.0, dtype=torch.float32), torch.tensor(y)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.BatchNorm1d(64), torch.nn.ReLU(),
+                                torch.nn.Linear(64, 10))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(epochs):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    model.train()  # deliberately left in train mode: intrinsic must restore the mode too
+
+    def loss_fn(m):
+        m.eval()
+        with torch.no_grad():
+            return float(torch.nn.functional.cross_entropy(m(x), y))
+
+    return model, loss_fn
+
+
+def _state_bytes(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_intrinsic_leaves_the_model_bit_identical_and_respects_the_budget():
+    model, loss_fn = _digits_model_and_loss()
+    before = _state_bytes(model)
+    r = kc.intrinsic(model, loss_fn, eps=0.1, max_evals=12)
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before) and model.training
+    assert r.evals <= 12 and r.within_budget
+    assert r.loss_after <= r.budget == pytest.approx(r.loss_before + 0.1)
+    # the figure is reproducible: quantise at the reported rel and evaluate again
+    probe = _digits_model_and_loss()[0]
+    probe.load_state_dict(before)
+    with torch.no_grad():
+        for _, p in probe.named_parameters():
+            p.copy_(torch.from_numpy(kc.quantized.reconstruct(p.detach(), rel=r.rel)))
+    assert loss_fn(probe) == pytest.approx(r.loss_after, rel=1e-6)
+    expected = sum(len(kc.encode_quantized(p.detach(), rel=r.rel)) * 8 for p in model.parameters())
+    assert r.bits == expected
+    # a tighter budget needs a finer precision and more bits; a relative budget works too
+    tight = kc.intrinsic(model, loss_fn, eps=0.01)
+    assert tight.rel < r.rel and tight.bits > r.bits
+    rel_budget = kc.intrinsic(model, loss_fn, eps=0.5, relative=True)
+    assert rel_budget.budget == pytest.approx(rel_budget.loss_before * 1.5)
+
+
+def test_intrinsic_bad_input_is_clear_and_the_model_unchanged():
+    model, loss_fn = _digits_model_and_loss(epochs=5)
+    before = _state_bytes(model)
+    calls = {"n": 0}
+
+    def raises_later(m):
+        calls["n"] += 1
+        if calls["n"] > 2:
+            raise RuntimeError("data went away")
+        return loss_fn(m)
+
+    with pytest.raises(IntrinsicError, match="data went away"):
+        kc.intrinsic(model, raises_later)
+    with pytest.raises(IntrinsicError, match="already nan"):
+        kc.intrinsic(model, lambda m: float("nan"))
+    for bad in (0, -1, float("nan"), float("inf")):
+        with pytest.raises(IntrinsicError):
+            kc.intrinsic(model, loss_fn, eps=bad)
+    with pytest.raises(IntrinsicError):
+        kc.intrinsic(model, loss_fn, max_evals=2)
+    with pytest.raises(IntrinsicError):
+        kc.intrinsic(np.zeros(3), loss_fn)
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_logger_with_loss_fn_logs_intrinsic_and_delta():
+    model, loss_fn = _digits_model_and_loss(epochs=5)
+    logger = ComplexityLogger(["quant", "intrinsic:eps=0.05", "delta"], loss_fn=loss_fn)
+    first = logger.log(model, epoch=0)
+    assert "delta" not in first["complexity"]  # no previous weights yet
+    assert first["details"]["intrinsic:eps=0.05"]["loss_after"] <= first["details"]["intrinsic:eps=0.05"]["budget"]
+    unchanged = logger.log(model, epoch=1)
+    tensors = len(list(model.parameters()))
+    # near zero: one constant code (a header of about 20 bytes) per tensor, against ~5 bits/param for quant
+    assert unchanged["complexity"]["delta"] <= 8 * 20 * tensors < 0.05 * unchanged["complexity"]["quant"]
+    assert unchanged["details"]["delta"]["max_abs_err"] == 0.0
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    moved = logger.log(model, epoch=2)
+    assert moved["complexity"]["delta"] > 10 * unchanged["complexity"]["delta"]
+    assert {"mse", "max_abs_err"} <= set(moved["details"]["quant"])
+
+
+def test_context_estimators_on_a_file_are_not_applicable(tmp_path, rng):
+    r = kc.score({"w": rng.standard_normal(10).astype(np.float32)}, ["lzma", "intrinsic", "delta"])
+    assert np.isnan(r.total["intrinsic"]) and np.isnan(r.total["delta"]) and r.total["lzma"] > 0
+
+
+# ---------------------------------------------------------------- rate–distortion
+def test_rd_curve_frame_plot_and_momos_points(tmp_path, rng):
+    state = {"a": torch.randn(64, 32), "b": torch.randn(32)}
+    curve = kc.rd(state, rel=[1.0, 0.1, 0.01], extra={"momos": {"s": 2, "capacity": [0.02, 0.2]}})
+    df = curve.to_frame()
+    assert {"rel", "bits", "bits_per_param", "mse", "max_abs_err", "snr_db"} <= set(df.columns)
+    q = df[df.code == "quant"]
+    assert list(q.rel) == [1.0, 0.1, 0.01] and q.bits.is_monotonic_increasing and q.mse.is_monotonic_decreasing
+    m = df[df.code == "momos s=2"]
+    assert len(m) == 2 and m.bits.is_monotonic_increasing and (m.mse > 0).all()
+    png = curve.plot(tmp_path / "sub" / "rd.png")
+    assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_rd_cli(tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    path = tmp_path / "w.safetensors"
+    save_file({"w": torch.randn(40, 40), "b": torch.randn(40)}, str(path))
+    assert kc_main(["rd", str(path), "--rel", "0.3,0.03", "-f", "json", "--momos", "s=2", "--capacity", "0.1",
+                    "--plot", str(tmp_path / "rd.png")]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["code"] for r in rows] == ["quant", "quant", "momos s=2"]
+    assert (tmp_path / "rd.png").is_file()
+    for argv, needle in ([["rd", str(path), "--rel", "0"], "rel must be finite"],
+                         [["rd", str(path), "--rel", "a"], "comma-separated numbers"],
+                         [["rd", str(path), "--momos", "s=x"], "integer"],
+                         [["rd", str(tmp_path / "missing.safetensors")], "no such file"]):
+        assert kc_main(argv) == 2
+        err = capsys.readouterr().err
+        assert needle in err and "Traceback" not in err
