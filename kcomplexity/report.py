@@ -134,7 +134,9 @@ class Report:
         frame = self.to_frame(distortion=True)
         for col in [f"{e}:{k}" for e in self.lossy for k in DISTORTION]:
             per[col] = frame[col]
-        lines = ["bits per parameter, per tensor:", per.to_string(float_format=lambda v: f"{v:.3f}"), ""]
+        formats = {c: (lambda v: f"{v:.3g}") for c in per.columns if c.endswith(DISTORTION)}
+        lines = ["bits per parameter, per tensor:", per.to_string(float_format=lambda v: f"{v:.3f}", formatters=formats),
+                 ""]
         mode = "all tensors concatenated" if self.whole else "sum over tensors"
         lines.append(f"total ({mode}), {self.total_numel:,} parameters:")
         summ = self.summary()

@@ -87,11 +87,16 @@ def _compare(args: argparse.Namespace) -> None:
 
     runs = [compare.load_run(r) for r in args.runs]
     tab = compare.table(runs)
-    text = {"table": lambda: tab.to_string(float_format=lambda v: f"{v:,.4f}" if abs(v) < 10 else f"{v:,.0f}"),
+    text = {"table": lambda: tab.to_string(float_format=_number),
             "json": lambda: tab.to_json(orient="index", indent=2), "csv": tab.to_csv}[args.format]()
     print(text)
     if args.plot:
         print(f"plot: {compare.plot(runs, args.plot)}", file=sys.stderr)
+
+
+def _number(v: float) -> str:
+    """Bits as whole numbers with separators; accuracies, ratios and distortions with 4 significant digits."""
+    return f"{v:,.0f}" if abs(v) >= 10 else f"{v:.4g}"
 
 
 def _demo(args: argparse.Namespace) -> None:
@@ -106,7 +111,7 @@ def _demo(args: argparse.Namespace) -> None:
         print(f"== {method}: paper MLP on scikit-learn digits, {args.epochs} epochs -> {out / method}", file=sys.stderr)
         train(TrainConfig(method=method, **common), out / method, overwrite=True, quiet=args.quiet)
         runs.append(compare.load_run(out / method))
-    print(compare.table(runs).to_string(float_format=lambda v: f"{v:,.4f}" if abs(v) < 10 else f"{v:,.0f}"))
+    print(compare.table(runs).to_string(float_format=_number))
     print(f"plot: {compare.plot(runs, out / 'compare.png')}")
 
 

@@ -23,11 +23,18 @@ from .projection import project
 
 def momos_points(arrays: Sequence[NamedArray], s: int = 2, capacity: Any = (0.01, 0.05, 0.2), seed: int = 0,
                  force_zero: bool = True) -> list[dict[str, Any]]:
-    """One point per capacity: {code, setting, bits, mse, max_abs_err, snr_db} (bits of the mosaic's code)."""
+    """One point per capacity: {code, setting, bits, mse, max_abs_err, snr_db} (bits of the mosaic's code).
+
+    Only floating-point tensors are projected (as MoMos does in training);
+    integer buffers such as position ids are left out of these points.
+    """
     capacities = [capacity] if isinstance(capacity, (int, float)) else list(capacity)
     if not capacities:
         raise MoMosError("MoMos rate–distortion points need at least one capacity")
-    originals = {a.name: torch.from_numpy(np.array(a.values(), dtype=np.float32)) for a in arrays}
+    originals = {a.name: torch.from_numpy(np.array(a.values(), dtype=np.float32)) for a in arrays
+                 if a.dtype == "bfloat16" or a.data.dtype.kind == "f"}
+    if not originals:
+        raise MoMosError("MoMos rate–distortion points need floating-point tensors")
     signal = math.fsum(float(t.double().square().sum()) for t in originals.values())
     n = sum(t.numel() for t in originals.values())
     points = []

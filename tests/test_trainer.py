@@ -197,3 +197,40 @@ def test_mnist_idx_directory(tmp_path):
     Path(tmp_path / "t10k-labels-idx1-ubyte.gz").unlink()
     with pytest.raises(momos.errors.DataError, match="t10k-labels"):
         momos.data.load("mnist", data_dir=str(tmp_path))
+
+
+def test_precision_estimators_in_the_trainer_and_their_resume(tmp_path):
+    cfg = TrainConfig(method="momos", epochs=3, width=32, lr=1e-2, estimators=["quant", "intrinsic", "delta", "mdl"])
+    run = tmp_path / "p"
+    train(cfg, run, quiet=True)
+    log = read_log(run / "log.jsonl")
+    assert "delta" not in log[0]["complexity"] and all("delta" in r["complexity"] for r in log[1:])
+    for r in log:
+        assert {"mse", "max_abs_err"} <= set(r["details"]["quant"])
+        d = r["details"]["intrinsic"]
+        assert d["within_budget"] and d["loss_after"] <= d["budget"] and d["evals"] <= 16
+        assert r["details"]["mdl"]["rac"] > 0
+    # a kill between the checkpoint and the log line: resume recomputes the line, delta included
+    lines = (run / "log.jsonl").read_text().splitlines(keepends=True)
+    (run / "log.jsonl").write_text("".join(lines[:-1]))
+    train({}, run, resume=True, quiet=True)
+    assert _strip_times(read_log(run / "log.jsonl")) == _strip_times(log)
+
+
+def test_modadd_and_grok_mlp_registry_checks(tmp_path):
+    ds = momos.data.load("modadd", modulus=11, train_fraction=0.5)
+    assert ds.tokens and ds.num_classes == 11 and len(ds.train) + len(ds.val) + len(ds.test) == 121
+    assert bool(((ds.train.x[:, 0] + ds.train.x[:, 1]) % 11 == ds.train.y).all())
+    with pytest.raises(momos.MoMosError, match="modadd"):
+        train(TrainConfig(model="grok-mlp", data="digits", epochs=1), tmp_path / "a", quiet=True)
+    with pytest.raises(momos.MoMosError, match="grok-mlp"):
+        train(TrainConfig(model="mlp", data="modadd", epochs=1), tmp_path / "b", quiet=True)
+    with pytest.raises(momos.MoMosError, match="modulus"):
+        momos.data.load("modadd", modulus=1)
+    with pytest.raises(momos.MoMosError, match="steps_per_epoch"):
+        TrainConfig(model="grok-mlp", data="modadd", steps_per_epoch=0).resolved()
+    res = train(TrainConfig(model="grok-mlp", data="modadd", modulus=11, epochs=1, steps_per_epoch=3,
+                            estimators=["lzma"]), tmp_path / "c", quiet=True)
+    cfg = json.loads((tmp_path / "c" / "config.json").read_text())["config"]
+    assert cfg["weight_decay"] == 1.0 and cfg["beta2"] == 0.98 and cfg["batch_size"] == 4096
+    assert 0 <= res.test_acc <= 1
