@@ -23,7 +23,7 @@ from .quantized import code_quantized, reconstruct
 #: REL_MIN is finer than any budget we have seen need
 REL_MIN, REL_MAX = 1e-4, 16.0
 #: stop bisecting once the interval is this narrow (ratio hi/lo)
-REL_TOLERANCE = 1.02
+REL_TOLERANCE = 1.05
 
 
 @dataclass(frozen=True)

@@ -275,11 +275,13 @@ def _fit(name: str, sym: np.ndarray, counts: np.ndarray, lo: int) -> tuple[float
 
 def _predicted_bytes(name: str, params: tuple[float, float], counts: np.ndarray, lo: int) -> float:
     """Cross-entropy of the symbols under the discretised model, in bytes (what ANS will spend, within a word)."""
-    from scipy import stats
+    from scipy.special import ndtr
 
-    dist = stats.norm(*params) if name == "gaussian" else stats.laplace(*params)
-    edges = np.arange(lo, lo + counts.size + 1, dtype=np.float64) - 0.5
-    mass = np.diff(dist.cdf(edges))
+    mean, scale = params
+    z = (np.arange(lo, lo + counts.size + 1, dtype=np.float64) - 0.5 - mean) / scale
+    cdf = ndtr(z) if name == "gaussian" else np.where(z < 0, 0.5 * np.exp(np.minimum(z, 0)),
+                                                       1 - 0.5 * np.exp(-np.maximum(z, 0)))
+    mass = np.diff(cdf)
     mass = np.maximum(mass / mass.sum(), 2.0 ** -24)
     used = counts > 0
     return float(-np.dot(counts[used], np.log2(mass[used]))) / 8 + 16
