@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .errors import MissingContextError, NotApplicableError
+from .errors import MissingContextError, NonFiniteError, NotApplicableError
 from .estimators.base import Context, Estimate, Estimator, resolve
 from .scoring import score
 from .sources import NamedArray, open_source
@@ -38,7 +38,10 @@ def measure_estimates(source: Any, estimators: Any = DEFAULT_ESTIMATORS, whole: 
         report = score(source, ests)
         return {k: (None if math.isnan(v) else Estimate(float(v), report.total_details.get(k, {})))
                 for k, v in report.total.items()}
-    arrays = list(open_source(source))
+    try:
+        arrays = list(open_source(source))
+    except NonFiniteError:  # diverged weights: no estimate applies, and training goes on
+        return {label: None for label in ests}
     out: dict[str, Estimate | None] = {}
     for label, est in ests.items():
         try:
@@ -70,8 +73,12 @@ def _json_safe(d: dict[str, Any]) -> dict[str, Any]:
 
 
 def append_jsonl(path: str | Path, record: dict[str, Any]) -> None:
-    """Append one JSON line and make it durable (flush + fsync) before returning."""
-    line = json.dumps(record, allow_nan=False) + "\n"
+    """Append one JSON line and make it durable (flush + fsync) before returning.
+
+    NaN and infinities (a diverged run) are written as Python's json writes
+    them (``NaN``, ``Infinity``), which ``json.loads`` reads back.
+    """
+    line = json.dumps(record) + "\n"
     with open(path, "a", encoding="utf-8") as fh:
         fh.write(line)
         fh.flush()

@@ -5,6 +5,7 @@ Bad input ends with one line on stderr and exit status 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -52,6 +53,7 @@ def _parser() -> argparse.ArgumentParser:
 def _score(args: argparse.Namespace) -> None:
     from .scoring import score
 
+    _not_an_input(args.output, args.path)
     report = score(args.path, args.estimators, whole=args.whole, allow_nonfinite=args.allow_nonfinite,
                    progress=not args.quiet)
     text = {"table": report.to_table, "json": report.to_json, "csv": report.to_csv}[args.format]()
@@ -66,6 +68,7 @@ def _rd(args: argparse.Namespace) -> None:
         options = _settings(args.momos or "s=2")
         options["capacity"] = _floats(args.capacity or "0.01,0.05,0.2", "--capacity")
         extra = {"momos": options}
+    _not_an_input(args.output, args.path)
     curve = rd(args.path, _floats(args.rel, "--rel"), extra=extra)
     df = curve.to_frame()
     text = {"table": lambda: df.to_string(index=False, float_format=lambda v: f"{v:.4g}"),
@@ -110,6 +113,16 @@ def _demo(args: argparse.Namespace) -> None:
 
     ests = args.estimators.split(",") if args.estimators else demo.DEMO_ESTIMATORS
     print(demo.run(ests, epochs=args.epochs, seed=args.seed))
+
+
+def _not_an_input(output: str | None, *inputs: str) -> None:
+    """Refuse an output path that names one of the inputs (it would overwrite the weights with the report)."""
+    if output is None:
+        return
+    for path in inputs:
+        if os.path.exists(output) and os.path.exists(path) and os.path.samefile(output, path) \
+                or os.path.abspath(output) == os.path.abspath(path):
+            raise KComplexityError(f"output {output} is the input {path}; choose another path for the report")
 
 
 def _emit(text: str, output: str | None) -> None:

@@ -67,6 +67,10 @@ class IntrinsicError(KComplexityError, ValueError):
     """Invalid input to the intrinsic-complexity search (bad budget, a loss that is NaN or raises)."""
 
 
+class NonFiniteLossError(IntrinsicError, NotApplicableError):
+    """The model's loss is NaN or infinite before any quantisation: it has no intrinsic complexity."""
+
+
 class BDMError(KComplexityError, ValueError):
     """Invalid input to the Block Decomposition Method."""
 

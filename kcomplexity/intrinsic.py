@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import IntrinsicError
+from .errors import IntrinsicError, NonFiniteLossError
 from .quantized import code_quantized, reconstruct
 
 #: the search interval for rel: at REL_MAX (step = 16 RMS) nearly every weight rounds to zero;
@@ -100,7 +100,7 @@ def intrinsic(model: Any, loss_fn: Callable[[Any], float], eps: float = 0.1, rel
     try:
         before = loss_at(None)
         if not math.isfinite(before):
-            raise IntrinsicError(f"the model's loss is already {before}; intrinsic complexity needs a finite loss")
+            raise NonFiniteLossError(f"the model's loss is already {before}; intrinsic complexity needs a finite loss")
         budget = before * (1 + eps) if relative else before + eps
         ok = lambda loss: math.isfinite(loss) and loss <= budget  # noqa: E731 - NaN/inf never fit a budget
         lo, hi, lo_loss = REL_MIN, REL_MAX, None

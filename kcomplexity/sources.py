@@ -230,6 +230,8 @@ def _open_path(path: Path, allow_nonfinite: bool) -> Source:
         raise SourceNotFoundError(f"no such file: {path}")
     if path.is_dir():
         raise UnsupportedSourceError(f"{path} is a directory; pass a weights file")
+    if not path.is_file():  # a FIFO, socket or device would block or never end
+        raise UnsupportedSourceError(f"{path} is not a regular file")
     suffix = path.suffix.lower()
     if suffix == ".safetensors":
         return _open_safetensors(path, allow_nonfinite)

@@ -17,19 +17,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .errors import RunError
+from .rundir import write_atomic
 
 LATEST = "latest.json"
 PREVIOUS = "previous.safetensors"
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Replace ``path`` with ``text`` so readers see the old or the new file, never a mix."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def save(root: Path, epoch: int, model: torch.nn.Module, state: dict[str, Any], mosaic: Any = None,
@@ -63,9 +54,14 @@ def load(root: Path, model: torch.nn.Module) -> tuple[int, dict[str, Any], Path]
     try:
         pointer = json.loads((root / LATEST).read_text())
         folder = root / pointer["folder"]
+        if not (isinstance(pointer["folder"], str) and folder.parent == root and folder.name.startswith("epoch-")
+                and folder.resolve().parent == root.resolve()):
+            raise RunError(f"checkpoint pointer {root / LATEST} points outside {root}: {pointer['folder']!r}")
         weights = load_file(str(folder / "model.safetensors"))
         model.load_state_dict(weights, strict=True)
         state = torch.load(folder / "state.pt", map_location="cpu", weights_only=True)
+    except RunError:
+        raise
     except FileNotFoundError as exc:
         raise RunError(f"no checkpoint to resume in {root} ({exc.filename})") from None
     except Exception as exc:  # json, safetensors, torch and key errors all mean the checkpoint is unusable

@@ -1,25 +1,19 @@
 """Compare runs written by ``momos train``: a table of final figures and a plot of every curve."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from .errors import RunError
-from .trainer import read_log
+from .rundir import read_log, read_result, stored_config
 
 
 def load_run(run_dir: str | Path) -> dict[str, Any]:
     """A run's config, its log as a DataFrame (one row per epoch) and its result (if finished)."""
     run_dir = Path(run_dir)
-    try:
-        config = json.loads((run_dir / "config.json").read_text())["config"]
-    except FileNotFoundError:
-        raise RunError(f"{run_dir} is not a run directory (no config.json)") from None
-    except (ValueError, KeyError) as exc:
-        raise RunError(f"{run_dir}/config.json is unreadable ({exc})") from None
+    config = stored_config(run_dir)
     records = read_log(run_dir / "log.jsonl")
     if not records:
         raise RunError(f"{run_dir} has no logged epochs yet")
@@ -32,9 +26,9 @@ def load_run(run_dir: str | Path) -> dict[str, Any]:
         if r.get("projection"):
             row.update({f"proj:{k}": v for k, v in r["projection"].items()})
         rows.append(row)
-    result_file = run_dir / "result.json"
-    result = json.loads(result_file.read_text()) if result_file.is_file() else None
-    label = run_dir.name if run_dir.name == config["method"] else f"{run_dir.name} ({config['method']})"
+    result = read_result(run_dir)
+    method = config.get("method", "?")
+    label = run_dir.name if run_dir.name == method else f"{run_dir.name} ({method})"
     return {"dir": run_dir, "label": label, "config": config, "log": pd.DataFrame(rows).set_index("epoch"),
             "result": result}
 
@@ -50,12 +44,25 @@ def estimator_columns(runs: list[dict[str, Any]]) -> list[str]:
     return cols
 
 
+def distinct_labels(runs: list[dict[str, Any]]) -> None:
+    """Make run labels unique (rows and legends are keyed by them): clashing labels become the run's path."""
+    seen: dict[str, int] = {}
+    for run in runs:
+        seen[run["label"]] = seen.get(run["label"], 0) + 1
+    taken: set[str] = set()
+    for i, run in enumerate(runs):
+        label = run["label"] if seen[run["label"]] == 1 else str(run["dir"])
+        run["label"] = label if label not in taken else f"{label} [{i + 1}]"
+        taken.add(run["label"])
+
+
 def table(runs: list[dict[str, Any]]) -> pd.DataFrame:
     """One row per run: method, epochs, final and test accuracy, final bits of each estimator, RAC."""
+    distinct_labels(runs)
     rows = {}
     for run in runs:
         last = run["log"].iloc[-1]
-        row: dict[str, Any] = {"method": run["config"]["method"], "epochs": int(run["log"].index[-1]),
+        row: dict[str, Any] = {"method": run["config"].get("method"), "epochs": int(run["log"].index[-1]),
                                "val_acc": last["val_acc"],
                                "test_acc": run["result"]["test_acc"] if run["result"] else float("nan")}
         for col in estimator_columns(runs):
@@ -78,6 +85,7 @@ def plot(runs: list[dict[str, Any]], path: str | Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    distinct_labels(runs)
     cols = estimator_columns(runs)
     panels = cols + ["val_acc"]
     ncols = min(3, len(panels))

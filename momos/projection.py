@@ -117,6 +117,11 @@ def project(
     if method not in METHODS:
         raise MoMosError(f"unknown assignment method '{method}'; allowed: {', '.join(METHODS)}")
     items = trainable(model_or_params)
+    largest = max(p.numel() for _, p in items)
+    if largest == 0:
+        raise MoMosError("nothing to project: every parameter is empty")
+    if s > largest:  # every block would be mostly padding; the padded copy could exhaust memory
+        raise MoMosError(f"block size s={s} exceeds the largest tensor ({largest:,} values); use s <= {largest:,}")
     for name, p in items:
         if not torch.isfinite(p).all():
             raise NonFiniteError(f"parameter '{name}' holds NaN/Inf; MoMos cannot project it")

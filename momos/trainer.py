@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import json
 import random
-import shutil
 import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -29,10 +28,11 @@ from kcomplexity.callbacks import append_jsonl, measure_estimates, split_estimat
 from kcomplexity.estimators import Context
 from kcomplexity.sources import open_source
 
-from . import checkpoint, data, models, qat
+from . import checkpoint, data, models, qat, rundir
 from .config import TrainConfig
 from .errors import RunError
 from .projection import MoMos, Projection
+from .rundir import read_log
 
 #: estimators that need a loss (``intrinsic``) get it on this many training examples, a fixed seeded subset
 LOSS_EXAMPLES = 2048
@@ -64,46 +64,6 @@ def versions() -> dict[str, str]:
         except md.PackageNotFoundError:
             out[pkg] = "not installed"
     return out
-
-
-def prepare_run_dir(run_dir: Path, cfg: TrainConfig, resume: bool, overwrite: bool) -> None:
-    """Create the run folder, or check that it holds this very run (resume), or clear it (overwrite)."""
-    cfg_file = run_dir / "config.json"
-    if resume:
-        if not cfg_file.is_file():
-            raise RunError(f"nothing to resume: {run_dir} holds no config.json")
-        return
-    if run_dir.exists() and any(run_dir.iterdir()):
-        if not overwrite:
-            what = "a different run" if cfg_file.is_file() and _stored(cfg_file) != cfg.to_json() else "a run"
-            raise RunError(f"{run_dir} already holds {what}; pass --resume to continue it or --overwrite to replace it")
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    checkpoint.write_atomic(cfg_file, json.dumps({"config": cfg.to_json(), "versions": versions()}, indent=2))
-
-
-def _stored(cfg_file: Path) -> dict[str, Any]:
-    try:
-        return json.loads(cfg_file.read_text())["config"]
-    except (OSError, ValueError, KeyError) as exc:
-        raise RunError(f"{cfg_file} is unreadable ({exc})") from None
-
-
-def read_log(path: str | Path, repair: bool = False) -> list[dict[str, Any]]:
-    """Complete lines of a log; with ``repair`` a torn last line (from a kill) is cut off the file."""
-    path = Path(path)
-    if not path.is_file():
-        return []
-    raw = path.read_bytes()
-    keep = raw[: raw.rfind(b"\n") + 1]
-    records = []
-    for line in keep.decode("utf-8").splitlines():
-        if line.strip():
-            records.append(json.loads(line))
-    if repair and len(keep) != len(raw):
-        with open(path, "r+b") as fh:
-            fh.truncate(len(keep))
-    return records
 
 
 class _Trainer:
@@ -237,7 +197,9 @@ class _Trainer:
             pending = json.loads(state["pending"])
         except (KeyError, ValueError, RuntimeError) as exc:
             raise RunError(f"corrupt checkpoint state in {folder}: {exc}") from None
-        logged = {r["epoch"] for r in read_log(self.log_path, repair=True)}
+        records = read_log(self.log_path, repair=True)
+        rundir.check_log_matches(records, epoch, self.log_path)
+        logged = {r["epoch"] for r in records}
         previous = checkpoint.load_previous(folder)
         if pending["epoch"] not in logged:
             mosaic = None
@@ -312,7 +274,7 @@ class _Trainer:
         log = read_log(self.log_path)
         result = RunResult(self.run_dir, test_acc, final_acc, int(best["epoch"]), float(best["val_acc"]),
                            log[-1] if log else {})
-        checkpoint.write_atomic(self.run_dir / "result.json", json.dumps(result.to_json(), indent=2))
+        rundir.write_result(self.run_dir, result.to_json())
         if not self.quiet:
             print(f"{self.run_dir}: test accuracy {test_acc:.4f} (best epoch {best['epoch']}), "
                   f"final-epoch model {final_acc:.4f}", file=sys.stderr)
@@ -346,15 +308,16 @@ def train(config: TrainConfig | dict[str, Any], run_dir: str | Path, resume: boo
     after the last completed epoch.
     """
     run_dir = Path(run_dir)
+    rundir.check_out(run_dir, resume)
     if resume:
-        cfg = TrainConfig.from_json(_stored(run_dir / "config.json")) if (run_dir / "config.json").is_file() else None
-        if cfg is None:
-            raise RunError(f"nothing to resume: {run_dir} holds no config.json")
+        cfg = TrainConfig.from_json(rundir.stored_config(run_dir))
     else:
         cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_json(dict(config))
     cfg = cfg.resolved()
-    prepare_run_dir(run_dir, cfg, resume, overwrite)
-    return _Trainer(cfg, run_dir, quiet, model).run(resume)
+    trainer = _Trainer(cfg, run_dir, quiet, model)  # loads the data and builds the model: fails before any write
+    with rundir.locked(run_dir):
+        resume = rundir.prepare(run_dir, cfg.to_json(), versions(), resume, overwrite)
+        return trainer.run(resume)
 
 
 __all__ = ["train", "RunResult", "TrainConfig", "read_log"]

@@ -101,9 +101,16 @@ def test_resume_moves_bad_lines_aside_and_keeps_good_records(tmp_path):
     (run / "log.jsonl").write_text(lines[0] + "{not json\n" + "".join(lines[1:]))
     with pytest.warns(UserWarning, match="moved"):
         records = read_log(run / "log.jsonl", repair=True)
-    assert records == good[:1]
+    assert records == good  # every line that parses is kept, in order
     aside = list(run.glob("log.jsonl.bad-*"))
-    assert len(aside) == 1 and b"{not json" in aside[0].read_bytes()
+    assert len(aside) == 1 and aside[0].read_bytes() == b"{not json\n"
+    assert read_log(run / "log.jsonl") == good
+    # a bad line in the middle of a log that is then resumed: same records, nothing lost
+    lines = (run / "log.jsonl").read_text().splitlines(keepends=True)
+    (run / "log.jsonl").write_text(lines[0] + "\x00garbage\n" + "".join(lines[1:]))
+    with pytest.warns(UserWarning, match="moved"):
+        train({}, run, resume=True, quiet=True)
+    assert read_log(run / "log.jsonl") == good
 
 
 def test_nan_records_are_written_and_resumable(tmp_path):

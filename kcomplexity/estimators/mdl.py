@@ -116,6 +116,9 @@ def mdl(source_or_mosaic: Any, s: int | None = None, q: int | None = None, inclu
             raise MDLError("mdl() of a tensor or model needs the block size s")
         s = _check_s(s)
         arrays = _arrays(source_or_mosaic, include_buffers)
+        largest = max(a.numel for a in arrays)
+        if s > largest:  # every block would be mostly padding; the padded copy could exhaust memory
+            raise MDLError(f"block size s={s} exceeds the largest tensor ({largest:,} values); use s <= {largest:,}")
         patterns_flat, dtype, n = _padded_patterns(arrays, s)
         patterns, index = mosaic_code.unique_rows(patterns_flat.reshape(-1, s))
         k = int(patterns.shape[0])
