@@ -207,7 +207,7 @@ def test_bdm_k_and_settings(rng):
         est = kc.estimators.get("bdm-k", k=k)
         sym = np.minimum(((w - w.min()) * (k / (w.max() - w.min()))).astype(int), k - 1)
         assert est.bits(w) == pytest.approx(kc.bdm(sym, nsymbols=k))
-    with pytest.raises(EstimatorSettingError, match="k in 4, 5, 6 or 9"):
+    with pytest.raises(EstimatorSettingError, match="k takes int 4, 5, 6 or 9"):
         kc.estimators.get("bdm-k", k=3)
     with pytest.raises(EstimatorSettingError):
         kc.estimators.get("bdm-planes", bits=0)

@@ -173,3 +173,29 @@ def test_a_fifo_is_refused_not_read(tmp_path):
     os.mkfifo(fifo)
     with pytest.raises(kc.errors.UnsupportedSourceError, match="regular file"):
         kc.score(str(fifo))
+
+
+# ------------------------------------------------------------------ 11. settings declared once, no silent coercion
+@pytest.mark.parametrize("spec,needle", [
+    ("zstd:level=abc", "integer"), ("zstd:level=", "integer"), ("lzma:preset=nan", "integer"),
+    ("mdl:s=abc", "integer"), ("bdm:block=inf", "integer"), ("zstd:level=1.5", "integer"),
+    ("lzma:extreme=maybe", "true or false"), ("bdm-k:k=4.5", "integer"), ("mdl:s=2:s=3", "twice"),
+    ("zstd:lvl=3", "allowed: level"), ("zstd:level=23", "1..22"), ("quant:rel=-1", "> 0"),
+    ("intrinsic:max_evals=2", ">= 3"), ("bdm:partition=xx", "ignore, recursive"),
+])
+def test_estimator_settings_are_checked_against_their_declaration(spec, needle):
+    with pytest.raises(kc.errors.EstimatorSettingError, match=needle):
+        kc.estimators.get(spec)
+
+
+def test_estimator_settings_as_keywords_and_bad_estimator_lists():
+    with pytest.raises(kc.errors.EstimatorSettingError, match="integer"):
+        kc.estimators.get("zstd", level="abc")
+    with pytest.raises(kc.errors.EstimatorSettingError, match="integer"):
+        kc.estimators.get("zstd", level=1.5)
+    with pytest.raises(kc.errors.EstimatorSettingError, match="both"):
+        kc.estimators.get("zstd:level=3", level=3)
+    for bad in (None, 5, [1], {}, []):
+        with pytest.raises(kc.errors.UnknownEstimatorError):
+            kc.score({"w": np.ones(3, np.float32)}, estimators=bad)
+    assert kc.estimators.get("lzma:extreme=true:lc=0").settings()["extreme"] is True

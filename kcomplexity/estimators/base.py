@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import math
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
+
+import numpy as np
 
 from ..errors import EstimatorSettingError, MissingContextError, UnknownEstimatorError
 from ..sources import NamedArray, as_named, concat
@@ -123,14 +126,74 @@ class Estimator(ABC):
         return f"{type(self).__name__}({args})"
 
 
+@dataclass(frozen=True)
+class Setting:
+    """One declared estimator setting: its type, the values it allows (``allowed`` says which, ``ok`` checks)."""
+
+    type: type
+    allowed: str = ""
+    ok: Callable[[Any], bool] = lambda v: True
+    optional: bool = False   #: None ("none" in a spec string) is allowed
+
+    def describe(self) -> str:
+        kind = self.type.__name__ + (" or none" if self.optional else "")
+        return f"{kind} {self.allowed}".strip()
+
+    def from_text(self, text: str) -> Any:
+        """The value of a spec string, parsed by this setting's own type: no silent coercion."""
+        low = text.strip().lower()
+        if self.optional and low in ("none", "null"):
+            return None
+        if self.type is bool:
+            if low not in ("true", "false"):
+                raise ValueError("expected true or false")
+            return low == "true"
+        if self.type is int:
+            if not re.fullmatch(r"[+-]?\d+", text.strip()):
+                raise ValueError("expected an integer")
+            return int(text)
+        if self.type is float:
+            return float(text)  # ValueError for text; range/finiteness checked below
+        return text.strip()
+
+    def check(self, value: Any) -> Any:
+        """``value`` if it has this setting's type and passes its check, else ValueError."""
+        if value is None:
+            if self.optional:
+                return None
+            raise ValueError("a value is required")
+        if self.type is bool:
+            if not isinstance(value, (bool, np.bool_)):
+                raise ValueError("expected true or false")
+            return bool(value)
+        if isinstance(value, (bool, np.bool_)):
+            raise ValueError(f"expected {self.type.__name__}, got a boolean")
+        if self.type is int:
+            if not isinstance(value, (int, np.integer)):
+                raise ValueError(f"expected an integer, got {value!r}")
+            value = int(value)
+        elif self.type is float:
+            if not isinstance(value, (int, float, np.integer, np.floating)) or not math.isfinite(float(value)):
+                raise ValueError(f"expected a finite number, got {value!r}")
+            value = float(value)
+        elif not isinstance(value, self.type):
+            raise ValueError(f"expected {self.type.__name__}, got {value!r}")
+        if not self.ok(value):
+            raise ValueError(f"must be {self.allowed}, got {value!r}")
+        return value
+
+
 _REGISTRY: dict[str, Callable[..., Estimator]] = {}
+_SETTINGS: dict[str, Mapping[str, Setting]] = {}
 
 
-def register(name: str, factory: Callable[..., Estimator]) -> None:
-    """Add an estimator factory under ``name`` (called with keyword settings)."""
+def register(name: str, factory: Callable[..., Estimator], settings: Mapping[str, Setting] | None = None) -> None:
+    """Add an estimator factory under ``name``; ``settings`` (default: the factory's ``SETTINGS``) declares
+    every keyword it takes, with type and allowed values, so bad settings fail in one place."""
     if name in _REGISTRY:
         raise ValueError(f"estimator '{name}' is already registered")
     _REGISTRY[name] = factory
+    _SETTINGS[name] = dict(settings if settings is not None else getattr(factory, "SETTINGS", {}))
 
 
 def available() -> list[str]:
@@ -138,40 +201,60 @@ def available() -> list[str]:
     return list(_REGISTRY)
 
 
+def declared(name: str) -> Mapping[str, Setting]:
+    """The settings estimator ``name`` takes, with their types and allowed values."""
+    return _SETTINGS[name]
+
+
 def get(spec: str | Estimator, **settings: Any) -> Estimator:
     """An estimator by name, with settings as keywords or in the name: ``"zstd:level=22"``.
 
-    Raises :class:`UnknownEstimatorError` (listing the valid names) or
-    :class:`EstimatorSettingError`.
+    Every setting is checked against its declaration (type, allowed values);
+    an unknown, repeated or invalid one raises :class:`EstimatorSettingError`
+    naming what is allowed. An unknown name raises :class:`UnknownEstimatorError`.
     """
     if isinstance(spec, Estimator):
         return spec
-    name, _, rest = str(spec).strip().partition(":")
+    if not isinstance(spec, str):
+        raise UnknownEstimatorError(f"an estimator is a name or an Estimator, got {type(spec).__name__}; "
+                                    f"available: {', '.join(available())}")
+    name, _, rest = spec.strip().partition(":")
     if name not in _REGISTRY:
         raise UnknownEstimatorError(f"unknown estimator '{name}'; available: {', '.join(available())}")
-    for item in filter(None, rest.split(":")):
-        key, eq, value = item.partition("=")
-        if not eq:
-            raise EstimatorSettingError(f"estimator setting '{item}' is not key=value")
-        settings[key.strip()] = _parse_value(value.strip())
+    decl = _SETTINGS[name]
+    values: dict[str, Any] = {}
+    for item in rest.split(":") if rest else []:
+        key, eq, text = item.partition("=")
+        key = key.strip()
+        if not eq or not key:
+            raise EstimatorSettingError(f"estimator setting '{item}' in '{spec}' is not key=value")
+        if key in values:
+            raise EstimatorSettingError(f"setting '{key}' is given twice in '{spec}'")
+        values[key] = _checked(name, decl, key, text, from_text=True)
+    for key, value in settings.items():
+        if key in values:
+            raise EstimatorSettingError(f"setting '{key}' is given both in '{spec}' and as a keyword")
+        values[key] = _checked(name, decl, key, value, from_text=False)
     try:
-        return _REGISTRY[name](**settings)
+        return _REGISTRY[name](**values)
     except TypeError as exc:
         raise EstimatorSettingError(f"bad settings for estimator '{name}': {exc}") from None
 
 
-def _parse_value(text: str) -> Any:
-    lowered = text.lower()
-    if lowered in ("true", "false"):
-        return lowered == "true"
-    if lowered in ("none", "null"):
-        return None
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return text
+def _checked(name: str, decl: Mapping[str, Setting], key: str, value: Any, from_text: bool) -> Any:
+    allowed = "; ".join(f"{k} ({s.describe()})" for k, s in decl.items()) or "none"
+    if key not in decl:
+        raise EstimatorSettingError(f"estimator '{name}' has no setting '{key}'; allowed: {allowed}")
+    setting = decl[key]
+    try:
+        return setting.check(setting.from_text(value) if from_text else value)
+    except (ValueError, OverflowError) as exc:
+        raise EstimatorSettingError(f"{name}: setting {key}={value!r} is invalid ({exc}); "
+                                    f"{key} takes {setting.describe()}") from None
+
+
+def _none_given() -> Any:
+    raise UnknownEstimatorError(f"no estimator given; available: {', '.join(available())}")
 
 
 def resolve(estimators: str | Estimator | Sequence[str | Estimator] | Mapping[str, Estimator]) -> dict[str, Estimator]:
@@ -181,13 +264,17 @@ def resolve(estimators: str | Estimator | Sequence[str | Estimator] | Mapping[st
     estimator object, its name; a mapping is taken as {label: estimator}.
     """
     if isinstance(estimators, Mapping):
-        return {str(k): get(v) for k, v in estimators.items()}
+        return {str(k): get(v) for k, v in estimators.items()} if estimators else _none_given()
     if isinstance(estimators, str):
         specs: list[str | Estimator] = [e.strip() for e in estimators.split(",") if e.strip()]
     elif isinstance(estimators, Estimator):
         specs = [estimators]
-    else:
+    elif isinstance(estimators, (list, tuple)):
         specs = list(estimators)
+    else:
+        raise UnknownEstimatorError(f"estimators must be a name, a comma-separated string, a list or a mapping, "
+                                    f"got {type(estimators).__name__}; available: {', '.join(available())}")
     if not specs:
-        raise UnknownEstimatorError(f"no estimator given; available: {', '.join(available())}")
-    return {(s if isinstance(s, str) else s.name): get(s) for s in specs}
+        _none_given()
+    built = [get(s) for s in specs]
+    return {(s if isinstance(s, str) else e.name): e for s, e in zip(specs, built)}

@@ -25,7 +25,7 @@ from .. import ctm
 from ..errors import BDMError, EstimatorSettingError, NotApplicableError
 from ..sources import NamedArray
 from ..views import bit_planes, matrix_view, quantise_k, quantise_uniform, sign_bits
-from .base import Estimator, register
+from .base import Estimator, Setting, register
 
 PARTITIONS = ("ignore", "recursive", "correlated")
 #: alphabets with a 1-D CTM table (2-D tables are binary only)
@@ -272,6 +272,18 @@ class BDMSigns(Estimator):
         return _bdm_1d_any_length(sign_bits(a.values()).reshape(-1), 2, self.block, self.partition)
 
 
+def _partition() -> Setting:
+    return Setting(str, "one of " + ", ".join(PARTITIONS), lambda v: v in PARTITIONS)
+
+
+def _block(ndim: int) -> Setting:
+    top = ctm.MAX_BLOCK[ndim]
+    return Setting(int, f"1..{top}", lambda v: 1 <= v <= top)
+
+
+BDMSigns.SETTINGS = {"block": _block(1), "partition": _partition()}
+
+
 class BDMPlanes(Estimator):
     name = "bdm-planes"
     kind = "proxy"
@@ -320,6 +332,11 @@ class BDMPlanes(Estimator):
         return math.fsum(vals)
 
 
+BDMPlanes.SETTINGS = {"bits": Setting(int, "1..16", lambda v: 1 <= v <= 16),
+                      "clip": Setting(float, "a percentile in (50, 100]", lambda v: 50 < v <= 100, optional=True),
+                      "block": _block(2), "partition": _partition()}
+
+
 class BDMK(Estimator):
     name = "bdm-k"
     kind = "proxy"
@@ -338,6 +355,9 @@ class BDMK(Estimator):
     def _bits(self, a: NamedArray) -> float:
         return _bdm_1d_any_length(quantise_k(a.values(), self.k).reshape(-1), self.k, self.block, self.partition)
 
+
+BDMK.SETTINGS = {"k": Setting(int, "4, 5, 6 or 9", lambda v: v in (4, 5, 6, 9)), "block": _block(1),
+                 "partition": _partition()}
 
 register("bdm", BDMSigns)
 register("bdm-planes", BDMPlanes)

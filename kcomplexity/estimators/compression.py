@@ -15,7 +15,9 @@ from typing import Any
 from ..errors import EstimatorSettingError
 from ..sources import NamedArray
 from ..views import byte_planes
-from .base import Estimator, register
+from .base import Estimator, Setting, register
+
+_LITERAL = Setting(int, "0..4", lambda v: 0 <= v <= 4, optional=True)
 
 #: inputs at least this large are compressed by zstd's multi-threaded engine in
 #: jobs of ZSTD_JOB_SIZE; its output then depends on the job size, not on the
@@ -40,6 +42,8 @@ class Compressor(Estimator):
 
 
 class LZMA(Compressor):
+    SETTINGS = {"preset": Setting(int, "0..9", lambda v: 0 <= v <= 9), "extreme": Setting(bool),
+                "lc": _LITERAL, "lp": _LITERAL, "pb": _LITERAL}
     name = "lzma"
     description = "raw LZMA2 stream (no .xz container), preset 9"
 
@@ -66,6 +70,8 @@ class LZMA(Compressor):
 
 
 class Zstd(Compressor):
+    SETTINGS = {"level": Setting(int, "1..22", lambda v: 1 <= v <= 22),
+                "threads": Setting(int, ">= -1 (-1: all cores, 0: one)", lambda v: v >= -1)}
     name = "zstd"
     description = "zstandard, level 19 (22 = ultra), multi-threaded above 4 MiB"
 
@@ -94,6 +100,7 @@ class Zstd(Compressor):
 
 
 class Gzip(Compressor):
+    SETTINGS = {"level": Setting(int, "0..9", lambda v: 0 <= v <= 9)}
     name = "gzip"
     description = "DEFLATE level 9 as a raw stream (gzip without its 18-byte header/trailer)"
 
@@ -111,6 +118,7 @@ class Gzip(Compressor):
 
 
 class BZ2(Compressor):
+    SETTINGS = {"level": Setting(int, "1..9", lambda v: 1 <= v <= 9)}
     name = "bz2"
     description = "bzip2 level 9"
 
@@ -154,7 +162,7 @@ register("lzma", LZMA)
 register("zstd", Zstd)
 register("gzip", Gzip)
 register("bz2", BZ2)
-register("lzma-bg", lambda **kw: ByteGrouped(LZMA(**kw), "lzma-bg"))
-register("zstd-bg", lambda **kw: ByteGrouped(Zstd(**kw), "zstd-bg"))
+register("lzma-bg", lambda **kw: ByteGrouped(LZMA(**kw), "lzma-bg"), LZMA.SETTINGS)
+register("zstd-bg", lambda **kw: ByteGrouped(Zstd(**kw), "zstd-bg"), Zstd.SETTINGS)
 
 __all__ = ["LZMA", "Zstd", "Gzip", "BZ2", "ByteGrouped", "Compressor", "ZSTD_MT_THRESHOLD"]

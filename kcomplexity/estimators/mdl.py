@@ -24,7 +24,7 @@ import numpy as np
 from .. import mosaic_code
 from ..errors import EstimatorSettingError, MDLError
 from ..sources import NamedArray, make_named, open_source
-from .base import Context, Estimate, Estimator, register
+from .base import Context, Estimate, Estimator, Setting, register
 
 _PATTERN = {16: np.uint16, 32: np.uint32, 64: np.uint64}
 
@@ -222,5 +222,7 @@ class MDLEstimator(Estimator):
         return Estimate(self._pick(result), {"rac": result.rac, "paper_bits": result.paper_bits})
 
 
-register("mdl", lambda **kw: MDLEstimator(code="coded", **kw))
-register("mdl-paper", lambda **kw: MDLEstimator(code="paper", **kw))
+_MDL_SETTINGS = {"s": Setting(int, ">= 1", lambda v: v >= 1),
+                 "q": Setting(int, "1..64 (default: the dtype width)", lambda v: 1 <= v <= 64, optional=True)}
+register("mdl", lambda **kw: MDLEstimator(code="coded", **kw), _MDL_SETTINGS)
+register("mdl-paper", lambda **kw: MDLEstimator(code="paper", **kw), _MDL_SETTINGS)

@@ -23,7 +23,7 @@ import numpy as np
 from ..errors import EstimatorSettingError, MissingContextError
 from ..quantized import QuantizedCode, check_precision, code_quantized
 from ..sources import NamedArray
-from .base import Context, Estimate, Estimator, register
+from .base import Context, Estimate, Estimator, Setting, register
 
 #: quant's default precision: step = RMS / 10, i.e. a signal-to-quantisation-noise ratio of about 31 dB
 DEFAULT_REL = 0.1
@@ -39,9 +39,14 @@ def summarise(codes: Sequence[QuantizedCode], **extra: Any) -> Estimate:
     return Estimate(float(sum(c.bits for c in codes)), details)
 
 
+_POSITIVE = Setting(float, "> 0", lambda v: v > 0)
+
+
 class Quant(Estimator):
     """Registered as ``quant``."""
 
+    SETTINGS = {"rel": Setting(float, "> 0 (step / RMS)", lambda v: v > 0, optional=True),
+                "delta": Setting(float, "> 0 (absolute step)", lambda v: v > 0, optional=True)}
     name = "quant"
     kind = "lossy code length"
 
@@ -83,6 +88,7 @@ class Quant(Estimator):
 class Delta(Estimator):
     """Registered as ``delta``."""
 
+    SETTINGS = {"rel": _POSITIVE}
     name = "delta"
     kind = "lossy code length"
     needs = ("previous",)
@@ -115,6 +121,7 @@ class Delta(Estimator):
 class Intrinsic(Estimator):
     """Registered as ``intrinsic``."""
 
+    SETTINGS = {"eps": _POSITIVE, "relative": Setting(bool), "max_evals": Setting(int, ">= 3", lambda v: v >= 3)}
     name = "intrinsic"
     kind = "lossy code length"
     needs = ("model", "loss_fn")
