@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .errors import MissingContextError, NonFiniteError, NotApplicableError
+from .errors import KComplexityError, MissingContextError, NonFiniteError, NotApplicableError
 from .estimators.base import Context, Estimate, Estimator, resolve
 from .scoring import score
 from .sources import NamedArray, open_source
@@ -78,7 +78,10 @@ def append_jsonl(path: str | Path, record: dict[str, Any]) -> None:
     NaN and infinities (a diverged run) are written as Python's json writes
     them (``NaN``, ``Infinity``), which ``json.loads`` reads back.
     """
-    line = json.dumps(record) + "\n"
+    try:
+        line = json.dumps(record) + "\n"
+    except (TypeError, ValueError) as exc:
+        raise KComplexityError(f"log record is not JSON: {exc}") from None
     with open(path, "a", encoding="utf-8") as fh:
         fh.write(line)
         fh.flush()
@@ -97,6 +100,8 @@ class ComplexityLogger:
                  loss_fn: Callable[[Any], float] | None = None) -> None:
         self.estimators = resolve(estimators)  # validated now, not at the first epoch
         self.path = Path(path) if path is not None else None
+        if self.path is not None and not self.path.parent.is_dir():
+            raise KComplexityError(f"cannot log to {self.path}: folder {self.path.parent} does not exist")
         self.whole = whole
         self.loss_fn = loss_fn
         self.records: list[dict[str, Any]] = []

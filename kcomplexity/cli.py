@@ -111,6 +111,8 @@ def _estimators(_: argparse.Namespace) -> None:
 def _demo(args: argparse.Namespace) -> None:
     from . import demo
 
+    if args.epochs < 1:
+        raise KComplexityError(f"--epochs must be >= 1, got {args.epochs}")
     ests = args.estimators.split(",") if args.estimators else demo.DEMO_ESTIMATORS
     print(demo.run(ests, epochs=args.epochs, seed=args.seed))
 

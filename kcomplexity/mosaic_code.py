@@ -210,11 +210,14 @@ def decode(data: bytes) -> tuple[np.ndarray, np.ndarray, int, str]:
             value, pos = read_varint(buf, pos)
             fields.append(value)
         m, s, dcode, k, mode = fields
-        if dcode not in DTYPES or s < 1 or k < 1 or mode not in (0, 1):
+        if dcode not in DTYPES or s < 1 or k < 1 or mode not in (0, 1) or max(m, s, k) >= 1 << 40 \
+                or k * s > 8 * len(buf) or m > 8 * len(buf) * 64:
             raise MDLError("corrupt mosaic code: bad header")
         hist = []
         if mode == 1:
             lmax, pos = read_varint(buf, pos)
+            if lmax > MAX_CODEWORD:
+                raise MDLError("corrupt mosaic code: bad code-length histogram")
             for _ in range(lmax):
                 c, pos = read_varint(buf, pos)
                 hist.append(c)

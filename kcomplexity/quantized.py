@@ -48,6 +48,8 @@ METHODS = ("const", "order0", "gaussian", "laplace", "zstd")
 #: probabilities can cover; wider alphabets fall back to zstd
 MAX_ANS_ALPHABET = 1 << 20
 ZSTD_LEVEL = 3
+#: decode_quantized refuses codes claiming more values than this (1 GiB of float32) unless told otherwise
+MAX_DECODE_ELEMENTS = 1 << 28
 
 
 @dataclass(frozen=True)
@@ -141,16 +143,20 @@ def reconstruct(x: Any, rel: float | None = None, delta: float | None = None) ->
     return _reconstruct(sym, step, a.dtype).reshape(a.shape)
 
 
-def decode_quantized(data: bytes) -> np.ndarray:
+def decode_quantized(data: bytes, max_elements: int = MAX_DECODE_ELEMENTS) -> np.ndarray:
     """Inverse of :func:`encode_quantized`: float32 values in the original shape.
 
     float64 tensors come back as float64 and integer/bool tensors exactly in
-    their own dtype.
+    their own dtype. A code claiming more than ``max_elements`` values is
+    refused before anything is allocated (a constant tensor of any size codes
+    to a few bytes, so the claim alone could exhaust memory).
     """
     buf = memoryview(bytes(data))
     try:
         if bytes(buf[:2]) != MAGIC or buf[2] != VERSION:
             raise CorruptFileError("not a quantised code (bad magic or version)")
+        if buf[3] >= len(DTYPES) or buf[4] >= len(METHODS):
+            raise CorruptFileError("corrupt quantised code: unknown dtype or method")
         dtype, method = DTYPES[buf[3]], METHODS[buf[4]]
         ndim, pos = read_varint(buf, 5)
         shape = []
@@ -158,7 +164,14 @@ def decode_quantized(data: bytes) -> np.ndarray:
             d, pos = read_varint(buf, pos)
             shape.append(d)
         (step,) = struct.unpack_from("<d", buf, pos)
-        sym = _entropy_decode(method, buf, pos + 8, math.prod(shape))
+        n = math.prod(shape)
+        if ndim > 64 or n == 0:
+            raise CorruptFileError("corrupt quantised code: bad shape")
+        if n > max_elements:
+            raise CorruptFileError(f"quantised code claims {n:,} values, more than max_elements={max_elements:,}")
+        if not math.isfinite(step) or step <= 0:
+            raise CorruptFileError("corrupt quantised code: bad step")
+        sym = _entropy_decode(method, buf, pos + 8, n)
     except (IndexError, struct.error):
         raise CorruptFileError("corrupt quantised code: truncated") from None
     return _reconstruct(sym, step, dtype).reshape(shape)
@@ -202,8 +215,13 @@ def _entropy_decode(method: str, buf: memoryview, pos: int, n: int) -> np.ndarra
     if method == "zstd":
         return _zstd_decode(buf[pos:], span, n) + lo
     if method == "order0":
+        if span >= MAX_ANS_ALPHABET:
+            raise CorruptFileError("corrupt quantised code: symbol table too large")
         return _order0_decode(buf, pos, n, span) + lo
     params = struct.unpack_from("<dd", buf, pos)
+    if span < 1 or span >= MAX_ANS_ALPHABET or not (math.isfinite(params[0]) and math.isfinite(params[1])) \
+            or params[1] <= 0 or not -(2 ** 31) <= lo < 2 ** 31 - span:
+        raise CorruptFileError("corrupt quantised code: bad model parameters")
     return _ans_decode(_model(method, lo, lo + span, params), buf[pos + 16:], n)
 
 
@@ -315,8 +333,10 @@ def _ans_decode(model: Any, payload: memoryview, n: int) -> np.ndarray:
     try:
         coder = constriction.stream.stack.AnsCoder(words)
         out = coder.decode(model, n)
-    except Exception as exc:  # constriction raises plain ValueError/AssertionError on bad data
-        raise CorruptFileError(f"corrupt quantised code: {exc}") from None
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:  # constriction raises ValueError, or a Rust panic (a BaseException), on bad data
+        raise CorruptFileError(f"corrupt quantised code: {type(exc).__name__}") from None
     return np.asarray(out, dtype=np.int64)
 
 

@@ -70,6 +70,12 @@ def save_figure(fig: Any, path: str | Path) -> Path:
 
     path = Path(path)
     try:
+        if path.is_dir():
+            raise KComplexityError(f"cannot write plot {path}: it is a directory; give a file name such as plot.png")
+        fmt = path.suffix.lower().lstrip(".")
+        if fmt not in fig.canvas.get_supported_filetypes():
+            raise KComplexityError(f"cannot write plot {path}: use a file name ending in "
+                                   f"{', '.join('.' + f for f in ('png', 'pdf', 'svg'))}")
         path.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=110)
     except OSError as exc:

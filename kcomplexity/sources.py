@@ -108,6 +108,12 @@ def _to_numpy(name: str, array: Any) -> tuple[np.ndarray, str]:
         return array.data, array.dtype
     torch = _torch_or_none()
     if torch is not None and isinstance(array, torch.Tensor):
+        if array.is_nested:
+            raise UnsupportedSourceError(f"tensor '{name}' is a nested tensor; score its components one by one")
+        if array.layout != torch.strided:
+            raise NonNumericError(f"tensor '{name}' is sparse ({array.layout}); convert it with .to_dense() first")
+        if array.device.type == "meta":
+            raise UnsupportedSourceError(f"tensor '{name}' is on the meta device and holds no values")
         t = array.detach()
         if t.device.type != "cpu":
             t = t.cpu()
@@ -123,6 +129,8 @@ def _to_numpy(name: str, array: Any) -> tuple[np.ndarray, str]:
         raise UnsupportedSourceError(f"'{name}' is a {type(array).__name__}, not a tensor or array")
     if arr.dtype.kind not in "fiub":
         raise NonNumericError(f"tensor '{name}' has dtype {arr.dtype}; {SUPPORTED_DTYPES}")
+    if not arr.dtype.isnative:  # big-endian files: every estimator sees native values
+        arr = arr.astype(arr.dtype.newbyteorder("="))
     arr = np.ascontiguousarray(arr)
     return arr, str(arr.dtype)
 
@@ -286,8 +294,9 @@ def _load_torch(path: Path) -> Any:
                 "and plain containers; re-save it as a state_dict or safetensors"
             ) from None
         raise CorruptFileError(f"{path}: not a readable torch checkpoint (unpickling failed)") from None
-    except (RuntimeError, EOFError, ValueError, OSError, zipfile.BadZipFile) as exc:
-        raise CorruptFileError(f"{path}: not a readable torch checkpoint ({_one_line(exc)})") from None
+    except Exception as exc:  # a damaged pickle stream surfaces as any error type (IndexError, KeyError, ...)
+        raise CorruptFileError(f"{path}: not a readable torch checkpoint ({type(exc).__name__}: "
+                               f"{_one_line(exc)})") from None
     if isinstance(obj, torch.Tensor):
         return {"tensor": obj}
     if not isinstance(obj, Mapping):
@@ -295,7 +304,47 @@ def _load_torch(path: Path) -> Any:
     return obj
 
 
+def _npy_claim(fh: Any, where: str) -> tuple[int, int]:
+    """(bytes the .npy header claims for its data, header length); CorruptFileError for a damaged header."""
+    from numpy.lib import format as npformat
+
+    try:
+        version = npformat.read_magic(fh)
+        reader = npformat.read_array_header_1_0 if version == (1, 0) else npformat.read_array_header_2_0
+        shape, _, dtype = reader(fh, max_header_size=1 << 16)
+    except Exception as exc:  # numpy raises ValueError, SyntaxError or tokenize errors for a bad header
+        raise CorruptFileError(f"{where}: damaged .npy header ({_one_line(exc)})") from None
+    if dtype.hasobject:
+        raise UnsafeCheckpointError(f"{where}: holds pickled objects, which are not loaded")
+    return int(np.prod(shape, dtype=object)) * dtype.itemsize, fh.tell()
+
+
+def _check_claimed_sizes(path: Path) -> None:
+    """Refuse files whose headers claim more data than they hold, before anything is allocated."""
+    if path.suffix.lower() == ".npy":
+        with open(path, "rb") as fh:
+            claim, header = _npy_claim(fh, str(path))
+        if claim > path.stat().st_size - header:
+            raise CorruptFileError(f"{path}: header claims {claim:,} bytes of data, the file holds "
+                                   f"{path.stat().st_size - header:,}")
+        return
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for info in archive.infolist():
+                if not info.filename.endswith(".npy"):
+                    continue
+                with archive.open(info) as fh:
+                    claim, header = _npy_claim(fh, f"{path}: {info.filename}")
+                if claim != info.file_size - header:
+                    raise CorruptFileError(f"{path}: member {info.filename} claims {claim:,} bytes of data but its "
+                                           f"archive entry holds {info.file_size - header:,}")
+    except (zipfile.BadZipFile, NotImplementedError, RuntimeError, OSError, EOFError) as exc:
+        # unsupported compression, encrypted members, damaged archives
+        raise CorruptFileError(f"{path}: not a readable .npz archive ({_one_line(exc)})") from None
+
+
 def _open_numpy(path: Path, allow_nonfinite: bool) -> Source:
+    _check_claimed_sizes(path)
     try:
         loaded = np.load(path, allow_pickle=False)
     except ValueError as exc:

@@ -61,7 +61,8 @@ def quantise_k(values: np.ndarray, k: int) -> np.ndarray:
     lo, hi = float(v.min()), float(v.max())
     if hi <= lo:
         return np.zeros(v.shape, dtype=np.int64)
-    return np.minimum(((v - lo) * (k / (hi - lo))).astype(np.int64), k - 1)
+    # halves keep hi - lo finite for values near +-1.8e308
+    return np.minimum((((v / 2 - lo / 2) / (hi / 2 - lo / 2)) * k).astype(np.int64), k - 1)
 
 
 def matrix_view(a: NamedArray) -> np.ndarray | None:

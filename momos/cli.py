@@ -14,6 +14,7 @@ from pathlib import Path
 from kcomplexity.cli import run_guarded
 
 from .config import METHODS, TrainConfig
+from .errors import MoMosError
 from .data import DATASETS
 from .models import MODELS
 
@@ -71,6 +72,11 @@ def _train(args: argparse.Namespace) -> None:
     from .trainer import train
 
     if args.resume:
+        given = sorted(f"--{k.replace('_', '-')}" for k, v in vars(args).items()
+                       if k in TrainConfig.defaults() and v != _parser_defaults().get(k))
+        if given:
+            raise MoMosError(f"--resume continues the run as it was configured; {', '.join(given)} would change it "
+                             "(start a new run with another --out instead)")
         result = train({}, args.out, resume=True, quiet=args.quiet)
     else:
         fields = {k: getattr(args, k) for k in (
@@ -80,6 +86,11 @@ def _train(args: argparse.Namespace) -> None:
         fields["estimators"] = [e.strip() for e in args.estimators.split(",") if e.strip()]
         result = train(TrainConfig(**fields), args.out, overwrite=args.overwrite, quiet=args.quiet)
     print(json.dumps(result.to_json()["final"] | {"test_acc": result.test_acc}, indent=None))
+
+
+def _parser_defaults() -> dict[str, object]:
+    train_parser = _parser()._subparsers._group_actions[0].choices["train"]  # type: ignore[union-attr]
+    return {a.dest: a.default for a in train_parser._actions}
 
 
 def _compare(args: argparse.Namespace) -> None:
@@ -103,6 +114,8 @@ def _demo(args: argparse.Namespace) -> None:
     from . import compare
     from .trainer import train
 
+    if args.epochs < 1:
+        raise MoMosError(f"--epochs must be >= 1, got {args.epochs}")
     out = Path(args.out)
     common = {"model": "mlp", "data": "digits", "epochs": args.epochs, "estimators": ["lzma", "zstd", "bdm", "mdl",
                                                                                       "mdl-paper"]}

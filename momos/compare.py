@@ -6,6 +6,8 @@ from typing import Any
 
 import pandas as pd
 
+from kcomplexity.rd import save_figure
+
 from .errors import RunError
 from .rundir import read_log, read_result, stored_config
 
@@ -19,18 +21,27 @@ def load_run(run_dir: str | Path) -> dict[str, Any]:
         raise RunError(f"{run_dir} has no logged epochs yet")
     rows = []
     for r in records:
-        row = {k: r[k] for k in ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr")}
-        row.update({f"bits:{k}": v for k, v in r.get("complexity", {}).items()})
-        for label, details in r.get("details", {}).items():
-            row.update({f"{label}:{k}": v for k, v in details.items() if k in TABLE_DETAILS})
-        if r.get("projection"):
-            row.update({f"proj:{k}": v for k, v in r["projection"].items()})
+        # a record missing keys, or holding null where a mapping belongs, shows as missing values
+        row = {k: _number(r.get(k)) for k in ("train_loss", "train_acc", "val_loss", "val_acc", "lr")}
+        row["epoch"] = r["epoch"]
+        row.update({f"bits:{k}": _number(v) for k, v in _mapping(r.get("complexity")).items()})
+        for label, details in _mapping(r.get("details")).items():
+            row.update({f"{label}:{k}": _number(v) for k, v in _mapping(details).items() if k in TABLE_DETAILS})
+        row.update({f"proj:{k}": v for k, v in _mapping(r.get("projection")).items()})
         rows.append(row)
     result = read_result(run_dir)
     method = config.get("method", "?")
     label = run_dir.name if run_dir.name == method else f"{run_dir.name} ({method})"
     return {"dir": run_dir, "label": label, "config": config, "log": pd.DataFrame(rows).set_index("epoch"),
             "result": result}
+
+
+def _mapping(x: Any) -> dict[str, Any]:
+    return x if isinstance(x, dict) else {}
+
+
+def _number(x: Any) -> float:
+    return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) else float("nan")
 
 
 #: details shown beside the bits: the paper's RAC, the distortion a lossy code buys, intrinsic's precision
@@ -64,7 +75,7 @@ def table(runs: list[dict[str, Any]]) -> pd.DataFrame:
         last = run["log"].iloc[-1]
         row: dict[str, Any] = {"method": run["config"].get("method"), "epochs": int(run["log"].index[-1]),
                                "val_acc": last["val_acc"],
-                               "test_acc": run["result"]["test_acc"] if run["result"] else float("nan")}
+                               "test_acc": _number((run["result"] or {}).get("test_acc"))}
         for col in estimator_columns(runs):
             label = col.removeprefix("bits:")
             row[label] = last.get(col, float("nan"))
@@ -102,8 +113,4 @@ def plot(runs: list[dict[str, Any]], path: str | Path) -> Path:
         ax.axis("off")
     axes.flat[0].legend(fontsize=8)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

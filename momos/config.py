@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -76,7 +77,8 @@ class TrainConfig:
         return self.method in ("qat", "momos+qat")
 
     def resolved(self) -> "TrainConfig":
-        """A validated copy with the profile's defaults filled in."""
+        """A validated copy with the profile's defaults filled in; every problem is one MoMosError."""
+        _check_types(self)
         if self.model not in MODELS:
             raise MoMosError(f"unknown model '{self.model}'; available: {', '.join(MODELS)}")
         if self.data not in DATASETS:
@@ -102,12 +104,19 @@ class TrainConfig:
             raise MoMosError(f"unknown scope '{cfg.scope}'; allowed: {', '.join(SCOPES)}")
         if cfg.uses_qat and not 2 <= int(cfg.q) <= 16:
             raise MoMosError(f"QAT needs q in 2..16 bits, got {cfg.q}")
+        _check_ranges(cfg)
         if cfg.estimators:  # unknown names fail now, listing the valid ones; [] logs no estimator
             kc.estimators.resolve(cfg.estimators)
         return cfg
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    @classmethod
+    def defaults(cls) -> dict[str, Any]:
+        """Every field's default value (None where the model's profile decides)."""
+        return {f.name: (f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default)
+                for f in dataclasses.fields(cls)}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "TrainConfig":
@@ -119,3 +128,64 @@ class TrainConfig:
 
     def dumps(self) -> str:
         return json.dumps(self.to_json(), indent=2, sort_keys=True)
+
+
+_INTS = ("epochs", "batch_size", "steps_per_epoch", "s", "k", "q", "seed", "limit", "width", "modulus")
+_FLOATS = ("lr", "weight_decay", "momentum", "beta2", "capacity", "val_fraction", "train_fraction")
+_STRS = ("model", "data", "method", "optimizer", "schedule", "scope", "device", "data_dir")
+
+
+def _check_types(cfg: TrainConfig) -> None:
+    for name in _INTS:
+        v = getattr(cfg, name)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int)):
+            raise MoMosError(f"{name} must be an integer, got {v!r}")
+    for name in _FLOATS:
+        v = getattr(cfg, name)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
+            raise MoMosError(f"{name} must be a number, got {v!r}")
+    for name in _STRS:
+        v = getattr(cfg, name)
+        if v is not None and not isinstance(v, str):
+            raise MoMosError(f"{name} must be a string, got {v!r}")
+    if not isinstance(cfg.estimators, (list, tuple)) or not all(isinstance(e, str) for e in cfg.estimators):
+        raise MoMosError(f"estimators must be a list of names, got {cfg.estimators!r}")
+
+
+def _check_ranges(cfg: TrainConfig) -> None:
+    """Numbers a run cannot use, and a device this machine does not have."""
+    checks = [
+        ("lr", cfg.lr, lambda v: v > 0, "> 0 (inf is allowed and diverges)"),
+        ("weight_decay", cfg.weight_decay, lambda v: 0 <= v < math.inf, "finite and >= 0"),
+        ("momentum", cfg.momentum, lambda v: 0 <= v < 1, "in [0, 1)"),
+        ("beta2", cfg.beta2, lambda v: 0 <= v < 1, "in [0, 1)"),
+        ("seed", cfg.seed, lambda v: 0 <= v < 2 ** 32, "in 0..2**32-1"),
+        ("limit", cfg.limit, lambda v: v >= 1, ">= 1 (or unset)"),
+        ("width", cfg.width, lambda v: v >= 1, ">= 1 (or unset)"),
+        ("val_fraction", cfg.val_fraction, lambda v: 0 < v < 0.5, "in (0, 0.5)"),
+    ]
+    for name, value, ok, allowed in checks:
+        if value is not None and not ok(value):  # NaN fails every comparison, so it lands here too
+            raise MoMosError(f"{name} must be {allowed}, got {value}")
+    check_device(cfg.device)
+
+
+def check_device(name: str) -> None:
+    """MoMosError unless ``name`` is a device this machine can train on."""
+    import torch
+
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise MoMosError(f"unknown device '{name}'; use cpu, cuda or cuda:N") from None
+    if dev.type == "cpu":
+        return
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise MoMosError(f"device '{name}' is not available here (no CUDA device); use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise MoMosError(f"device '{name}' does not exist ({torch.cuda.device_count()} CUDA device(s))")
+        return
+    if dev.type == "mps" and torch.backends.mps.is_available():
+        return
+    raise MoMosError(f"cannot train on device '{name}' here; use cpu" + (" or cuda" if torch.cuda.is_available() else ""))

@@ -64,6 +64,8 @@ def check_settings(s: Any, capacity: Any, k: Any, scope: str = "global") -> tupl
     if (capacity is None) == (k is None):
         raise MoMosError("give exactly one of capacity (a fraction of blocks in (0, 1]) or k (a number of motifs)")
     if capacity is not None:
+        if isinstance(capacity, bool) or not isinstance(capacity, (int, float, np.integer, np.floating)):
+            raise MoMosError(f"capacity must be a number in (0, 1], got {capacity!r}")
         capacity = float(capacity)
         if not (0.0 < capacity <= 1.0) or math.isnan(capacity):
             raise MoMosError(f"capacity must lie in (0, 1], got {capacity}")
@@ -116,7 +118,11 @@ def project(
     s, capacity, k = check_settings(s, capacity, k, scope)
     if method not in METHODS:
         raise MoMosError(f"unknown assignment method '{method}'; allowed: {', '.join(METHODS)}")
+    if isinstance(memory_mb, bool) or not isinstance(memory_mb, (int, float)) or not 0 < memory_mb < math.inf:
+        raise MoMosError(f"memory_mb must be a finite number > 0, got {memory_mb!r}")
     items = trainable(model_or_params)
+    if any(p.device.type == "meta" for _, p in items):
+        raise MoMosError("the model is on the meta device and holds no values to project")
     largest = max(p.numel() for _, p in items)
     if largest == 0:
         raise MoMosError("nothing to project: every parameter is empty")

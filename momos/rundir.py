@@ -46,6 +46,8 @@ def write_atomic(path: Path, text: str) -> None:
 
 def stored_config(run_dir: Path) -> dict[str, Any]:
     """The config a run was started with; RunError if ``run_dir`` is not a run."""
+    if Path(run_dir).exists() and not Path(run_dir).is_dir():
+        raise RunError(f"{run_dir} is a file, not a run directory")
     try:
         data = json.loads((Path(run_dir) / CONFIG).read_text())
     except FileNotFoundError:

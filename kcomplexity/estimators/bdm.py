@@ -80,7 +80,10 @@ def nbdm(X: Any, nsymbols: int = 2, partition: str = "ignore", block: int | None
 
 
 def _validate(X: Any, nsymbols: int) -> np.ndarray:
-    arr = np.asarray(X)
+    try:
+        arr = np.asarray(X)
+    except ValueError as exc:  # ragged nested lists
+        raise BDMError(f"BDM takes a rectangular array of symbols ({exc})") from None
     if nsymbols not in SYMBOLS_1D:
         raise BDMError(f"nsymbols={nsymbols} has no CTM table; allowed: {', '.join(map(str, SYMBOLS_1D))} (1-D), 2 (2-D)")
     if arr.ndim not in (1, 2):
@@ -99,6 +102,8 @@ def _validate(X: Any, nsymbols: int) -> np.ndarray:
 
 def _block_side(ndim: int, block: int | None) -> int:
     top = ctm.MAX_BLOCK[ndim]
+    if block is not None and (isinstance(block, bool) or not isinstance(block, (int, np.integer))):
+        raise BDMError(f"block must be an integer in 1..{top}, got {block!r}")
     side = top if block is None else int(block)
     if not 1 <= side <= top:
         what = "block length" if ndim == 1 else "square block side"
