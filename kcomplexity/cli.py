@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
 
@@ -146,6 +147,8 @@ def run_guarded(prog: str, handler: Callable[[argparse.Namespace], None], args: 
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
+        # a second Ctrl-C while exit handlers wait for worker threads ends the process at once, quietly
+        signal.signal(signal.SIGINT, lambda *_: os._exit(130))
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
     return 0

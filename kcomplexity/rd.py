@@ -69,6 +69,9 @@ def save_figure(fig: Any, path: str | Path) -> Path:
     import matplotlib.pyplot as plt
 
     path = Path(path)
+    if "\0" in str(path):
+        plt.close(fig)
+        raise KComplexityError(f"cannot write plot {path!r}: the path holds a NUL byte")
     try:
         if path.is_dir():
             raise KComplexityError(f"cannot write plot {path}: it is a directory; give a file name such as plot.png")

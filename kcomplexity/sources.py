@@ -181,6 +181,9 @@ def open_source(source: Any, include_buffers: bool = False, allow_nonfinite: boo
     if isinstance(source, Source):
         return source
     if isinstance(source, (str, os.PathLike)):
+        text = os.fspath(source)
+        if not text or "\0" in str(text):
+            raise UnsupportedSourceError(f"{text!r} is not a usable path (empty, or holds a NUL byte)")
         return _open_path(Path(source), allow_nonfinite)
     torch = _torch_or_none()
     if torch is not None and isinstance(source, torch.nn.Module):
@@ -235,7 +238,11 @@ def _from_items(items: list[tuple[str, Any]], allow_nonfinite: bool, label: str)
 
 def _open_path(path: Path, allow_nonfinite: bool) -> Source:
     if not path.exists():
+        if path.is_symlink():
+            raise CorruptFileError(f"{path} is a broken symbolic link (or a loop of links)")
         raise SourceNotFoundError(f"no such file: {path}")
+    if not os.access(path, os.R_OK) and not path.is_dir():
+        raise CorruptFileError(f"{path} cannot be read: permission denied")
     if path.is_dir():
         raise UnsupportedSourceError(f"{path} is a directory; pass a weights file")
     if not path.is_file():  # a FIFO, socket or device would block or never end
@@ -282,8 +289,17 @@ def _open_safetensors(path: Path, allow_nonfinite: bool) -> Source:
 def _load_torch(path: Path) -> Any:
     import torch
 
+    is_zip = zipfile.is_zipfile(path)
+    if is_zip:  # torch does not check the CRC of its zip entries: damaged data would be scored silently
+        try:
+            with zipfile.ZipFile(path) as archive:
+                bad = archive.testzip()
+        except (zipfile.BadZipFile, OSError, NotImplementedError, RuntimeError, EOFError) as exc:
+            raise CorruptFileError(f"{path}: not a readable torch checkpoint ({_one_line(exc)})") from None
+        if bad is not None:
+            raise CorruptFileError(f"{path}: entry {bad} fails its CRC check (the file is damaged)")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
     except pickle.UnpicklingError as exc:
         # torch reports every failure as "Weights only load failed"; a refused
         # object shows as an unsupported global, anything else is corruption

@@ -199,3 +199,144 @@ def test_estimator_settings_as_keywords_and_bad_estimator_lists():
         with pytest.raises(kc.errors.UnknownEstimatorError):
             kc.score({"w": np.ones(3, np.float32)}, estimators=bad)
     assert kc.estimators.get("lzma:extreme=true:lc=0").settings()["extreme"] is True
+
+
+# ------------------------------------------------------------------ 12. bad numbers and devices, before any write
+@pytest.mark.parametrize("argv,needle", [
+    (["--lr", "-1"], "lr must be > 0"), (["--lr", "nan"], "lr must be > 0"),
+    (["--weight-decay", "-1"], "weight_decay must be"), (["--device", "cuda:7"], "device 'cuda:7'"),
+    (["--device", "bogus"], "unknown device"), (["--device", "meta"], "cannot train on device 'meta'"),
+    (["--limit", "0"], "limit must be >= 1"), (["--width", "-1"], "width must be >= 1"),
+    (["--width", "0"], "width must be >= 1"), (["--seed", "-1"], "seed must be in"),
+    (["--seed", str(2**70)], "seed must be in"), (["-e", "zstd:level=1.5"], "integer"),
+])
+def test_train_cli_rejects_bad_numbers_and_writes_nothing(argv, needle, tmp_path, capsys):
+    out = tmp_path / "r"
+    assert main(["train", "--out", str(out), "--epochs", "1", "--quiet", *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err and len(err.splitlines()) == 1
+    assert not out.exists()
+
+
+def test_out_that_is_a_file_and_resume_with_changes(tmp_path, capsys):
+    afile = tmp_path / "f"
+    afile.write_text("x")
+    for out in (afile, afile / "sub"):
+        assert main(["train", "--out", str(out), "--quiet"]) == 2
+        assert "is a file" in capsys.readouterr().err
+    assert afile.read_text() == "x"
+    run = tmp_path / "run"
+    assert main(["train", "--out", str(run), "--epochs", "1", "--width", "8", "-e", "lzma", "--quiet"]) == 0
+    capsys.readouterr()
+    for extra in (["--epochs", "5"], ["--method", "momos"]):
+        assert main(["train", "--out", str(run), "--resume", *extra]) == 2
+        assert "would change it" in capsys.readouterr().err
+    assert kc_main(["demo", "--epochs", "-1"]) == 2 and "--epochs must be >= 1" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ 14. compare on damaged runs
+def test_compare_on_damaged_runs_is_clear(tmp_path, capsys):
+    good = tmp_path / "good"
+    train(TrainConfig(**FAST), good, quiet=True)
+    cases = {}
+    for name in ("garbage", "nulls", "badresult", "listconfig", "nomethod"):
+        cases[name] = tmp_path / name
+        import shutil
+
+        shutil.copytree(good, cases[name])
+    (cases["garbage"] / "log.jsonl").write_text("xx\n{bad\n")
+    (cases["nulls"] / "log.jsonl").write_text('{"epoch": 0, "complexity": null, "details": 5}\n')
+    (cases["badresult"] / "result.json").write_text("[1")
+    (cases["listconfig"] / "config.json").write_text("[1, 2]")
+    (cases["nomethod"] / "config.json").write_text('{"config": {"model": "mlp"}}')
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    for bad, needle in ((cases["garbage"], "no logged epochs"), (cases["badresult"], "result.json"),
+                        (cases["listconfig"], "not a momos run config"), (afile, "is a file")):
+        assert main(["compare", str(good), str(bad)]) == 2
+        err = capsys.readouterr().err
+        assert needle in err and "Traceback" not in err
+    assert main(["compare", str(good), str(cases["nulls"]), str(cases["nomethod"])]) == 0
+    capsys.readouterr()
+    for plot, needle in ((tmp_path, "is a directory"), (tmp_path / "x.xyz", "ending in"),
+                         (tmp_path / "no" / "\0bad.png", "cannot write plot")):
+        assert main(["compare", str(good), "--plot", str(plot)]) == 2
+        assert needle in capsys.readouterr().err
+    assert not (tmp_path.parent / (tmp_path.name + ".png")).exists()
+
+
+# ------------------------------------------------------------------ 15/16. API inputs that used to escape
+def test_api_inputs_raise_our_errors(tmp_path):
+    from kcomplexity.callbacks import ComplexityLogger
+
+    model = torch.nn.Linear(3, 3)
+    bad_calls = [
+        lambda: kc.score(torch.eye(3).to_sparse()), lambda: kc.score(torch.empty(3, device="meta")),
+        lambda: kc.score([[1.0, 2.0], [3.0]]), lambda: kc.bdm(np.zeros(20, int), block="x"),
+        lambda: kc.bdm([[1, 0], [1]]), lambda: momos.project(model, 2, capacity="abc"),
+        lambda: momos.project(model, 2, capacity=0.5, memory_mb=float("nan")),
+        lambda: momos.project(torch.nn.Linear(3, 3, device="meta"), 2, capacity=0.5),
+        lambda: momos.project({"e": torch.empty(0)}, 2, capacity=0.5),
+        lambda: kc.estimators.mdl.decode(b"\xff" * 9 + b"\x01\x02\x00\x01\x00"),
+        lambda: ComplexityLogger(["lzma"], path=tmp_path / "missing" / "x.jsonl"),
+    ]
+    for call in bad_calls:
+        with pytest.raises(kc.errors.KComplexityError):
+            call()
+    logger = ComplexityLogger(["lzma"], path=tmp_path / "c.jsonl")
+    with pytest.raises(kc.errors.KComplexityError, match="not JSON"):
+        logger.log(model, epoch=0, extra=object())
+    assert logger.records == []  # nothing recorded that was not written
+    # finite extremes and big-endian arrays score like any others
+    extremes = np.array([1.7e308, -1.7e308, 0.0, 1.0] * 10)
+    assert kc.score(extremes, "bdm-k").total["bdm-k"] > 0
+    big = np.arange(10, dtype=">f4")
+    assert kc.score(big, ["mdl"]).total["mdl"] == kc.score(big.astype("<f4"), ["mdl"]).total["mdl"]
+
+
+# ------------------------------------------------------------------ 9. sizes that files claim
+def test_claimed_sizes_are_checked_before_allocating(tmp_path):
+    import io
+    from numpy.lib import format as npformat
+
+    buf = io.BytesIO()
+    npformat.write_array_header_1_0(buf, {"descr": "<f4", "fortran_order": False, "shape": (10**12,)})
+    (tmp_path / "big.npy").write_bytes(buf.getvalue() + b"\0" * 40)
+    with pytest.raises(kc.errors.CorruptFileError, match="claims"):
+        kc.score(str(tmp_path / "big.npy"))
+    good = io.BytesIO()
+    np.save(good, np.ones(10, np.float32))
+    (tmp_path / "dmg.npy").write_bytes(good.getvalue()[:10] + b"{'descr': <f4'" + good.getvalue()[24:])
+    with pytest.raises(kc.errors.CorruptFileError, match="header"):
+        kc.score(str(tmp_path / "dmg.npy"))
+    big_const = kc.encode_quantized(np.zeros(1000, np.float32), rel=0.1)
+    with pytest.raises(kc.errors.CorruptFileError, match="max_elements"):
+        kc.decode_quantized(big_const, max_elements=999)
+
+
+def test_a_damaged_pt_entry_fails_its_crc(tmp_path):
+    path = tmp_path / "w.pt"
+    torch.save({"w": torch.arange(1000, dtype=torch.float32)}, path)
+    raw = bytearray(path.read_bytes())
+    pos = raw.find(np.arange(1000, dtype=np.float32).tobytes()[400:420])
+    raw[pos] ^= 0xFF  # one byte of tensor data, sizes and headers intact
+    path.write_bytes(bytes(raw))
+    with pytest.raises(kc.errors.CorruptFileError, match="CRC"):
+        kc.score(str(path))
+
+
+def test_a_second_ctrl_c_ends_quietly(tmp_path):
+    import signal
+
+    proc = subprocess.Popen([sys.executable, "-m", "momos", "train", "--out", str(tmp_path / "r"), "--epochs", "50",
+                             "--width", "16", "-e", "lzma", "--quiet"], stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not (tmp_path / "r" / "log.jsonl").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.2)
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    # 130 from our handler, or -SIGINT when the second Ctrl-C lands after Python restored default handlers
+    assert proc.returncode in (130, -signal.SIGINT) and "Traceback" not in err and "interrupted" in err
