@@ -38,6 +38,8 @@ from .errors import (
 #: keys under which training checkpoints commonly nest the model weights
 CHECKPOINT_KEYS = ("state_dict", "model_state_dict", "model")
 TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
+#: an .npz member may expand at most this much (beyond 256 MiB): real weights compress far less
+MAX_NPZ_EXPANSION = 200
 
 
 @dataclass(frozen=True)
@@ -349,6 +351,10 @@ def _check_claimed_sizes(path: Path) -> None:
             for info in archive.infolist():
                 if not info.filename.endswith(".npy"):
                     continue
+                if info.file_size > MAX_NPZ_EXPANSION * max(info.compress_size, 1) and info.file_size > 1 << 28:
+                    raise CorruptFileError(
+                        f"{path}: member {info.filename} would expand {info.compress_size:,} bytes to "
+                        f"{info.file_size:,} (over {MAX_NPZ_EXPANSION}x and 256 MiB); refusing a likely zip bomb")
                 with archive.open(info) as fh:
                     claim, header = _npy_claim(fh, f"{path}: {info.filename}")
                 if claim != info.file_size - header:

@@ -340,3 +340,19 @@ def test_a_second_ctrl_c_ends_quietly(tmp_path):
     _, err = proc.communicate(timeout=60)
     # 130 from our handler, or -SIGINT when the second Ctrl-C lands after Python restored default handlers
     assert proc.returncode in (130, -signal.SIGINT) and "Traceback" not in err and "interrupted" in err
+
+
+def test_npz_bombs_and_unsupported_members_are_refused(tmp_path):
+    bomb = tmp_path / "bomb.npz"
+    np.savez_compressed(bomb, a=np.zeros(80_000_000, np.float32))  # 320 MB of zeros in ~300 kB
+    with pytest.raises(kc.errors.CorruptFileError, match="zip bomb"):
+        kc.score(str(bomb))
+    odd = tmp_path / "odd.npz"
+    np.savez(odd, a=np.ones(10, np.float32))
+    raw = bytearray(odd.read_bytes())
+    for sig, off in ((b"PK\x03\x04", 8), (b"PK\x01\x02", 10)):  # compression method of the local and central headers
+        pos = raw.find(sig)
+        raw[pos + off:pos + off + 2] = (99).to_bytes(2, "little")
+    odd.write_bytes(bytes(raw))
+    with pytest.raises(kc.errors.CorruptFileError, match="npz"):
+        kc.score(str(odd))
