@@ -114,9 +114,14 @@ class ComplexityLogger:
         ``max_abs_err``, ``intrinsic``'s ``rel`` and losses, ``mdl``'s ``rac``).
         """
         t = time.perf_counter()
-        arrays = [NamedArray(a.name, a.data.copy(), a.dtype) for a in open_source(model)]
+        try:  # copies: the caller keeps training the tensors we were given, and delta needs these later
+            arrays: list[NamedArray] | None = [NamedArray(a.name, a.data.copy(), a.dtype) for a in open_source(model)]
+        except NonFiniteError:  # diverged weights: every estimate is missing, the loop goes on
+            arrays = None
         context = Context(model=model if _is_module(model) else None, loss_fn=self.loss_fn, previous=self._previous)
-        bits, details = split_estimates(measure_estimates(arrays, self.estimators, whole=self.whole, context=context))
+        estimates = (measure_estimates(arrays, self.estimators, whole=self.whole, context=context)
+                     if arrays is not None else {label: None for label in self.estimators})
+        bits, details = split_estimates(estimates)
         record = {"epoch": int(epoch), "complexity": bits, "details": details,
                   "estimators_s": time.perf_counter() - t, **extra}
         if self.path is not None:

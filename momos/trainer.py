@@ -184,7 +184,7 @@ class _Trainer:
                 "momos": self.momos.state_dict() if self.momos else {}, "best": json.dumps(self.best),
                 "pending": json.dumps(pending)}
 
-    def restore(self) -> int:
+    def restore(self, pool: ThreadPoolExecutor) -> int:
         epoch, state, folder = checkpoint.load(self.ckpt_root, self.model)
         try:
             self.opt.load_state_dict(state["optimizer"])
@@ -207,20 +207,21 @@ class _Trainer:
                 from .mosaic import Mosaic
 
                 mosaic = Mosaic.load(folder / "mosaic.safetensors")
-            self.write(pending, self.complexity(self.snapshot(), self.context(mosaic, previous)))
+            # on the estimator thread, as in an uninterrupted run, so the numbers are the same
+            self.write(pending, pool.submit(self.complexity, self.snapshot(), self.context(mosaic, previous)).result())
         if self.keep_previous:
             self.previous = self.snapshot()
         return epoch
 
     # ------------------------------------------------------------------ the run
     def run(self, resume: bool) -> RunResult:
-        start = self.restore() + 1 if resume else 0
         # one intra-op thread for estimators that run the model (intrinsic): two OpenMP teams on the
         # same cores slowed training 2.4x; the setting is per thread, so training keeps its threads
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="estimators", initializer=torch.set_num_threads,
                                   initargs=(1,))
         waiting: tuple[dict[str, Any], Future] | None = None
         try:
+            start = self.restore(pool) + 1 if resume else 0
             for epoch in range(start, self.cfg.epochs + 1):
                 record, mosaic = self.one_epoch(epoch)
                 if waiting is not None:
