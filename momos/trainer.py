@@ -255,10 +255,20 @@ class _Trainer:
         record = {
             "epoch": epoch, "train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss, "val_acc": val_acc,
             "lr": lr, "n_params": sum(p.numel() for p in self.model.parameters() if p.requires_grad),
-            "projection": proj.stats() if proj is not None else None,
+            "projection": proj.stats() if proj is not None else None, **self.weight_stats(),
             "time": {"train_s": t1 - t0, "project_s": t2 - t1, "val_s": t3 - t2},
         }
         return record, (proj.mosaic if proj is not None else None)
+
+    @torch.no_grad()
+    def weight_stats(self) -> dict[str, float]:
+        """The official run's other per-epoch metrics, over all trainable (latent) weights: the fraction
+        of exact zeros and the L2 norm."""
+        params = [p.detach() for p in self.model.parameters() if p.requires_grad]
+        n = sum(p.numel() for p in params)
+        zeros = sum(int((p == 0).sum()) for p in params)
+        norm = float(torch.sqrt(sum(p.double().square().sum() for p in params)))
+        return {"sparsity": zeros / n, "l2_norm": norm}
 
     def finish(self) -> RunResult:
         final_loss, final_acc = self.evaluate(self.data.test)

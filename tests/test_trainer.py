@@ -34,7 +34,8 @@ def test_each_method_and_log_schema(method, tmp_path):
     assert [r["epoch"] for r in log] == [0, 1, 2]
     for r in log:
         assert {"epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "time", "projection",
-                "complexity", "n_params"} <= set(r)
+                "complexity", "n_params", "sparsity", "l2_norm"} <= set(r)
+        assert 0 <= r["sparsity"] <= 1 and r["l2_norm"] > 0
         assert {"train_s", "project_s", "val_s", "estimators_s"} <= set(r["time"])
         assert set(FAST["estimators"]) <= set(r["complexity"])
         assert all(v > 0 for v in r["complexity"].values())
@@ -42,6 +43,7 @@ def test_each_method_and_log_schema(method, tmp_path):
     if "momos" in method:
         p = log[-1]["projection"]
         assert p["k"] == max(1, int(0.05 * p["m"])) and p["changed"] > 0 and p["distortion"] > 0
+        assert log[-1]["sparsity"] > log[0]["sparsity"]  # blocks snapped to the forced zero motif
         # RAC = n q / (k s q + m ceil(log2 k)): index bits weigh more against 8-bit values
         assert log[-1]["details"]["mdl"]["rac"] > (2 if method == "momos" else 1.2)
     else:
@@ -234,3 +236,14 @@ def test_modadd_and_grok_mlp_registry_checks(tmp_path):
     cfg = json.loads((tmp_path / "c" / "config.json").read_text())["config"]
     assert cfg["weight_decay"] == 1.0 and cfg["beta2"] == 0.98 and cfg["batch_size"] == 4096
     assert 0 <= res.test_acc <= 1
+
+
+def test_compare_reads_runs_without_torch(tmp_path):
+    run = tmp_path / "run"
+    train(TrainConfig(**FAST), run, quiet=True)
+    code = ("import sys\nimport momos.compare as c\nruns = [c.load_run(sys.argv[1])]\nc.table(runs)\n"
+            "c.plot(runs, sys.argv[2])\nassert 'torch' not in sys.modules, 'torch was imported'\n")
+    res = subprocess.run([sys.executable, "-c", code, str(run), str(tmp_path / "p.png")], capture_output=True,
+                         text=True)
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / "p.png").is_file()
