@@ -52,7 +52,7 @@ def test_each_method_and_log_schema(method, tmp_path):
         # 8-bit fake-quantised weights: few distinct values, so compressors see far fewer bits than float32
         assert log[-1]["complexity"]["lzma"] < 0.5 * 32 * log[-1]["n_params"]
     cfg = json.loads((tmp_path / method / "config.json").read_text())
-    assert cfg["config"]["method"] == method and cfg["config"]["lr"] == 3e-4 and "torch" in cfg["versions"]
+    assert cfg["config"]["method"] == method and cfg["config"]["lr"] == 1e-3 and "torch" in cfg["versions"]
     result = json.loads((tmp_path / method / "result.json").read_text())
     assert 0 <= result["test_acc"] <= 1 and result["best_epoch"] in (1, 2)
     assert res.test_acc == result["test_acc"]
@@ -68,6 +68,7 @@ def test_momos_keeps_accuracy_and_is_far_simpler(tmp_path):
         runs[method] = (res, read_log(tmp_path / method / "log.jsonl")[-1])
     (base_res, base), (mo_res, mo) = runs["baseline"], runs["momos"]
     assert base_res.best_val_acc > 0.85
+    assert base_res.test_acc >= 0.95 and mo_res.test_acc >= 0.95  # the digits profile converges in 30 epochs
     assert mo_res.best_val_acc >= base_res.best_val_acc - 0.03
     assert mo["val_acc"] >= base["val_acc"] - 0.03
     for est in ("lzma", "mdl"):
@@ -247,3 +248,12 @@ def test_compare_reads_runs_without_torch(tmp_path):
                          text=True)
     assert res.returncode == 0, res.stderr
     assert (tmp_path / "p.png").is_file()
+
+
+def test_profiles_fill_only_what_is_unset():
+    mlp_digits = TrainConfig(model="mlp", data="digits").resolved()
+    assert mlp_digits.lr == 1e-3 and mlp_digits.weight_decay == 1e-2 and mlp_digits.epochs == 20
+    assert TrainConfig(model="mlp", data="mnist").resolved().lr == 3e-4
+    assert TrainConfig(model="mlp", data="digits", lr=5e-4).resolved().lr == 5e-4
+    grok = TrainConfig(model="grok-mlp", data="modadd", weight_decay=0.0).resolved()
+    assert grok.weight_decay == 0.0 and grok.steps_per_epoch == 100 and grok.schedule == "constant"
