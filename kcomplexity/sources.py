@@ -296,7 +296,7 @@ def _load_torch(path: Path) -> Any:
         try:
             with zipfile.ZipFile(path) as archive:
                 bad = archive.testzip()
-        except (zipfile.BadZipFile, OSError, NotImplementedError, RuntimeError, EOFError) as exc:
+        except Exception as exc:  # zipfile raises many types on damaged archives (UnicodeDecodeError, ...)
             raise CorruptFileError(f"{path}: not a readable torch checkpoint ({_one_line(exc)})") from None
         if bad is not None:
             raise CorruptFileError(f"{path}: entry {bad} fails its CRC check (the file is damaged)")
@@ -360,8 +360,11 @@ def _check_claimed_sizes(path: Path) -> None:
                 if claim != info.file_size - header:
                     raise CorruptFileError(f"{path}: member {info.filename} claims {claim:,} bytes of data but its "
                                            f"archive entry holds {info.file_size - header:,}")
-    except (zipfile.BadZipFile, NotImplementedError, RuntimeError, OSError, EOFError) as exc:
-        # unsupported compression, encrypted members, damaged archives
+    except CorruptFileError:
+        raise
+    except UnsafeCheckpointError:
+        raise
+    except Exception as exc:  # unsupported compression, encrypted members, damaged archives (any error type)
         raise CorruptFileError(f"{path}: not a readable .npz archive ({_one_line(exc)})") from None
 
 

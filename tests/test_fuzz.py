@@ -18,7 +18,7 @@ import kcomplexity as kc
 from kcomplexity.errors import KComplexityError
 from momos.rundir import read_log
 
-FUZZ = settings(max_examples=300, deadline=None, derandomize=True, database=None,
+FUZZ = settings(max_examples=1000, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 #: no fuzzed input may make the process grow by more than this
 MAX_GROWTH_MB = 512
