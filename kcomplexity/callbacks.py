@@ -136,8 +136,19 @@ def _is_module(obj: Any) -> bool:
     return torch is not None and isinstance(obj, torch.nn.Module)
 
 
+def framework_metrics(record: dict[str, Any]) -> dict[str, float]:
+    """A logged record as flat numeric metrics for a framework logger: ``complexity/EST`` (bits) and
+    ``complexity/EST/KEY`` (details such as mse)."""
+    out = {f"complexity/{k}": float(v) for k, v in record["complexity"].items() if v is not None}
+    for label, details in record.get("details", {}).items():
+        out.update({f"complexity/{label}/{k}": float(v) for k, v in details.items()
+                    if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)})
+    return out
+
+
 def lightning_callback(logger: ComplexityLogger, package: str = "lightning.pytorch") -> Any:
-    """A Lightning ``Callback`` that logs at every training-epoch end.
+    """A Lightning ``Callback`` that logs at every training-epoch end, to our JSONL and through ``pl_module.log_dict``
+    (so TensorBoard/CSV loggers show the curves).
 
     ``package`` is ``"lightning.pytorch"`` or ``"pytorch_lightning"``: their
     Callback classes are different, so use the one your Trainer comes from.
@@ -148,17 +159,35 @@ def lightning_callback(logger: ComplexityLogger, package: str = "lightning.pytor
 
     class ComplexityCallback(base):  # type: ignore[misc, valid-type]
         def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
-            logger.log(pl_module, epoch=int(trainer.current_epoch))
+            record = logger.log(pl_module, epoch=int(trainer.current_epoch))
+            pl_module.log_dict(framework_metrics(record), on_step=False, on_epoch=True)
 
     return ComplexityCallback()
 
 
-def hf_callback(logger: ComplexityLogger) -> Any:
-    """A Hugging Face ``TrainerCallback`` that logs at every epoch end (model from ``kwargs["model"]``)."""
+def hf_callback(logger: ComplexityLogger, trainer: Any = None) -> Any:
+    """A Hugging Face ``TrainerCallback`` that logs at every epoch end (model from ``kwargs["model"]``).
+
+    With ``trainer`` (or ``callback.trainer = trainer`` later) the figures also
+    go through ``Trainer.log`` to every reporting integration; without it they
+    are appended to ``state.log_history``.
+    """
     from transformers import TrainerCallback
 
     class ComplexityCallback(TrainerCallback):
+        def __init__(self) -> None:
+            self.trainer = trainer
+
         def on_epoch_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            logger.log(kwargs["model"], epoch=int(round(state.epoch or 0)))
+            record = logger.log(kwargs["model"], epoch=int(round(state.epoch or 0)))
+            hf_log(self.trainer, state, framework_metrics(record))
 
     return ComplexityCallback()
+
+
+def hf_log(trainer: Any, state: Any, metrics: dict[str, float]) -> None:
+    """Metrics through ``trainer.log`` when there is a trainer, else into ``state.log_history``."""
+    if trainer is not None:
+        trainer.log(metrics)
+    else:
+        state.log_history.append({**metrics, "epoch": state.epoch, "step": state.global_step})

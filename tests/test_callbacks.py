@@ -93,3 +93,105 @@ def test_hugging_face_adapter(tmp_path):
                                           disable_tqdm=True)
     transformers.Trainer(model=Model(), args=args, train_dataset=DS(), callbacks=[hf_callback(logger)]).train()
     assert [r["epoch"] for r in logger.records] == [1, 2]
+
+
+def _distinct_blocks(model: torch.nn.Module, s: int) -> int:
+    return kc.mdl(model, s=s).k
+
+
+@pytest.mark.parametrize("package", ["lightning.pytorch", "pytorch_lightning"])
+def test_lightning_momos_projects_each_epoch_and_logs_through_lightning(package, tmp_path):
+    pl = pytest.importorskip(package)
+    from momos.callbacks import lightning_momos
+
+    x, y = _data()
+
+    class Module(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.net = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10))
+
+        def training_step(self, batch, _):
+            xb, yb = batch
+            return torch.nn.functional.cross_entropy(self.net(xb), yb)
+
+        def validation_step(self, batch, _):
+            xb, yb = batch
+            self.log("val_distinct", float(_distinct_blocks(self, 2)))
+
+        def configure_optimizers(self):
+            return torch.optim.Adam(self.parameters(), lr=1e-2)
+
+    momos_cb = lightning_momos(s=2, capacity=0.05, seed=3, package=package)
+    logger = ComplexityLogger(["lzma", "quant"])
+    loader = DataLoader(TensorDataset(x, y), batch_size=64)
+    trainer = pl.Trainer(max_epochs=2, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                         accelerator="cpu", default_root_dir=tmp_path,
+                         callbacks=[momos_cb, lightning_callback(logger, package)])
+    module = Module()
+    trainer.fit(module, loader, loader)
+    k = int(trainer.callback_metrics["momos/k"])
+    ragged = sum(p.numel() % 2 for p in module.parameters())
+    assert 1 <= k and _distinct_blocks(module, 2) <= k + ragged
+    assert trainer.callback_metrics["val_distinct"] <= k + ragged  # validation saw the projected weights
+    assert trainer.callback_metrics["complexity/lzma"] > 0 and "complexity/quant/mse" in trainer.callback_metrics
+    # one projection per epoch with momos train's seeded projector: the same generator state after 2 epochs
+    from momos import MoMos
+
+    assert torch.equal(momos_cb.projector.state_dict()["generator"],
+                       _advanced(MoMos(2, 0.05, seed=3), module, 2).state_dict()["generator"])
+    ckpt = tmp_path / "last.ckpt"
+    trainer.save_checkpoint(ckpt)
+    state = torch.load(ckpt, weights_only=True)
+    assert state["momos_mosaic"]["s"] == 2 and state["momos_mosaic"]["motifs"].shape[1] == 2
+
+
+def _advanced(projector, module, epochs):
+    """A fresh projector stepped through as many projections on a copy of the module."""
+    import copy
+
+    clone = copy.deepcopy(module)
+    for _ in range(epochs):
+        projector(clone)
+    return projector
+
+
+def test_hf_momos_projects_and_logs(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("accelerate")
+    from momos.callbacks import hf_momos
+
+    x, y = _data()
+
+    class Model(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = torch.nn.Linear(64, 10)
+
+        def forward(self, inputs, labels=None):
+            logits = self.net(inputs)
+            return {"loss": torch.nn.functional.cross_entropy(logits, labels), "logits": logits}
+
+    class DS(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(y)
+
+        def __getitem__(self, i):
+            return {"inputs": x[i], "labels": y[i]}
+
+    args = transformers.TrainingArguments(output_dir=str(tmp_path), num_train_epochs=2, per_device_train_batch_size=64,
+                                          report_to=[], save_strategy="epoch", logging_strategy="no", use_cpu=True,
+                                          disable_tqdm=True)
+    model = Model()
+    momos_cb = hf_momos(s=2, capacity=0.05)
+    trainer = transformers.Trainer(model=model, args=args, train_dataset=DS(),
+                                   callbacks=[momos_cb, hf_callback(ComplexityLogger(["zstd"]))])
+    momos_cb.trainer = trainer
+    trainer.train()
+    logged = [h for h in trainer.state.log_history if "momos/k" in h]
+    assert len(logged) == 2
+    k = int(logged[-1]["momos/k"])
+    assert _distinct_blocks(model, 2) <= k + sum(p.numel() % 2 for p in model.parameters())
+    assert any("complexity/zstd" in h for h in trainer.state.log_history)
+    saved = sorted(tmp_path.glob("checkpoint-*/momos_mosaic.pt"))
+    assert saved and torch.load(saved[-1], weights_only=True)["s"] == 2
