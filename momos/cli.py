@@ -52,6 +52,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--limit", type=int, help="use at most this many training examples")
     t.add_argument("--width", type=int, help="model width (MLP hidden units, ResNet base channels, ViT dim)")
     t.add_argument("--device", default="cpu")
+    t.add_argument("--devices", type=int, default=1,
+                   help="processes (gloo on CPU) or GPUs (nccl) training together; --batch-size stays the global batch")
     t.add_argument("--modulus", type=int, default=97, help="modadd: the modulus p")
     t.add_argument("--train-fraction", type=float, default=0.4, help="modadd: fraction of the p*p pairs to train on")
     t.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
@@ -82,7 +84,7 @@ def _train(args: argparse.Namespace) -> None:
         fields = {k: getattr(args, k) for k in (
             "model", "data", "method", "epochs", "batch_size", "steps_per_epoch", "optimizer", "lr", "weight_decay",
             "momentum", "beta2", "schedule", "s", "capacity", "k", "force_zero", "scope", "q", "seed", "data_dir",
-            "download", "limit", "width", "device", "modulus", "train_fraction")}
+            "download", "limit", "width", "device", "devices", "modulus", "train_fraction")}
         fields["estimators"] = [e.strip() for e in args.estimators.split(",") if e.strip()]
         result = train(TrainConfig(**fields), args.out, overwrite=args.overwrite, quiet=args.quiet)
     print(json.dumps(result.to_json()["final"] | {"test_acc": result.test_acc}, indent=None))

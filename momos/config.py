@@ -67,6 +67,8 @@ class TrainConfig:
     limit: int | None = None
     width: int | None = None
     device: str = "cpu"
+    #: processes (CPU) or GPUs training one model together with torch.distributed; the batch size is global
+    devices: int = 1
     #: modadd only: the modulus p and the fraction of the p*p pairs used for training
     modulus: int = 97
     train_fraction: float = 0.4
@@ -134,7 +136,7 @@ class TrainConfig:
         return json.dumps(self.to_json(), indent=2, sort_keys=True)
 
 
-_INTS = ("epochs", "batch_size", "steps_per_epoch", "s", "k", "q", "seed", "limit", "width", "modulus")
+_INTS = ("epochs", "batch_size", "steps_per_epoch", "s", "k", "q", "seed", "limit", "width", "modulus", "devices")
 _FLOATS = ("lr", "weight_decay", "momentum", "beta2", "capacity", "val_fraction", "train_fraction")
 _STRS = ("model", "data", "method", "optimizer", "schedule", "scope", "device", "data_dir")
 
@@ -166,6 +168,7 @@ def _check_ranges(cfg: TrainConfig) -> None:
         ("seed", cfg.seed, lambda v: 0 <= v < 2 ** 32, "in 0..2**32-1"),
         ("limit", cfg.limit, lambda v: v >= 1, ">= 1 (or unset)"),
         ("width", cfg.width, lambda v: v >= 1, ">= 1 (or unset)"),
+        ("devices", cfg.devices, lambda v: 1 <= v <= 256, "in 1..256"),
         ("val_fraction", cfg.val_fraction, lambda v: 0 < v < 0.5, "in (0, 0.5)"),
     ]
     for name, value, ok, allowed in checks:

@@ -28,7 +28,7 @@ from kcomplexity.callbacks import append_jsonl, measure_estimates, split_estimat
 from kcomplexity.estimators import Context
 from kcomplexity.sources import open_source
 
-from . import checkpoint, data, models, qat, rundir
+from . import checkpoint, data, distributed, models, qat, rundir
 from .config import TrainConfig
 from .errors import RunError
 from .projection import MoMos, Projection
@@ -68,8 +68,9 @@ def versions() -> dict[str, str]:
 
 class _Trainer:
     def __init__(self, cfg: TrainConfig, run_dir: Path, quiet: bool, model: torch.nn.Module | None) -> None:
-        self.cfg, self.run_dir, self.quiet = cfg, run_dir, quiet
-        self.device = torch.device(cfg.device)
+        self.ranks = distributed.current()
+        self.cfg, self.run_dir, self.quiet = cfg, run_dir, quiet or not self.ranks.main
+        self.device = torch.device(distributed.rank_device(cfg.device, self.ranks.rank))
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
         np.random.seed(cfg.seed)
@@ -81,6 +82,8 @@ class _Trainer:
                                    tokens=self.data.tokens)).to(self.device)
         if cfg.uses_qat:
             qat.attach(self.model, cfg.q)
+        # the module trains through DDP on several ranks; projection, checkpoints and measurement use the module
+        self.net = (torch.nn.parallel.DistributedDataParallel(self.model) if self.ranks.world > 1 else self.model)
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.opt = self._optimizer(params)
         self.sched = (torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, T_max=max(cfg.epochs, 1))
@@ -113,9 +116,11 @@ class _Trainer:
         bar = tqdm(batches, desc=f"epoch {epoch}/{self.cfg.epochs}", unit="batch", leave=False,
                    disable=self.quiet, file=sys.stderr)
         for idx in bar:
+            if self.ranks.world > 1 and len(idx) >= self.ranks.world:
+                idx = idx[self.ranks.rank::self.ranks.world]  # this rank's share of the global batch
             xb, yb = x[idx].to(self.device), y[idx].to(self.device)
             self.opt.zero_grad(set_to_none=True)
-            out = self.model(xb)
+            out = self.net(xb)
             loss = F.cross_entropy(out, yb)
             loss.backward()
             self.opt.step()
@@ -124,6 +129,7 @@ class _Trainer:
             seen += len(idx)
             bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.3f}")
         self.sched.step()
+        total_loss, correct, seen = self.ranks.sum([total_loss, correct, seen])
         return total_loss / seen, correct / seen
 
     def batches(self) -> list[torch.Tensor]:
@@ -197,6 +203,8 @@ class _Trainer:
             pending = json.loads(state["pending"])
         except (KeyError, ValueError, RuntimeError) as exc:
             raise RunError(f"corrupt checkpoint state in {folder}: {exc}") from None
+        if not self.ranks.main:
+            return epoch
         records = read_log(self.log_path, repair=True)
         rundir.check_log_matches(records, epoch, self.log_path)
         logged = {r["epoch"] for r in records}
@@ -214,7 +222,7 @@ class _Trainer:
         return epoch
 
     # ------------------------------------------------------------------ the run
-    def run(self, resume: bool) -> RunResult:
+    def run(self, resume: bool) -> RunResult | None:
         # one intra-op thread for estimators that run the model (intrinsic): two OpenMP teams on the
         # same cores slowed training 2.4x; the setting is per thread, so training keeps its threads
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="estimators", initializer=torch.set_num_threads,
@@ -224,6 +232,8 @@ class _Trainer:
             start = self.restore(pool) + 1 if resume else 0
             for epoch in range(start, self.cfg.epochs + 1):
                 record, mosaic = self.one_epoch(epoch)
+                if not self.ranks.main:  # rank 0 alone writes the run directory and measures
+                    continue
                 if waiting is not None:
                     self.write(waiting[0], waiting[1].result())
                 if epoch >= 1 and record["val_acc"] > self.best["val_acc"]:
@@ -238,7 +248,7 @@ class _Trainer:
                 self.write(waiting[0], waiting[1].result())
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
-        return self.finish()
+        return self.finish() if self.ranks.main else None
 
     def one_epoch(self, epoch: int) -> tuple[dict[str, Any], Any]:
         t0 = time.perf_counter()
@@ -258,6 +268,8 @@ class _Trainer:
             "projection": proj.stats() if proj is not None else None, **self.weight_stats(),
             "time": {"train_s": t1 - t0, "project_s": t2 - t1, "val_s": t3 - t2},
         }
+        if self.ranks.world > 1:  # evidence that every rank holds the same weights after the projection
+            record["rank_checksums"] = self.ranks.checksums(self.model)
         return record, (proj.mosaic if proj is not None else None)
 
     @torch.no_grad()
@@ -325,10 +337,46 @@ def train(config: TrainConfig | dict[str, Any], run_dir: str | Path, resume: boo
     else:
         cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_json(dict(config))
     cfg = cfg.resolved()
+    if cfg.devices > 1 and distributed.current().world == 1:
+        return _train_ranks(cfg, run_dir, resume, overwrite, quiet, model)
     trainer = _Trainer(cfg, run_dir, quiet, model)  # loads the data and builds the model: fails before any write
     with rundir.locked(run_dir):
         resume = rundir.prepare(run_dir, cfg.to_json(), versions(), resume, overwrite)
         return trainer.run(resume)
+
+
+def _train_ranks(cfg: TrainConfig, run_dir: Path, resume: bool, overwrite: bool, quiet: bool,
+                 model: torch.nn.Module | None) -> RunResult:
+    """``cfg.devices`` ranks on this machine (or those torchrun started): rank 0 holds the lock and writes."""
+    if distributed.under_torchrun():
+        ranks = distributed.init_from_env(cfg.device)
+        if ranks.world != cfg.devices:
+            raise RunError(f"torchrun started {ranks.world} processes but the config asks for devices={cfg.devices}")
+        trainer = _Trainer(cfg, run_dir, quiet, model)
+        if ranks.main:
+            with rundir.locked(run_dir):
+                resume = ranks.broadcast_flag(rundir.prepare(run_dir, cfg.to_json(), versions(), resume, overwrite))
+                return trainer.run(resume)
+        trainer.run(ranks.broadcast_flag(False))
+        return rundir_result(run_dir)
+    _Trainer(cfg, run_dir, True, model)  # validates data and model in this process before anything is written
+    with rundir.locked(run_dir):
+        resume = rundir.prepare(run_dir, cfg.to_json(), versions(), resume, overwrite)
+        distributed.spawn(_rank_main, cfg.devices, cfg.device, (cfg, run_dir, resume, quiet, model))
+    return rundir_result(run_dir)
+
+
+def _rank_main(cfg: TrainConfig, run_dir: Path, resume: bool, quiet: bool, model: torch.nn.Module | None) -> None:
+    _Trainer(cfg, run_dir, quiet, model).run(resume)
+
+
+def rundir_result(run_dir: Path) -> RunResult:
+    """The RunResult rank 0 wrote to ``result.json``."""
+    r = rundir.read_result(run_dir)
+    if r is None:
+        raise RunError(f"{run_dir} has no result.json: the ranks did not finish")
+    return RunResult(Path(r["run_dir"]), r["test_acc"], r["test_acc_final"], r["best_epoch"], r["best_val_acc"],
+                     r["final"])
 
 
 __all__ = ["train", "RunResult", "TrainConfig", "read_log"]
