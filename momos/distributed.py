@@ -104,6 +104,8 @@ def spawn(fn: Callable[..., Any], world: int, device: str, args: tuple) -> None:
 
 def _rank_entry(rank: int, world: int, port: int, backend_name: str, fn: Callable[..., Any], args: tuple) -> None:
     _die_with_parent()
+    if backend_name == "gloo":  # ranks share the CPU: split its cores instead of oversubscribing them
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
     dist.init_process_group(backend_name, init_method=f"tcp://{LOCALHOST}:{port}", rank=rank, world_size=world)
     try:
         fn(*args)
