@@ -291,7 +291,10 @@ def _open_safetensors(path: Path, allow_nonfinite: bool) -> Source:
 def _load_torch(path: Path) -> Any:
     import torch
 
-    is_zip = zipfile.is_zipfile(path)
+    try:
+        is_zip = zipfile.is_zipfile(path)
+    except Exception as exc:  # is_zipfile itself raises BadZipFile on some damaged end records
+        raise CorruptFileError(f"{path}: not a readable torch checkpoint ({_one_line(exc)})") from None
     if is_zip:  # torch does not check the CRC of its zip entries: damaged data would be scored silently
         try:
             with zipfile.ZipFile(path) as archive:

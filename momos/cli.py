@@ -45,6 +45,9 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--no-force-zero", dest="force_zero", action="store_false")
     t.add_argument("--scope", default="global", help="global | tensor")
     t.add_argument("-q", type=int, default=8, help="QAT bits")
+    t.add_argument("--qat-biases", action="store_true",
+                   help="QAT also quantises biases and other non-weight parameters (default: module.weight only, as "
+                        "the official code)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--estimators", "-e", default="lzma,zstd,bdm,mdl,mdl-paper")
     t.add_argument("--data-dir")
@@ -82,7 +85,7 @@ def _train(args: argparse.Namespace) -> None:
         result = train({}, args.out, resume=True, quiet=args.quiet)
     else:
         fields = {k: getattr(args, k) for k in (
-            "model", "data", "method", "epochs", "batch_size", "steps_per_epoch", "optimizer", "lr", "weight_decay",
+            "model", "data", "method", "epochs", "batch_size", "steps_per_epoch", "qat_biases", "optimizer", "lr", "weight_decay",
             "momentum", "beta2", "schedule", "s", "capacity", "k", "force_zero", "scope", "q", "seed", "data_dir",
             "download", "limit", "width", "device", "devices", "modulus", "train_fraction")}
         fields["estimators"] = [e.strip() for e in args.estimators.split(",") if e.strip()]

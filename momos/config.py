@@ -59,6 +59,8 @@ class TrainConfig:
     force_zero: bool = True
     scope: str = "global"
     q: int = 8
+    #: QAT also fake-quantises biases and other non-weight parameters (the official code quantises module.weight only)
+    qat_biases: bool = False
     seed: int = 0
     estimators: list[str] = field(default_factory=lambda: list(DEFAULT_ESTIMATORS))
     val_fraction: float = 0.1

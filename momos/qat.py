@@ -36,8 +36,13 @@ def is_norm(name: str, module: nn.Module) -> bool:
     return isinstance(module, _NORMS) or "norm" in leaf or leaf.startswith(("bn", "ln"))
 
 
-def attach(model: nn.Module, q: int) -> list[str]:
-    """Fake-quantise every direct parameter of every non-norm module to q bits; returns their names."""
+def attach(model: nn.Module, q: int, weights_only: bool = True) -> list[str]:
+    """Fake-quantise non-norm modules' parameters to q bits; returns their names.
+
+    By default only ``module.weight`` is quantised, as the official MoMos
+    code does; ``weights_only=False`` also quantises biases and other direct
+    parameters (class tokens, position embeddings).
+    """
     if not 2 <= int(q) <= 16:
         raise MoMosError(f"QAT needs q in 2..16 bits, got {q}")
     done = []
@@ -45,6 +50,8 @@ def attach(model: nn.Module, q: int) -> list[str]:
         if is_norm(mod_name, module):
             continue
         for p_name, p in list(module.named_parameters(recurse=False)):
+            if weights_only and p_name != "weight":
+                continue
             if p.requires_grad and p.is_floating_point():
                 parametrize.register_parametrization(module, p_name, FakeQuant(q))
                 done.append(f"{mod_name}.{p_name}" if mod_name else p_name)
@@ -53,8 +60,17 @@ def attach(model: nn.Module, q: int) -> list[str]:
     return done
 
 
+def latent_weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The trainable latent weights by plain names (``layer.weight``, not ``...parametrizations.weight.original``)."""
+    return _by_plain_name(model, effective=False)
+
+
 def effective_weights(model: nn.Module) -> dict[str, torch.Tensor]:
     """The trainable weights the model computes with (quantised where QAT is attached), by plain names."""
+    return _by_plain_name(model, effective=True)
+
+
+def _by_plain_name(model: nn.Module, effective: bool) -> dict[str, torch.Tensor]:
     out: dict[str, torch.Tensor] = {}
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -63,6 +79,8 @@ def effective_weights(model: nn.Module) -> dict[str, torch.Tensor]:
             if name.endswith(".original") and "parametrizations." in name:
                 owner, _, rest = name.rpartition("parametrizations.")
                 attr = rest.removesuffix(".original")
-                name, p = owner + attr, getattr(model.get_submodule(owner.rstrip(".")), attr)
+                name = owner + attr
+                if effective:
+                    p = getattr(model.get_submodule(owner.rstrip(".")), attr)
             out[name] = p.detach()
     return out

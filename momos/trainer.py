@@ -81,7 +81,7 @@ class _Trainer:
                       models.build(cfg.model, self.data.input_shape, self.data.num_classes, cfg.width,
                                    tokens=self.data.tokens)).to(self.device)
         if cfg.uses_qat:
-            qat.attach(self.model, cfg.q)
+            qat.attach(self.model, cfg.q, weights_only=not cfg.qat_biases)
         # the module trains through DDP on several ranks; projection, checkpoints and measurement use the module
         self.net = (torch.nn.parallel.DistributedDataParallel(self.model) if self.ranks.world > 1 else self.model)
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -157,27 +157,46 @@ class _Trainer:
 
     # ------------------------------------------------------------------ complexity
     def snapshot(self) -> dict[str, torch.Tensor]:
+        """The weights the model computes with (q-bit quantised under QAT), copied to the CPU."""
         return {k: v.detach().to("cpu", copy=True) for k, v in qat.effective_weights(self.model).items()}
 
-    def context(self, mosaic: Any, previous: dict[str, torch.Tensor] | None) -> Context:
-        """What context-needing estimators get: a copy of the model (they may evaluate it while the next
-        epoch trains), the fixed loss, the previous logged weights, the mosaic and q."""
-        return Context(model=copy.deepcopy(self.model) if self.keep_model else None, loss_fn=self.loss_fn,
-                       previous=list(open_source(previous)) if previous is not None else None,
-                       mosaic=mosaic, q=self.cfg.q if self.cfg.uses_qat else None)
+    def latent_snapshot(self) -> dict[str, torch.Tensor]:
+        """The latent float weights QAT trains and MoMos projects (what the official code measures)."""
+        return {k: v.detach().to("cpu", copy=True) for k, v in qat.latent_weights(self.model).items()}
 
-    def complexity(self, weights: dict[str, torch.Tensor], context: Context
-                   ) -> tuple[dict[str, Any], dict[str, Any], float]:
-        """Every requested estimator through the registry: ({label: bits}, {label: details}, seconds)."""
+    def job(self, mosaic: Any, previous: dict[str, torch.Tensor] | None) -> Any:
+        """Everything the estimator thread needs for this epoch, copied now: () -> (record fields, seconds).
+
+        The effective weights get the model copy, the fixed loss, the previous weights and q; the mosaic
+        describes the latent weights, so under QAT it goes with the latent measurement, logged as
+        ``complexity_latent`` / ``details_latent`` beside the effective ``complexity`` / ``details``.
+        """
+        qat_run = self.cfg.uses_qat
+        context = Context(model=copy.deepcopy(self.model) if self.keep_model else None, loss_fn=self.loss_fn,
+                          previous=list(open_source(previous)) if previous is not None else None,
+                          mosaic=None if qat_run else mosaic, q=self.cfg.q if qat_run else None)
+        weights = self.snapshot()
+        latent = self.latent_snapshot() if qat_run else None
+        return lambda: self.complexity(weights, context, latent, Context(mosaic=mosaic, q=self.cfg.q))
+
+    def complexity(self, weights: dict[str, torch.Tensor], context: Context,
+                   latent: dict[str, torch.Tensor] | None = None, latent_context: Context | None = None
+                   ) -> tuple[dict[str, Any], float]:
+        """Every requested estimator through the registry: (record fields, seconds)."""
         t = time.perf_counter()
         if not self.estimators:
-            return {}, {}, 0.0
+            return {"complexity": {}, "details": {}}, 0.0
         bits, details = split_estimates(measure_estimates(weights, self.estimators, whole=True, context=context))
-        return bits, details, time.perf_counter() - t
+        fields: dict[str, Any] = {"complexity": bits, "details": details}
+        if latent is not None:
+            fields["complexity_latent"], fields["details_latent"] = split_estimates(
+                measure_estimates(latent, self.estimators, whole=True, context=latent_context))
+        return fields, time.perf_counter() - t
 
-    def write(self, record: dict[str, Any], result: tuple[dict[str, Any], dict[str, Any], float]) -> None:
+    def write(self, record: dict[str, Any], result: tuple[dict[str, Any], float]) -> None:
         record = dict(record)
-        record["complexity"], record["details"], record["time"]["estimators_s"] = result
+        fields, record["time"]["estimators_s"] = result
+        record.update(fields)
         append_jsonl(self.log_path, record)
         if not self.quiet:
             c = ", ".join(f"{k} {v:,.0f}" for k, v in record["complexity"].items() if v is not None)
@@ -216,7 +235,7 @@ class _Trainer:
 
                 mosaic = Mosaic.load(folder / "mosaic.safetensors")
             # on the estimator thread, as in an uninterrupted run, so the numbers are the same
-            self.write(pending, pool.submit(self.complexity, self.snapshot(), self.context(mosaic, previous)).result())
+            self.write(pending, pool.submit(self.job(mosaic, previous)).result())
         if self.keep_previous:
             self.previous = self.snapshot()
         return epoch
@@ -240,10 +259,9 @@ class _Trainer:
                     self.best = {"epoch": epoch, "val_acc": record["val_acc"]}
                     checkpoint.save_best(self.run_dir, self.model, self.best)
                 checkpoint.save(self.ckpt_root, epoch, self.model, self.state(epoch, record), mosaic, self.previous)
-                weights = self.snapshot()
-                waiting = (record, pool.submit(self.complexity, weights, self.context(mosaic, self.previous)))
+                waiting = (record, pool.submit(self.job(mosaic, self.previous)))
                 if self.keep_previous:
-                    self.previous = weights
+                    self.previous = self.snapshot()
             if waiting is not None:
                 self.write(waiting[0], waiting[1].result())
         finally:

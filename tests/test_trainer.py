@@ -44,13 +44,20 @@ def test_each_method_and_log_schema(method, tmp_path):
         p = log[-1]["projection"]
         assert p["k"] == max(1, int(0.05 * p["m"])) and p["changed"] > 0 and p["distortion"] > 0
         assert log[-1]["sparsity"] > log[0]["sparsity"]  # blocks snapped to the forced zero motif
-        # RAC = n q / (k s q + m ceil(log2 k)): index bits weigh more against 8-bit values
-        assert log[-1]["details"]["mdl"]["rac"] > (2 if method == "momos" else 1.2)
+        # RAC = n q / (k s q + m ceil(log2 k)): index bits weigh more against 8-bit values; under QAT the
+        # paper's figure describes the latent mosaic, the effective q-bit weights have more distinct blocks
+        mdl_of_mosaic = log[-1]["details" if method == "momos" else "details_latent"]["mdl"]
+        assert mdl_of_mosaic["rac"] > (2 if method == "momos" else 1.2)
+        if method == "momos+qat":
+            assert log[-1]["details"]["mdl"]["paper_bits"] >= mdl_of_mosaic["paper_bits"]
     else:
         assert log[-1]["projection"] is None
     if method == "qat":
         # 8-bit fake-quantised weights: few distinct values, so compressors see far fewer bits than float32
         assert log[-1]["complexity"]["lzma"] < 0.5 * 32 * log[-1]["n_params"]
+        assert log[-1]["complexity_latent"]["lzma"] > log[-1]["complexity"]["lzma"]  # latent floats, full width
+    if "qat" not in method:
+        assert "complexity_latent" not in log[-1]
     cfg = json.loads((tmp_path / method / "config.json").read_text())
     assert cfg["config"]["method"] == method and cfg["config"]["lr"] == 1e-3 and "torch" in cfg["versions"]
     result = json.loads((tmp_path / method / "result.json").read_text())
@@ -257,3 +264,14 @@ def test_profiles_fill_only_what_is_unset():
     assert TrainConfig(model="mlp", data="digits", lr=5e-4).resolved().lr == 5e-4
     grok = TrainConfig(model="grok-mlp", data="modadd", weight_decay=0.0).resolved()
     assert grok.weight_decay == 0.0 and grok.steps_per_epoch == 100 and grok.schedule == "constant"
+
+
+def test_qat_quantises_weights_only_by_default():
+    from momos import qat
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.LayerNorm(3), torch.nn.Linear(3, 2))
+    assert qat.attach(model, 8) == ["0.weight", "2.weight"]
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.LayerNorm(3), torch.nn.Linear(3, 2))
+    assert qat.attach(model, 8, weights_only=False) == ["0.weight", "0.bias", "2.weight", "2.bias"]
+    latent, effective = qat.latent_weights(model), qat.effective_weights(model)
+    assert set(latent) == set(effective) and not torch.equal(latent["0.weight"], effective["0.weight"])
