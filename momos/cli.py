@@ -39,6 +39,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--momentum", type=float)
     t.add_argument("--beta2", type=float, help="Adam/AdamW second-moment decay (default 0.999; grok-mlp 0.98)")
     t.add_argument("--schedule", help="cosine | constant (default: the model's profile)")
+    t.add_argument("--best-by", help="val_acc | val_loss: what picks best.safetensors (default val_acc; "
+                                     "mnist-official: val_loss)")
     t.add_argument("-s", "--block-size", dest="s", type=int, default=2, help="MoMos block size s")
     t.add_argument("--capacity", type=float, default=0.05, help="motifs as a fraction of blocks (0, 1]")
     t.add_argument("-k", type=int, help="number of motifs (instead of --capacity)")
@@ -86,7 +88,7 @@ def _train(args: argparse.Namespace) -> None:
     else:
         fields = {k: getattr(args, k) for k in (
             "model", "data", "method", "epochs", "batch_size", "steps_per_epoch", "qat_biases", "optimizer", "lr", "weight_decay",
-            "momentum", "beta2", "schedule", "s", "capacity", "k", "force_zero", "scope", "q", "seed", "data_dir",
+            "momentum", "beta2", "schedule", "best_by", "s", "capacity", "k", "force_zero", "scope", "q", "seed", "data_dir",
             "download", "limit", "width", "device", "devices", "modulus", "train_fraction")}
         fields["estimators"] = [e.strip() for e in args.estimators.split(",") if e.strip()]
         result = train(TrainConfig(**fields), args.out, overwrite=args.overwrite, quiet=args.quiet)

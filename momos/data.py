@@ -6,6 +6,9 @@
   holding the standard MNIST idx files (``--data-dir``).
 * ``fashion-mnist``, ``cifar10``: through torchvision when it is installed
   and the files are under ``--data-dir`` (``--download`` lets torchvision fetch them).
+* ``mnist-official``: the official MoMos MNIST setup: images resized to
+  32x32 (bilinear) and normalised to [-1, 1], all 60,000 training images
+  train, and the test set serves as validation (and test).
 * ``modadd``: every pair (a, b) modulo p with label (a + b) mod p (the
   grokking task); a seeded ``train_fraction`` of the pairs trains, the rest
   is split in half into validation and test. Inputs are int64 token pairs.
@@ -24,7 +27,7 @@ import torch
 
 from .errors import DataError
 
-DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "modadd")
+DATASETS = ("digits", "mnist", "mnist-official", "fashion-mnist", "cifar10", "modadd")
 
 
 @dataclass
@@ -81,6 +84,10 @@ def load(name: str, seed: int = 0, val_fraction: float = 0.1, data_dir: str | No
         n_test = n_val = int(round(0.15 * len(y)))
         te, va, tr = order[:n_test], order[n_test:n_test + n_val], order[n_test + n_val:]
         train, val, test = (x[tr], y[tr]), (x[va], y[va]), (x[te], y[te])
+    elif name == "mnist-official":
+        (xtr, ytr), (xte, yte) = _mnist(data_dir, download)
+        xtr, xte = _official_pixels(xtr), _official_pixels(xte)
+        train, val, test = (xtr, ytr), (xte, yte), (xte, yte)
     else:
         (xtr, ytr), (xte, yte) = _MNIST_LIKE[name](data_dir, download)
         order = gen.permutation(len(ytr))
@@ -92,6 +99,12 @@ def load(name: str, seed: int = 0, val_fraction: float = 0.1, data_dir: str | No
     splits = [Split(torch.from_numpy(np.ascontiguousarray(a)), torch.from_numpy(np.asarray(b, dtype=np.int64)))
               for a, b in (train, val, test)]
     return DataSet(name, *splits, num_classes=int(max(int(s.y.max()) for s in splits)) + 1)
+
+
+def _official_pixels(x: np.ndarray) -> np.ndarray:
+    """28x28 images in [0, 1] -> 32x32 (bilinear) in [-1, 1], as the official code's Resize + Normalize(0.5, 0.5)."""
+    t = torch.nn.functional.interpolate(torch.from_numpy(x), size=(32, 32), mode="bilinear", align_corners=False)
+    return ((t - 0.5) / 0.5).numpy()
 
 
 def _modadd(p: int, fraction: float, gen: np.random.Generator) -> tuple[tuple[np.ndarray, np.ndarray], ...]:

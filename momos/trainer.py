@@ -96,7 +96,7 @@ class _Trainer:
         self.loss_fn = fixed_loss(self.data.train, cfg.seed, self.device) if "loss_fn" in needs else None
         self.keep_model, self.keep_previous = "model" in needs, "previous" in needs
         self.previous: dict[str, torch.Tensor] | None = None  # weights of the last logged epoch (for delta)
-        self.best = {"epoch": -1, "val_acc": -1.0}
+        self.best = {"epoch": -1, "val_acc": -1.0, "val_loss": float("inf")}
         self.log_path = run_dir / "log.jsonl"
         self.ckpt_root = run_dir / "checkpoints"
 
@@ -203,6 +203,12 @@ class _Trainer:
             tqdm.write(f"epoch {record['epoch']:>3}: val_acc {record['val_acc']:.4f} val_loss {record['val_loss']:.4f}"
                        f" | {c} bits", file=sys.stderr)
 
+    def better(self, record: dict[str, Any]) -> bool:
+        """Does this epoch beat the best so far by the configured figure (highest val_acc or lowest val_loss)?"""
+        if self.cfg.best_by == "val_loss":
+            return record["val_loss"] < self.best.get("val_loss", float("inf"))
+        return record["val_acc"] > self.best["val_acc"]
+
     def state(self, epoch: int, pending: dict[str, Any]) -> dict[str, Any]:
         return {"epoch": epoch, "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
                 "rng_torch": torch.get_rng_state(), "rng_shuffle": self.shuffle.get_state(),
@@ -255,8 +261,8 @@ class _Trainer:
                     continue
                 if waiting is not None:
                     self.write(waiting[0], waiting[1].result())
-                if epoch >= 1 and record["val_acc"] > self.best["val_acc"]:
-                    self.best = {"epoch": epoch, "val_acc": record["val_acc"]}
+                if epoch >= 1 and self.better(record):
+                    self.best = {"epoch": epoch, "val_acc": record["val_acc"], "val_loss": record["val_loss"]}
                     checkpoint.save_best(self.run_dir, self.model, self.best)
                 checkpoint.save(self.ckpt_root, epoch, self.model, self.state(epoch, record), mosaic, self.previous)
                 waiting = (record, pool.submit(self.job(mosaic, self.previous)))

