@@ -9,7 +9,6 @@ Run by hand: ``python benchmarks/bench_precision.py``.
 """
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 import kcomplexity as kc

@@ -8,7 +8,6 @@ import subprocess
 import sys
 import time
 
-import pytest
 
 from momos.cli import main
 from momos.trainer import read_log
