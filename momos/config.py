@@ -17,19 +17,10 @@ from .projection import SCOPES, check_settings
 METHODS = ("baseline", "qat", "momos", "momos+qat")
 OPTIMIZERS = ("adamw", "sgd", "adam")
 SCHEDULES = ("cosine", "constant")
-#: what every profile starts from: one pass over the training data per epoch, batch 128, cosine schedule
-_BASE = {"epochs": 20, "batch_size": 128, "schedule": "cosine", "steps_per_epoch": None, "beta2": 0.999,
-         "best_by": "val_acc"}
-#: training profiles per model (the paper's for mlp/resnet20/vit); a None field of TrainConfig takes these
-PROFILES: dict[str, dict[str, Any]] = {
-    "mlp": {**_BASE, "optimizer": "adamw", "lr": 3e-4, "weight_decay": 1e-2, "momentum": 0.0},
-    "resnet20": {**_BASE, "optimizer": "sgd", "lr": 0.1, "weight_decay": 1e-4, "momentum": 0.9},
-    "vit": {**_BASE, "optimizer": "adamw", "lr": 1e-3, "weight_decay": 5e-2, "momentum": 0.0},
-    # grokking modular addition (DeMoss et al. 2024 setup): full batch, AdamW betas (0.9, 0.98),
-    # weight decay 1.0, constant lr; an epoch is 100 steps, so 60 epochs = 6,000 steps
-    "grok-mlp": {**_BASE, "optimizer": "adamw", "lr": 1e-3, "weight_decay": 1.0, "momentum": 0.0, "beta2": 0.98,
-                 "epochs": 60, "batch_size": 4096, "schedule": "constant", "steps_per_epoch": 100},
-}
+#: what every profile starts from: one pass over the training data per epoch, batch 128, cosine schedule;
+#: each model's registry entry (momos.models.register_model) overrides these
+BASE_PROFILE = {"epochs": 20, "batch_size": 128, "schedule": "cosine", "steps_per_epoch": None, "beta2": 0.999,
+                "best_by": "val_acc", "optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.0, "momentum": 0.0}
 #: overrides for a model on a particular data set: digits has ~1,250 training images (10 batches an epoch), so
 #: the paper MLP's 3e-4 stops at ~91 % test accuracy in 30 epochs; 1e-3 reaches 97 % (baseline) / 96.7 % (MoMos)
 DATA_PROFILES: dict[tuple[str, str], dict[str, Any]] = {
@@ -100,7 +91,7 @@ class TrainConfig:
             raise MoMosError(f"unknown data set '{self.data}'; available: {', '.join(DATASETS)}")
         if self.method not in METHODS:
             raise MoMosError(f"unknown method '{self.method}'; available: {', '.join(METHODS)}")
-        profile = {**PROFILES[self.model], **DATA_PROFILES.get((self.model, self.data), {})}
+        profile = {**BASE_PROFILE, **MODELS[self.model].profile, **DATA_PROFILES.get((self.model, self.data), {})}
         filled = {k: (v if getattr(self, k) is None else getattr(self, k)) for k, v in profile.items()}
         cfg = dataclasses.replace(self, **filled)
         if cfg.best_by not in BEST_BY:

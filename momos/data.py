@@ -19,6 +19,7 @@ import gzip
 import importlib.metadata
 import io
 import pickle
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +28,6 @@ import torch
 
 from .errors import DataError
 
-DATASETS = ("digits", "mnist", "mnist-official", "fashion-mnist", "cifar10", "modadd")
 
 
 @dataclass
@@ -59,6 +59,35 @@ class DataSet:
         return not self.train.x.is_floating_point()
 
 
+#: (x, y) arrays of one split
+Arrays = tuple[np.ndarray, np.ndarray]
+#: a loader gets the options of a run and returns (train, val, test), split deterministically given ``rng``
+Loader = Callable[["LoadOptions"], tuple[Arrays, Arrays, Arrays]]
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """What a data-set loader may use (not every loader uses every option)."""
+
+    rng: np.random.Generator
+    val_fraction: float = 0.1
+    data_dir: str | None = None
+    download: bool = False
+    modulus: int = 97
+    train_fraction: float = 0.4
+
+
+#: name -> loader; adding a data set is one :func:`register_dataset` call
+DATASETS: dict[str, Loader] = {}
+
+
+def register_dataset(name: str, loader: Loader) -> None:
+    """Make ``name`` usable as ``TrainConfig(data=name)`` / ``momos train --data name``."""
+    if name in DATASETS:
+        raise DataError(f"data set '{name}' is already registered")
+    DATASETS[name] = loader
+
+
 def load(name: str, seed: int = 0, val_fraction: float = 0.1, data_dir: str | None = None,
          download: bool = False, limit: int | None = None, modulus: int = 97, train_fraction: float = 0.4) -> DataSet:
     """Load a data set and split it deterministically given ``seed``.
@@ -72,33 +101,43 @@ def load(name: str, seed: int = 0, val_fraction: float = 0.1, data_dir: str | No
         raise DataError(f"unknown data set '{name}'; available: {', '.join(DATASETS)}")
     if not 0.0 < val_fraction < 0.5:
         raise DataError(f"val_fraction must lie in (0, 0.5), got {val_fraction}")
-    gen = np.random.default_rng(seed)
-    if name == "modadd":
-        train, val, test = _modadd(int(modulus), float(train_fraction), gen)
-    elif name == "digits":
-        from sklearn.datasets import load_digits
-
-        x, y = load_digits(return_X_y=True)
-        x = (x / 16.0).astype(np.float32).reshape(-1, 1, 8, 8)
-        order = gen.permutation(len(y))
-        n_test = n_val = int(round(0.15 * len(y)))
-        te, va, tr = order[:n_test], order[n_test:n_test + n_val], order[n_test + n_val:]
-        train, val, test = (x[tr], y[tr]), (x[va], y[va]), (x[te], y[te])
-    elif name == "mnist-official":
-        (xtr, ytr), (xte, yte) = _mnist(data_dir, download)
-        xtr, xte = _official_pixels(xtr), _official_pixels(xte)
-        train, val, test = (xtr, ytr), (xte, yte), (xte, yte)
-    else:
-        (xtr, ytr), (xte, yte) = _MNIST_LIKE[name](data_dir, download)
-        order = gen.permutation(len(ytr))
-        n_val = int(round(val_fraction * len(ytr)))
-        va, tr = order[:n_val], order[n_val:]
-        train, val, test = (xtr[tr], ytr[tr]), (xtr[va], ytr[va]), (xte, yte)
+    opts = LoadOptions(np.random.default_rng(seed), val_fraction, data_dir, download, int(modulus),
+                       float(train_fraction))
+    train, val, test = DATASETS[name](opts)
     if limit is not None:
         train = (train[0][:limit], train[1][:limit])
     splits = [Split(torch.from_numpy(np.ascontiguousarray(a)), torch.from_numpy(np.asarray(b, dtype=np.int64)))
               for a, b in (train, val, test)]
     return DataSet(name, *splits, num_classes=int(max(int(s.y.max()) for s in splits)) + 1)
+
+
+def _digits(o: LoadOptions) -> tuple[Arrays, Arrays, Arrays]:
+    from sklearn.datasets import load_digits
+
+    x, y = load_digits(return_X_y=True)
+    x = (x / 16.0).astype(np.float32).reshape(-1, 1, 8, 8)
+    order = o.rng.permutation(len(y))
+    n_test = n_val = int(round(0.15 * len(y)))
+    te, va, tr = order[:n_test], order[n_test:n_test + n_val], order[n_test + n_val:]
+    return (x[tr], y[tr]), (x[va], y[va]), (x[te], y[te])
+
+
+def _with_test_split(source: Callable[[str | None, bool], tuple[Arrays, Arrays]]) -> Loader:
+    """A loader for data with an official test split: validation is ``val_fraction`` of the training data."""
+    def loader(o: LoadOptions) -> tuple[Arrays, Arrays, Arrays]:
+        (xtr, ytr), (xte, yte) = source(o.data_dir, o.download)
+        order = o.rng.permutation(len(ytr))
+        n_val = int(round(o.val_fraction * len(ytr)))
+        va, tr = order[:n_val], order[n_val:]
+        return (xtr[tr], ytr[tr]), (xtr[va], ytr[va]), (xte, yte)
+
+    return loader
+
+
+def _mnist_official(o: LoadOptions) -> tuple[Arrays, Arrays, Arrays]:
+    (xtr, ytr), (xte, yte) = _mnist(o.data_dir, o.download)
+    xtr, xte = _official_pixels(xtr), _official_pixels(xte)
+    return (xtr, ytr), (xte, yte), (xte, yte)
 
 
 def _official_pixels(x: np.ndarray) -> np.ndarray:
@@ -107,7 +146,8 @@ def _official_pixels(x: np.ndarray) -> np.ndarray:
     return ((t - 0.5) / 0.5).numpy()
 
 
-def _modadd(p: int, fraction: float, gen: np.random.Generator) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
+def _modadd(o: LoadOptions) -> tuple[Arrays, Arrays, Arrays]:
+    p, fraction, gen = o.modulus, o.train_fraction, o.rng
     if not 2 <= p <= 4096:
         raise DataError(f"modadd modulus must be an integer in 2..4096, got {p}")
     if not 0.0 < fraction < 1.0:
@@ -210,4 +250,9 @@ def _torchvision(cls_name: str):
     return loader
 
 
-_MNIST_LIKE = {"mnist": _mnist, "fashion-mnist": _torchvision("FashionMNIST"), "cifar10": _torchvision("CIFAR10")}
+register_dataset("digits", _digits)
+register_dataset("mnist", _with_test_split(_mnist))
+register_dataset("mnist-official", _mnist_official)
+register_dataset("fashion-mnist", _with_test_split(_torchvision("FashionMNIST")))
+register_dataset("cifar10", _with_test_split(_torchvision("CIFAR10")))
+register_dataset("modadd", _modadd)

@@ -1,30 +1,47 @@
 """The paper's models, sized by the data set: MLP, CIFAR-style ResNet-20, a small ViT."""
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from .errors import MoMosError
 
-MODELS = ("mlp", "resnet20", "vit", "grok-mlp")
+@dataclass(frozen=True)
+class ModelSpec:
+    """One registry entry: how to build the model, its training profile, and the inputs it takes."""
+
+    build: Callable[[tuple[int, ...], int, int | None], nn.Module]  #: (input shape, classes, width or None)
+    profile: dict[str, Any]   #: optimizer, lr, weight_decay, momentum (and any other TrainConfig default)
+    tokens: bool = False      #: takes integer token inputs (modadd) rather than images
+
+
+#: name -> ModelSpec; adding a model is one :func:`register_model` call
+MODELS: dict[str, ModelSpec] = {}
+
+
+def register_model(name: str, build: Callable[[tuple[int, ...], int, int | None], nn.Module],
+                   profile: dict[str, Any], tokens: bool = False) -> None:
+    """Make ``name`` usable as ``TrainConfig(model=name)`` / ``momos train --model name``."""
+    if name in MODELS:
+        raise MoMosError(f"model '{name}' is already registered")
+    MODELS[name] = ModelSpec(build, dict(profile), tokens)
 
 
 def build(name: str, input_shape: tuple[int, ...], num_classes: int, width: int | None = None,
           tokens: bool = False) -> nn.Module:
     """A model for inputs of ``input_shape`` ((C, H, W) images, or (L,) tokens); ``width`` overrides the default width."""
-    if (name == "grok-mlp") != tokens:
-        raise MoMosError("grok-mlp takes token pairs (--data modadd) and the other models take images"
-                         if tokens else "grok-mlp needs token inputs: use --data modadd")
-    if name == "grok-mlp":
-        return GrokMLP(num_classes, int(input_shape[0]), width or 512)
-    if name == "mlp":
-        return MLP(int(torch.tensor(input_shape).prod()), num_classes, width or 256)
-    if name == "resnet20":
-        return ResNet20(input_shape[0], num_classes, width or 16)
-    if name == "vit":
-        return ViT(input_shape, num_classes, width or 64)
-    raise MoMosError(f"unknown model '{name}'; available: {', '.join(MODELS)}")
+    if name not in MODELS:
+        raise MoMosError(f"unknown model '{name}'; available: {', '.join(MODELS)}")
+    spec = MODELS[name]
+    if spec.tokens != tokens:
+        raise MoMosError(f"{name} takes token inputs (--data modadd)" if spec.tokens else
+                         f"{name} takes images, and this data set gives token inputs (use grok-mlp)")
+    return spec.build(tuple(input_shape), num_classes, width)
 
 
 class MLP(nn.Module):
@@ -121,3 +138,17 @@ class ViT(nn.Module):
         x = self.embed(x).flatten(2).transpose(1, 2)
         x = torch.cat([self.cls.expand(x.shape[0], -1, -1), x], 1) + self.pos
         return self.head(self.norm(self.encoder(x))[:, 0])
+
+
+_PAPER_ADAMW = {"optimizer": "adamw", "momentum": 0.0}
+register_model("mlp", lambda shape, classes, width: MLP(int(torch.tensor(shape).prod()), classes, width or 256),
+               {**_PAPER_ADAMW, "lr": 3e-4, "weight_decay": 1e-2})
+register_model("resnet20", lambda shape, classes, width: ResNet20(shape[0], classes, width or 16),
+               {"optimizer": "sgd", "lr": 0.1, "weight_decay": 1e-4, "momentum": 0.9})
+register_model("vit", lambda shape, classes, width: ViT(shape, classes, width or 64),
+               {**_PAPER_ADAMW, "lr": 1e-3, "weight_decay": 5e-2})
+# grokking modular addition (DeMoss et al. 2024 setup): full batch, AdamW betas (0.9, 0.98), weight decay 1.0,
+# constant lr; an epoch is 100 steps, so 60 epochs = 6,000 steps
+register_model("grok-mlp", lambda shape, classes, width: GrokMLP(classes, int(shape[0]), width or 512),
+               {**_PAPER_ADAMW, "lr": 1e-3, "weight_decay": 1.0, "beta2": 0.98, "epochs": 60, "batch_size": 4096,
+                "schedule": "constant", "steps_per_epoch": 100}, tokens=True)

@@ -295,3 +295,29 @@ def test_official_mnist_profile(tmp_path):
                 quiet=True)
     log = read_log(tmp_path / "o" / "log.jsonl")
     assert res.best_epoch == min(range(1, 4), key=lambda e: log[e]["val_loss"])
+
+
+def test_a_model_and_a_data_set_are_one_registry_entry_each(tmp_path):
+    import numpy as np
+
+    from momos.data import DATASETS, register_dataset
+    from momos.models import MODELS, register_model
+
+    def blobs(opts):
+        x = opts.rng.normal(size=(300, 1, 4, 4)).astype(np.float32)
+        y = (x.reshape(300, -1).sum(1) > 0).astype(np.int64)
+        return (x[:200], y[:200]), (x[200:250], y[200:250]), (x[250:], y[250:])
+
+    register_model("tiny-linear", lambda shape, classes, width: torch.nn.Sequential(
+        torch.nn.Flatten(), torch.nn.Linear(int(np.prod(shape)), classes)), {"lr": 0.05, "epochs": 2})
+    register_dataset("blobs", blobs)
+    try:
+        res = train(TrainConfig(model="tiny-linear", data="blobs", estimators=["lzma"]), tmp_path / "r", quiet=True)
+        assert [r["epoch"] for r in read_log(tmp_path / "r" / "log.jsonl")] == [0, 1, 2]  # the profile's 2 epochs
+        cfg = json.loads((tmp_path / "r" / "config.json").read_text())["config"]
+        assert cfg["lr"] == 0.05 and cfg["optimizer"] == "adamw" and 0 <= res.test_acc <= 1
+        with pytest.raises(momos.MoMosError, match="already registered"):
+            register_model("tiny-linear", lambda *a: None, {})
+    finally:
+        MODELS.pop("tiny-linear")
+        DATASETS.pop("blobs")
