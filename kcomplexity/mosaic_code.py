@@ -11,9 +11,12 @@ Layout of an encoded mosaic (all integers little-endian LEB128 varints):
 ``mode 0`` writes each block's motif index in ceil(log2 k_used) bits (the
 paper's bound); ``mode 1`` writes canonical Huffman codewords built from
 motif usage. The motif table is written in canonical order (by codeword
-length), so the code lengths themselves cost only the small histogram. The
-encoder keeps whichever mode is shorter, so the result is never longer than
-the paper's bound plus the header. Motifs no block uses are dropped.
+length), so the code lengths themselves cost only the small histogram.
+``mode 2`` (raw) writes every block's values in order and no index
+(k_used = m): a tensor without repeated blocks costs its n*q bits. The
+encoder keeps whichever mode is shortest, so the result is never longer
+than the paper's bound, nor than the raw values, plus the header. Motifs
+no block uses are dropped.
 
 q follows from the dtype. The layout (tensor names, shapes, hence n and the
 per-tensor padding) is side information the decoder is given, as in the
@@ -51,7 +54,12 @@ class MosaicPlan:
     symbols: np.ndarray    # (m,) index into patterns
     counts: np.ndarray     # (k_used,) usage
     lengths: np.ndarray | None  # (k_used,) Huffman codeword lengths, None in fixed mode
+    raw: bool = False      # mode 2: every block's values in order, no motif index (wins without repetition)
+    usage: np.ndarray | None = None  # usage of the distinct motifs, whatever the mode (raw: from the mosaic)
 
+    @property
+    def mode(self) -> int:
+        return 2 if self.raw else int(self.lengths is not None)
     @property
     def m(self) -> int:
         return int(self.symbols.size)
@@ -61,7 +69,7 @@ class MosaicPlan:
         return int(self.counts.size)
 
     def header(self) -> bytes:
-        fields = [self.m, self.s, DTYPE_CODES[self.dtype], self.k_used, int(self.lengths is not None)]
+        fields = [self.m, self.s, DTYPE_CODES[self.dtype], self.k_used, self.mode]
         if self.lengths is not None:
             hist = np.bincount(self.lengths, minlength=int(self.lengths.max()) + 1)[1:]
             fields += [hist.size, *hist.tolist()]
@@ -69,6 +77,8 @@ class MosaicPlan:
 
     def body_bits(self) -> int:
         table = self.k_used * self.s * self.q
+        if self.raw:
+            return table
         if self.lengths is None:
             return table + self.m * index_width(self.k_used)
         return table + int(np.dot(self.counts, self.lengths))
@@ -85,7 +95,10 @@ def index_width(k: int) -> int:
 
 
 def plan(patterns: np.ndarray, index: np.ndarray, n: int, s: int, dtype: str, distinct: bool = False) -> MosaicPlan:
-    """Choose the shorter of the fixed and Huffman codes for motif table ``patterns`` and block ``index``.
+    """Choose the shortest of the fixed, Huffman and raw codes for motif table ``patterns`` and block ``index``.
+
+    The raw code (every block's values, no index) makes the length of any
+    tensor at most its n*q bits (plus padding of the last block and a header).
 
     ``patterns`` are the motifs' unsigned bit patterns (k x s, width of
     ``dtype``); duplicate and unused motifs are merged/dropped here.
@@ -104,17 +117,20 @@ def plan(patterns: np.ndarray, index: np.ndarray, n: int, s: int, dtype: str, di
     remap = np.full(uniq.shape[0], -1, dtype=np.int64)
     remap[used] = np.arange(used.size)
     uniq, symbols, counts = uniq[used], remap[symbols], counts[used]
-    fixed = MosaicPlan(n, s, q, dtype, uniq, symbols, counts, None)
-    if used.size < 2 or used.size > HUFFMAN_MAX_SYMBOLS:
-        return fixed
-    lengths = huffman_lengths(counts)
-    if lengths.max() > MAX_CODEWORD:
-        return fixed
-    order = np.lexsort((np.arange(used.size), lengths))   # canonical order: by length, then old position
-    rank = np.empty_like(order)
-    rank[order] = np.arange(order.size)
-    huff = MosaicPlan(n, s, q, dtype, uniq[order], rank[symbols], counts[order], lengths[order])
-    return huff if huff.total_bits < fixed.total_bits else fixed
+    candidates = [MosaicPlan(n, s, q, dtype, uniq, symbols, counts, None, usage=counts)]
+    m = symbols.size
+    if m * s * q < candidates[0].body_bits():
+        candidates.append(MosaicPlan(n, s, q, dtype, uniq[symbols], np.arange(m), np.ones(m, dtype=np.int64), None,
+                                     raw=True, usage=counts))
+    if 2 <= used.size <= HUFFMAN_MAX_SYMBOLS:
+        lengths = huffman_lengths(counts)
+        if lengths.max() <= MAX_CODEWORD:
+            order = np.lexsort((np.arange(used.size), lengths))   # canonical order: by length, then old position
+            rank = np.empty_like(order)
+            rank[order] = np.arange(order.size)
+            candidates.append(MosaicPlan(n, s, q, dtype, uniq[order], rank[symbols], counts[order], lengths[order],
+                                         usage=counts))
+    return min(candidates, key=lambda c: c.total_bits)  # ties keep the earlier (simpler) code
 
 
 def unique_rows(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -192,7 +208,9 @@ def _canonical_codes(lengths: np.ndarray) -> np.ndarray:
 def encode(p: MosaicPlan) -> bytes:
     """Write the code described by ``p``; ``len(result) * 8 == p.total_bits``."""
     table = _to_bits(p.patterns.reshape(-1).astype(np.uint64), p.q)
-    if p.lengths is None:
+    if p.raw:
+        mosaic = np.zeros(0, dtype=np.uint8)
+    elif p.lengths is None:
         mosaic = _to_bits(p.symbols.astype(np.uint64), index_width(p.k_used))
     else:
         codes = _canonical_codes(p.lengths)
@@ -210,7 +228,8 @@ def decode(data: bytes) -> tuple[np.ndarray, np.ndarray, int, str]:
             value, pos = read_varint(buf, pos)
             fields.append(value)
         m, s, dcode, k, mode = fields
-        if dcode not in DTYPES or s < 1 or k < 1 or mode not in (0, 1) or max(m, s, k) >= 1 << 40 \
+        if dcode not in DTYPES or s < 1 or k < 1 or mode not in (0, 1, 2) or (mode == 2 and k != m) \
+                or max(m, s, k) >= 1 << 40 \
                 or k * s > 8 * len(buf) or m > 8 * len(buf) * 64:
             raise MDLError("corrupt mosaic code: bad header")
         hist = []
@@ -230,6 +249,8 @@ def decode(data: bytes) -> tuple[np.ndarray, np.ndarray, int, str]:
         raise MDLError("corrupt mosaic code: truncated motif table")
     patterns = _from_bits(bits[:tbits], q).reshape(k, s)
     rest = bits[tbits:]
+    if mode == 2:
+        return patterns, np.arange(m, dtype=np.int64), s, DTYPES[dcode]
     if mode == 0:
         w = index_width(k)
         if rest.size < m * w:

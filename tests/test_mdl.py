@@ -127,3 +127,17 @@ def test_bad_input(rng):
         kc.estimators.get("mdl", s=0)
     with pytest.raises(MDLError, match="corrupt"):
         decode(kc.mdl(w, s=2).encode()[:6])
+
+
+def test_unstructured_weights_never_cost_more_than_their_raw_values(rng):
+    x = rng.standard_normal(10_001).astype(np.float32)  # no repeated blocks, one ragged block
+    r = kc.mdl(x, s=2)
+    assert r.paper_bits == x.size * 32 and r.rac == 1.0
+    padded = (x.size + 1) * 32
+    assert x.size * 32 <= r.coded_bits <= padded + HEADER_BITS
+    data = r.encode()
+    assert len(data) * 8 == r.coded_bits
+    assert np.array_equal(decode(data, sizes=[x.size])[0].view(np.uint32), x.view(np.uint32))
+    # structured weights keep the mosaic code
+    tiled = np.tile(x[:20], 500)
+    assert kc.mdl(tiled, s=2).coded_bits < 0.1 * tiled.size * 32

@@ -2,15 +2,17 @@
 
 For n values in m blocks of size s built from k motifs at q bits a value:
 
-* ``paper``: L = k*s*q + m*ceil(log2 k) bits (the MoMos paper's bound);
-  relative algorithmic compression RAC = n*q / L.
+* ``paper``: L = min(k*s*q + m*ceil(log2 k), n*q) bits (the MoMos paper's
+  bound, or the raw values when those are shorter, the flag saying which
+  being the bound's O(1)); relative algorithmic compression RAC = n*q / L,
+  so RAC >= 1 for any tensor.
 * ``coded``: the length of a real lossless code of the same weights that
   adapts to motif usage (:mod:`kcomplexity.mosaic_code`): never more than
   ``paper`` plus a header of about ten bytes, much less when usage is skewed.
 
 Any tensor can be scored: its distinct blocks of size s are found exactly
-(no fitting, no loss), so a tensor without repeated blocks costs at least
-n*q bits. A MoMos ``Mosaic`` (anything with ``motifs``, ``index``, ``s`` and
+(no fitting, no loss); a tensor without repeated blocks costs its n*q bits
+(the raw code) plus a header. A MoMos ``Mosaic`` (anything with ``motifs``, ``index``, ``s`` and
 ``sizes``) is scored from its own motif table without recomputing blocks.
 """
 from __future__ import annotations
@@ -136,8 +138,9 @@ def mdl(source_or_mosaic: Any, s: int | None = None, q: int | None = None, inclu
     else:
         # same code with q-bit values in the table: header unchanged, table shrinks
         coded, kept = 8 * (len(plan.header()) + (plan.body_bits() - plan.k_used * s * (width - q) + 7) // 8), None
-    return MDL(n=n, m=m, s=s, k=k, q=q, paper_bits=paper_bits(k, s, q, m), coded_bits=int(coded),
-               counts=plan.counts, _plan=kept)
+    # a mosaic never has to cost more than the raw values: the "+ O(1)" of the paper's bound holds the flag
+    return MDL(n=n, m=m, s=s, k=k, q=q, paper_bits=min(paper_bits(k, s, q, m), n * q), coded_bits=int(coded),
+               counts=plan.usage, _plan=kept)
 
 
 def _arrays(source: Any, include_buffers: bool) -> list[NamedArray]:
@@ -193,7 +196,7 @@ class MDLEstimator(Estimator):
         self.q, self.code = q, code
         self.name = "mdl" if code == "coded" else "mdl-paper"
         self.description = ("mosaic of exact s-blocks: motif table + usage-adaptive code of the block indices"
-                            if code == "coded" else "mosaic of exact s-blocks, the paper's bound k*s*q + m*ceil(log2 k)")
+                            if code == "coded" else "mosaic of exact s-blocks, the paper's bound min(k*s*q + m*ceil(log2 k), n*q)")
 
     def settings(self) -> dict[str, Any]:
         return {"s": self.s, "q": self.q if self.q is not None else "dtype width", "code": self.code}
