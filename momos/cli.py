@@ -6,6 +6,7 @@ Bad input ends with one line on stderr and exit status 2, never a traceback
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from collections.abc import Sequence
@@ -13,10 +14,25 @@ from pathlib import Path
 
 from kcomplexity.cli import run_guarded
 
-from .config import METHODS, TrainConfig
+from .config import TrainConfig
 from .errors import MoMosError
-from .data import DATASETS
-from .models import MODELS
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """One option per TrainConfig field, with the field's default and help (the config is the one source)."""
+    defaults = TrainConfig.defaults()
+    for f in dataclasses.fields(TrainConfig):
+        flags = f.metadata.get("flags", ("--" + f.name.replace("_", "-"),))
+        default, text = defaults[f.name], f.metadata["help"]
+        shown = f" (default: {default})" if default not in (None, False) and not isinstance(default, list) else ""
+        if f.name == "estimators":
+            parser.add_argument(*flags, dest=f.name, default=",".join(default), help=f"{text} (default: %(default)s)")
+        elif "bool" in str(f.type):
+            action = "store_false" if default else "store_true"
+            parser.add_argument(*flags, dest=f.name, action=action, help=f"do not {text}" if default else text)
+        else:
+            kind = int if "int" in str(f.type) else float if "float" in str(f.type) else str
+            parser.add_argument(*flags, dest=f.name, type=kind, default=default, help=text + shown)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -26,41 +42,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--out", "-o", required=True, help="run directory")
     t.add_argument("--resume", action="store_true", help="continue the run in --out after its last completed epoch")
     t.add_argument("--overwrite", action="store_true", help="replace whatever --out holds")
-    t.add_argument("--model", default="mlp", help=f"one of {', '.join(MODELS)}")
-    t.add_argument("--data", default="digits", help=f"one of {', '.join(DATASETS)}")
-    t.add_argument("--method", default="baseline", help=f"one of {', '.join(METHODS)}")
-    t.add_argument("--epochs", type=int, help="default: the model's profile (20; grok-mlp 60)")
-    t.add_argument("--batch-size", type=int, help="default: the model's profile (128; grok-mlp full batch)")
-    t.add_argument("--steps-per-epoch", type=int,
-                   help="optimiser steps per epoch (default: one pass over the data; grok-mlp 100)")
-    t.add_argument("--optimizer", help="adamw | sgd | adam (default: the model's paper profile)")
-    t.add_argument("--lr", type=float)
-    t.add_argument("--weight-decay", type=float)
-    t.add_argument("--momentum", type=float)
-    t.add_argument("--beta2", type=float, help="Adam/AdamW second-moment decay (default 0.999; grok-mlp 0.98)")
-    t.add_argument("--schedule", help="cosine | constant (default: the model's profile)")
-    t.add_argument("--best-by", help="val_acc | val_loss: what picks best.safetensors (default val_acc; "
-                                     "mnist-official: val_loss)")
-    t.add_argument("-s", "--block-size", dest="s", type=int, default=2, help="MoMos block size s")
-    t.add_argument("--capacity", type=float, default=0.05, help="motifs as a fraction of blocks (0, 1]")
-    t.add_argument("-k", type=int, help="number of motifs (instead of --capacity)")
-    t.add_argument("--no-force-zero", dest="force_zero", action="store_false")
-    t.add_argument("--scope", default="global", help="global | tensor")
-    t.add_argument("-q", type=int, default=8, help="QAT bits")
-    t.add_argument("--qat-biases", action="store_true",
-                   help="QAT also quantises biases and other non-weight parameters (default: module.weight only, as "
-                        "the official code)")
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--estimators", "-e", default="lzma,zstd,bdm,mdl,mdl-paper")
-    t.add_argument("--data-dir")
-    t.add_argument("--download", action="store_true", help="let torchvision download fashion-mnist/cifar10")
-    t.add_argument("--limit", type=int, help="use at most this many training examples")
-    t.add_argument("--width", type=int, help="model width (MLP hidden units, ResNet base channels, ViT dim)")
-    t.add_argument("--device", default="cpu")
-    t.add_argument("--devices", type=int, default=1,
-                   help="processes (gloo on CPU) or GPUs (nccl) training together; --batch-size stays the global batch")
-    t.add_argument("--modulus", type=int, default=97, help="modadd: the modulus p")
-    t.add_argument("--train-fraction", type=float, default=0.4, help="modadd: fraction of the p*p pairs to train on")
+    add_config_arguments(t)
     t.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
 
     c = sub.add_parser("compare", help="table and plot of finished or running runs")
@@ -86,10 +68,7 @@ def _train(args: argparse.Namespace) -> None:
                              "(start a new run with another --out instead)")
         result = train({}, args.out, resume=True, quiet=args.quiet)
     else:
-        fields = {k: getattr(args, k) for k in (
-            "model", "data", "method", "epochs", "batch_size", "steps_per_epoch", "qat_biases", "optimizer", "lr", "weight_decay",
-            "momentum", "beta2", "schedule", "best_by", "s", "capacity", "k", "force_zero", "scope", "q", "seed", "data_dir",
-            "download", "limit", "width", "device", "devices", "modulus", "train_fraction")}
+        fields = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
         fields["estimators"] = [e.strip() for e in args.estimators.split(",") if e.strip()]
         result = train(TrainConfig(**fields), args.out, overwrite=args.overwrite, quiet=args.quiet)
     print(json.dumps(result.to_json()["final"] | {"test_acc": result.test_acc}, indent=None))

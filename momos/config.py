@@ -32,47 +32,48 @@ BEST_BY = ("val_acc", "val_loss")
 DEFAULT_ESTIMATORS = ["lzma", "zstd", "bdm", "mdl", "mdl-paper"]
 
 
+def _opt(default: Any, help: str, flags: tuple[str, ...] | None = None) -> Any:
+    """A config field with its command-line help (and flags, when not ``--field-name``): one place for both."""
+    return field(default=default, metadata={"help": help, **({"flags": flags} if flags else {})})
+
+
 @dataclass
 class TrainConfig:
     """Everything a run needs; ``None`` fields take the model's paper profile."""
 
-    model: str = "mlp"
-    data: str = "digits"
-    method: str = "baseline"
-    epochs: int | None = None
-    batch_size: int | None = None
-    #: optimiser steps per epoch; None = one pass over the training data
-    steps_per_epoch: int | None = None
-    optimizer: str | None = None
-    lr: float | None = None
-    weight_decay: float | None = None
-    momentum: float | None = None
-    #: Adam/AdamW's second-moment decay (beta1 is 0.9)
-    beta2: float | None = None
-    schedule: str | None = None
-    #: which validation figure picks best.safetensors: val_acc (highest) or val_loss (lowest)
-    best_by: str | None = None
-    s: int = 2
-    capacity: float | None = 0.05
-    k: int | None = None
-    force_zero: bool = True
-    scope: str = "global"
-    q: int = 8
-    #: QAT also fake-quantises biases and other non-weight parameters (the official code quantises module.weight only)
-    qat_biases: bool = False
-    seed: int = 0
-    estimators: list[str] = field(default_factory=lambda: list(DEFAULT_ESTIMATORS))
-    val_fraction: float = 0.1
-    data_dir: str | None = None
-    download: bool = False
-    limit: int | None = None
-    width: int | None = None
-    device: str = "cpu"
-    #: processes (CPU) or GPUs training one model together with torch.distributed; the batch size is global
-    devices: int = 1
-    #: modadd only: the modulus p and the fraction of the p*p pairs used for training
-    modulus: int = 97
-    train_fraction: float = 0.4
+    model: str = _opt("mlp", "model: " + ", ".join(MODELS))
+    data: str = _opt("digits", "data set: " + ", ".join(DATASETS))
+    method: str = _opt("baseline", "baseline | qat | momos | momos+qat")
+    epochs: int | None = _opt(None, "epochs (profile: 20; grok-mlp 60; mnist-official 200)")
+    batch_size: int | None = _opt(None, "global batch size (profile: 128; grok-mlp full batch)")
+    steps_per_epoch: int | None = _opt(None, "optimiser steps per epoch (default: one pass over the data; grok-mlp 100)")
+    optimizer: str | None = _opt(None, "adamw | sgd | adam (default: the model's profile)")
+    lr: float | None = _opt(None, "learning rate (default: the model's profile)")
+    weight_decay: float | None = _opt(None, "weight decay (default: the model's profile)")
+    momentum: float | None = _opt(None, "SGD momentum (default: the model's profile)")
+    beta2: float | None = _opt(None, "Adam/AdamW second-moment decay; beta1 is 0.9 (default 0.999; grok-mlp 0.98)")
+    schedule: str | None = _opt(None, "cosine | constant (default: the model's profile)")
+    best_by: str | None = _opt(None, "val_acc | val_loss: what picks best.safetensors (mnist-official: val_loss)")
+    s: int = _opt(2, "MoMos block size s", ("-s", "--block-size"))
+    capacity: float | None = _opt(0.05, "motifs as a fraction of blocks, in (0, 1]")
+    k: int | None = _opt(None, "number of motifs (instead of --capacity)", ("-k",))
+    force_zero: bool = _opt(True, "keep the zero block among the motifs", ("--no-force-zero",))
+    scope: str = _opt("global", "global | tensor: one motif table for all tensors, or one per tensor")
+    q: int = _opt(8, "QAT bits", ("-q",))
+    qat_biases: bool = _opt(False, "QAT also quantises biases and other non-weight parameters "
+                                   "(default: module.weight only, as the official code)")
+    seed: int = _opt(0, "seed of the initialisation, shuffling, splits and motif draws")
+    estimators: list[str] = field(default_factory=lambda: list(DEFAULT_ESTIMATORS), metadata={
+        "help": "comma-separated estimators logged every epoch", "flags": ("--estimators", "-e")})
+    val_fraction: float = _opt(0.1, "fraction of the training data held out for validation (mnist, cifar10, ...)")
+    data_dir: str | None = _opt(None, "folder with data files (idx MNIST, torchvision data sets)")
+    download: bool = _opt(False, "let torchvision download fashion-mnist/cifar10")
+    limit: int | None = _opt(None, "use at most this many training examples")
+    width: int | None = _opt(None, "model width (MLP hidden units, ResNet base channels, ViT dim)")
+    device: str = _opt("cpu", "cpu, cuda or cuda:N")
+    devices: int = _opt(1, "processes (gloo on CPU) or GPUs (nccl) training together; the batch size stays global")
+    modulus: int = _opt(97, "modadd: the modulus p")
+    train_fraction: float = _opt(0.4, "modadd: fraction of the p*p pairs to train on")
 
     @property
     def uses_momos(self) -> bool:

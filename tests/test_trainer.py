@@ -321,3 +321,14 @@ def test_a_model_and_a_data_set_are_one_registry_entry_each(tmp_path):
     finally:
         MODELS.pop("tiny-linear")
         DATASETS.pop("blobs")
+
+
+def test_the_train_cli_is_generated_from_the_config_fields():
+    import dataclasses
+
+    from momos.cli import _parser_defaults
+
+    defaults = _parser_defaults()
+    for f in dataclasses.fields(TrainConfig):
+        expected = TrainConfig.defaults()[f.name]
+        assert defaults[f.name] == (",".join(expected) if f.name == "estimators" else expected), f.name
