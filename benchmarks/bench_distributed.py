@@ -28,6 +28,23 @@ def epoch_time(data: str, devices: int, epochs: int, tmp: str) -> tuple[float, f
     return wall, mean("train_s"), mean("project_s")
 
 
+def _time_broadcast(numel: int, out: str) -> None:
+    """On every rank: seconds to broadcast ``numel`` float32 values from rank 0 (the alternative to projecting
+    identically on every rank: project on rank 0, then broadcast the weights)."""
+    import torch
+    import torch.distributed as dist
+
+    t = torch.zeros(numel)
+    for _ in range(3):
+        dist.broadcast(t, 0)
+    start = time.perf_counter()
+    for _ in range(20):
+        dist.broadcast(t, 0)
+    if dist.get_rank() == 0:
+        with open(out, "w") as fh:
+            fh.write(str((time.perf_counter() - start) / 20))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--epochs", type=int, default=3)
@@ -36,6 +53,14 @@ def main() -> None:
         for data in ("digits", "mnist"):
             w1, t1, p1 = epoch_time(data, 1, args.epochs, tmp)
             w2, t2, p2 = epoch_time(data, 2, args.epochs, tmp)
+            if data == "mnist":
+                from momos import distributed
+
+                out = f"{tmp}/broadcast"
+                distributed.spawn(_time_broadcast, 2, "cpu", (400_906, out))
+                b = float(open(out).read())
+                print(f"project on rank 0 + broadcast instead: {b * 1e3:.1f} ms per epoch for the broadcast alone, "
+                      f"against {(p2 - p1) * 1e3:.1f} ms extra for projecting on every rank")
             print(f"{data:7s} training per epoch: 1 process {t1:6.2f} s, 2 processes {t2:6.2f} s, ratio {t2 / t1:.2f}x; "
                   f"wall with start-up {w2 / w1:.2f}x; projection per epoch {p1 * 1e3:.1f} ms (1) vs "
                   f"{p2 * 1e3:.1f} ms on each of 2 ranks")
