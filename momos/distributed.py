@@ -2,9 +2,9 @@
 
 ``momos train --devices N`` spawns N ranks on this machine that talk over
 127.0.0.1 only. Every rank builds the same model from the same seed, DDP
-averages the gradients, and every rank projects with the same seeded MoMos
-generator, so the weights stay identical on every rank (the log records a
-checksum per rank to show it). Rank 0 alone writes the run directory. Under
+averages the gradients, and rank 0 projects with the seeded MoMos generator
+and broadcasts the weights, so they stay identical on every rank (the log
+records a checksum per rank to show it). Rank 0 alone writes the run directory. Under
 ``torchrun`` (RANK and WORLD_SIZE set) the ranks it started are used as they are.
 """
 from __future__ import annotations
@@ -50,6 +50,15 @@ class Ranks:
         out: list[Any] = [None] * self.world
         dist.all_gather_object(out, mine)
         return out
+
+    def broadcast_parameters(self, module: torch.nn.Module) -> None:
+        """Every rank's trainable parameters set to rank 0's (no-op with one rank)."""
+        if self.world == 1:
+            return
+        with torch.no_grad():
+            for p in module.parameters():
+                if p.requires_grad:
+                    dist.broadcast(p.data, 0)
 
     def broadcast_flag(self, flag: bool) -> bool:
         """Rank 0's ``flag`` on every rank."""
