@@ -66,9 +66,8 @@ def test_lightning_adapters(package, tmp_path):
     assert logger.records[0]["complexity"]["lzma"] > 0
 
 
-def test_hugging_face_adapter(tmp_path):
-    transformers = pytest.importorskip("transformers")
-    pytest.importorskip("accelerate")
+def _hf_model_and_data():
+    """A linear classifier on digits in the shape a Hugging Face Trainer expects: (Model class, Dataset class)."""
     x, y = _data()
 
     class Model(torch.nn.Module):
@@ -86,6 +85,13 @@ def test_hugging_face_adapter(tmp_path):
 
         def __getitem__(self, i):
             return {"inputs": x[i], "labels": y[i]}
+    return Model, DS
+
+
+def test_hugging_face_adapter(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("accelerate")
+    Model, DS = _hf_model_and_data()
 
     logger = ComplexityLogger(["zstd", "bdm"])
     args = transformers.TrainingArguments(output_dir=str(tmp_path), num_train_epochs=2, per_device_train_batch_size=64,
@@ -166,23 +172,7 @@ def test_hf_momos_projects_and_logs(tmp_path):
     pytest.importorskip("accelerate")
     from momos.callbacks import hf_momos
 
-    x, y = _data()
-
-    class Model(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.net = torch.nn.Linear(64, 10)
-
-        def forward(self, inputs, labels=None):
-            logits = self.net(inputs)
-            return {"loss": torch.nn.functional.cross_entropy(logits, labels), "logits": logits}
-
-    class DS(torch.utils.data.Dataset):
-        def __len__(self):
-            return len(y)
-
-        def __getitem__(self, i):
-            return {"inputs": x[i], "labels": y[i]}
+    Model, DS = _hf_model_and_data()
 
     args = transformers.TrainingArguments(output_dir=str(tmp_path), num_train_epochs=2, per_device_train_batch_size=64,
                                           report_to=[], save_strategy="epoch", logging_strategy="no", use_cpu=True,

@@ -29,13 +29,13 @@ from .base import Context, Estimate, Estimator, Setting, register
 DEFAULT_REL = 0.1
 
 
-def summarise(codes: Sequence[QuantizedCode], **extra: Any) -> Estimate:
+def summarise(codes: Sequence[QuantizedCode]) -> Estimate:
     """Total bits of several tensors' codes with their joint distortion (MSE over all values, max error)."""
     n = sum(c.numel for c in codes)
     sse = math.fsum(c.sse for c in codes)
     signal = math.fsum(c.signal for c in codes)
     details = {"mse": sse / n, "max_abs_err": max(c.max_abs_err for c in codes),
-               "snr_db": 10 * math.log10(signal / sse) if sse > 0 and signal > 0 else math.inf, **extra}
+               "snr_db": 10 * math.log10(signal / sse) if sse > 0 and signal > 0 else math.inf}
     return Estimate(float(sum(c.bits for c in codes)), details)
 
 
