@@ -99,3 +99,23 @@ def test_dtype_bytes_are_what_is_compressed():
     b16 = get("zstd").bits(t.half())
     bbf = get("zstd").bits(t.bfloat16())
     assert b16 < 0.7 * b32 and bbf < 0.7 * b32
+
+
+def test_pco_is_a_real_lossless_code(rng):
+    import pcodec
+
+    from kcomplexity.estimators.compression import pco_values
+
+    for x in (rng.standard_normal((200, 50)).astype(np.float32), rng.standard_normal(300).astype(np.float16),
+              rng.integers(-5, 5, 400).astype(np.int8), torch.randn(64, 8).to(torch.bfloat16)):
+        a = kc.sources.as_named(x)
+        est = kc.estimators.get("pco")
+        data = est.compress(a)
+        assert est.bits(x) == len(data) * 8
+        back = pcodec.standalone.simple_decompress(data)
+        assert np.array_equal(back, pco_values(a))  # bit-exact, bfloat16 patterns included
+    w = rng.standard_normal(50_000).astype(np.float32)
+    assert kc.estimators.get("pco:level=12").bits(w) <= kc.estimators.get("pco").bits(w) < 0.9 * 32 * w.size
+    assert kc.estimators.get("pco:level=0").bits(w) <= 32 * w.size + 8 * 512  # never much above raw
+    with pytest.raises(kc.errors.EstimatorSettingError, match="0..12"):
+        kc.estimators.get("pco:level=13")
