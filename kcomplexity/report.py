@@ -130,8 +130,8 @@ class Report:
     def to_table(self) -> str:
         """Human-readable text: per-tensor bits/param and a totals block."""
         per = self.bits_per_param()
-        per.insert(0, "numel", self.to_frame()["numel"])
         frame = self.to_frame(distortion=True)
+        per.insert(0, "numel", frame["numel"])
         for col in [f"{e}:{k}" for e in self.lossy for k in DISTORTION]:
             per[col] = frame[col]
         formats = {c: (lambda v: f"{v:.3g}") for c in per.columns if c.endswith(DISTORTION)}

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from .errors import (
+    KComplexityError,
     CorruptFileError,
     EmptyTensorError,
     NonFiniteError,
@@ -292,17 +293,14 @@ def _load_torch(path: Path) -> Any:
     import torch
 
     try:
-        is_zip = zipfile.is_zipfile(path)
-    except Exception as exc:  # is_zipfile itself raises BadZipFile on some damaged end records
-        raise CorruptFileError(f"{path}: not a readable torch checkpoint ({_one_line(exc)})") from None
-    if is_zip:  # torch does not check the CRC of its zip entries: damaged data would be scored silently
-        try:
+        is_zip, bad = zipfile.is_zipfile(path), None
+        if is_zip:  # torch does not check the CRC of its zip entries: damaged data would be scored silently
             with zipfile.ZipFile(path) as archive:
                 bad = archive.testzip()
-        except Exception as exc:  # zipfile raises many types on damaged archives (UnicodeDecodeError, ...)
-            raise CorruptFileError(f"{path}: not a readable torch checkpoint ({_one_line(exc)})") from None
-        if bad is not None:
-            raise CorruptFileError(f"{path}: entry {bad} fails its CRC check (the file is damaged)")
+    except Exception as exc:  # zipfile raises many types on damaged archives (BadZipFile, UnicodeDecodeError, ...)
+        raise CorruptFileError(f"{path}: not a readable torch checkpoint ({_one_line(exc)})") from None
+    if bad is not None:
+        raise CorruptFileError(f"{path}: entry {bad} fails its CRC check (the file is damaged)")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
     except pickle.UnpicklingError as exc:
@@ -363,9 +361,7 @@ def _check_claimed_sizes(path: Path) -> None:
                 if claim != info.file_size - header:
                     raise CorruptFileError(f"{path}: member {info.filename} claims {claim:,} bytes of data but its "
                                            f"archive entry holds {info.file_size - header:,}")
-    except CorruptFileError:
-        raise
-    except UnsafeCheckpointError:
+    except KComplexityError:
         raise
     except Exception as exc:  # unsupported compression, encrypted members, damaged archives (any error type)
         raise CorruptFileError(f"{path}: not a readable .npz archive ({_one_line(exc)})") from None

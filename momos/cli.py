@@ -61,8 +61,9 @@ def _train(args: argparse.Namespace) -> None:
     from .trainer import train
 
     if args.resume:
+        defaults = _parser_defaults()
         given = sorted(f"--{k.replace('_', '-')}" for k, v in vars(args).items()
-                       if k in TrainConfig.defaults() and v != _parser_defaults().get(k))
+                       if k in TrainConfig.defaults() and v != defaults.get(k))
         if given:
             raise MoMosError(f"--resume continues the run as it was configured; {', '.join(given)} would change it "
                              "(start a new run with another --out instead)")

@@ -144,16 +144,8 @@ class _Trainer:
                            for _ in range(-(-steps // per_pass))])
         return list(order.split(bs)[:steps])
 
-    @torch.no_grad()
     def evaluate(self, split: data.Split) -> tuple[float, float]:
-        self.model.eval()
-        loss, correct = 0.0, 0
-        for lo in range(0, len(split), 1024):
-            xb, yb = split.x[lo:lo + 1024].to(self.device), split.y[lo:lo + 1024].to(self.device)
-            out = self.model(xb)
-            loss += float(F.cross_entropy(out, yb, reduction="sum"))
-            correct += int((out.argmax(1) == yb).sum())
-        return loss / len(split), correct / len(split)
+        return loss_and_accuracy(self.model, split.x, split.y, self.device)
 
     # ------------------------------------------------------------------ complexity
     def snapshot(self) -> dict[str, torch.Tensor]:
@@ -164,10 +156,10 @@ class _Trainer:
         """The latent float weights QAT trains and MoMos projects (what the official code measures)."""
         return {k: v.detach().to("cpu", copy=True) for k, v in qat.latent_weights(self.model).items()}
 
-    def job(self, mosaic: Any, previous: dict[str, torch.Tensor] | None) -> Any:
+    def job(self, weights: dict[str, torch.Tensor], mosaic: Any, previous: dict[str, torch.Tensor] | None) -> Any:
         """Everything the estimator thread needs for this epoch, copied now: () -> (record fields, seconds).
 
-        The effective weights get the model copy, the fixed loss, the previous weights and q; the mosaic
+        ``weights`` is this epoch's :meth:`snapshot`. The effective weights get the model copy, the fixed loss, the previous weights and q; the mosaic
         describes the latent weights, so under QAT it goes with the latent measurement, logged as
         ``complexity_latent`` / ``details_latent`` beside the effective ``complexity`` / ``details``.
         """
@@ -175,7 +167,6 @@ class _Trainer:
         context = Context(model=copy.deepcopy(self.model) if self.keep_model else None, loss_fn=self.loss_fn,
                           previous=list(open_source(previous)) if previous is not None else None,
                           mosaic=None if qat_run else mosaic, q=self.cfg.q if qat_run else None)
-        weights = self.snapshot()
         latent = self.latent_snapshot() if qat_run else None
         return lambda: self.complexity(weights, context, latent, Context(mosaic=mosaic, q=self.cfg.q))
 
@@ -234,6 +225,7 @@ class _Trainer:
         rundir.check_log_matches(records, epoch, self.log_path)
         logged = {r["epoch"] for r in records}
         previous = checkpoint.load_previous(folder)
+        weights = self.snapshot()
         if pending["epoch"] not in logged:
             mosaic = None
             if (folder / "mosaic.safetensors").is_file():
@@ -241,9 +233,9 @@ class _Trainer:
 
                 mosaic = Mosaic.load(folder / "mosaic.safetensors")
             # on the estimator thread, as in an uninterrupted run, so the numbers are the same
-            self.write(pending, pool.submit(self.job(mosaic, previous)).result())
+            self.write(pending, pool.submit(self.job(weights, mosaic, previous)).result())
         if self.keep_previous:
-            self.previous = self.snapshot()
+            self.previous = weights
         return epoch
 
     # ------------------------------------------------------------------ the run
@@ -265,9 +257,10 @@ class _Trainer:
                     self.best = {"epoch": epoch, "val_acc": record["val_acc"], "val_loss": record["val_loss"]}
                     checkpoint.save_best(self.run_dir, self.model, self.best)
                 checkpoint.save(self.ckpt_root, epoch, self.model, self.state(epoch, record), mosaic, self.previous)
-                waiting = (record, pool.submit(self.job(mosaic, self.previous)))
+                weights = self.snapshot()
+                waiting = (record, pool.submit(self.job(weights, mosaic, self.previous)))
                 if self.keep_previous:
-                    self.previous = self.snapshot()
+                    self.previous = weights
             if waiting is not None:
                 self.write(waiting[0], waiting[1].result())
         finally:
@@ -338,17 +331,21 @@ def fixed_loss(split: data.Split, seed: int, device: torch.device) -> Any:
     n = len(split)
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:LOSS_EXAMPLES].sort().values
     x, y = split.x[order], split.y[order]
+    return lambda model: loss_and_accuracy(model, x, y, device)[0]
 
-    @torch.no_grad()
-    def loss_fn(model: torch.nn.Module) -> float:
-        model.eval()
-        total = 0.0
-        for lo in range(0, len(y), 1024):
-            out = model(x[lo:lo + 1024].to(device))
-            total += float(F.cross_entropy(out, y[lo:lo + 1024].to(device), reduction="sum"))
-        return total / len(y)
 
-    return loss_fn
+@torch.no_grad()
+def loss_and_accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device
+                      ) -> tuple[float, float]:
+    """Mean cross-entropy (nats) and accuracy of ``model`` in eval mode, in batches of 1,024."""
+    model.eval()
+    loss, correct = 0.0, 0
+    for lo in range(0, len(y), 1024):
+        xb, yb = x[lo:lo + 1024].to(device), y[lo:lo + 1024].to(device)
+        out = model(xb)
+        loss += float(F.cross_entropy(out, yb, reduction="sum"))
+        correct += int((out.argmax(1) == yb).sum())
+    return loss / len(y), correct / len(y)
 
 
 def train(config: TrainConfig | dict[str, Any], run_dir: str | Path, resume: bool = False, overwrite: bool = False,
