@@ -2,7 +2,7 @@
 
 Layout of an encoded mosaic (all integers little-endian LEB128 varints):
 
-    header   m, s, dtype code, k_used, mode            (bytes)
+    header   m, s, dtype code, [q if levels], k_used, mode   (bytes)
     [mode 1] L_max, then for L = 1..L_max the number of motifs whose
              Huffman codeword has length L             (bytes)
     body     motif table: k_used x s values at q bits each, MSB first,
@@ -18,7 +18,9 @@ encoder keeps whichever mode is shortest, so the result is never longer
 than the paper's bound, nor than the raw values, plus the header. Motifs
 no block uses are dropped.
 
-q follows from the dtype. The layout (tensor names, shapes, hence n and the
+q follows from the dtype: the width of a float dtype, or the q of ``levels{q}``
+(q-bit two's-complement integers, e.g. the levels of quantisation-aware
+training; q follows the dtype code in the header). The layout (tensor names, shapes, hence n and the
 per-tensor padding) is side information the decoder is given, as in the
 paper: it does not grow with the weights.
 """
@@ -36,6 +38,8 @@ from .errors import MDLError
 DTYPES = {0: "float32", 1: "float16", 2: "bfloat16", 3: "float64"}
 DTYPE_CODES = {v: k for k, v in DTYPES.items()}
 WIDTH = {"float32": 32, "float16": 16, "bfloat16": 16, "float64": 64}
+#: code of q-bit integer levels ("levels8" etc.: two's complement, q in the header after the code)
+LEVELS_CODE = 4
 #: Huffman is tried up to this many used motifs; above it usage is close to
 #: uniform (e.g. a tensor without repeated blocks) and the fixed code is used
 HUFFMAN_MAX_SYMBOLS = 1 << 17
@@ -69,7 +73,8 @@ class MosaicPlan:
         return int(self.counts.size)
 
     def header(self) -> bytes:
-        fields = [self.m, self.s, DTYPE_CODES[self.dtype], self.k_used, self.mode]
+        code = [LEVELS_CODE, self.q] if self.dtype.startswith("levels") else [DTYPE_CODES[self.dtype]]
+        fields = [self.m, self.s, *code, self.k_used, self.mode]
         if self.lengths is not None:
             hist = np.bincount(self.lengths, minlength=int(self.lengths.max()) + 1)[1:]
             fields += [hist.size, *hist.tolist()]
@@ -89,6 +94,16 @@ class MosaicPlan:
         return 8 * (len(self.header()) + (self.body_bits() + 7) // 8)
 
 
+def width(dtype: str) -> int:
+    """Bits per stored value of ``dtype`` (a float dtype's width, or q of ``levels{q}``)."""
+    if dtype in WIDTH:
+        return WIDTH[dtype]
+    q = dtype.removeprefix("levels")
+    if dtype.startswith("levels") and q.isdigit() and 1 <= int(q) <= 64:
+        return int(q)
+    raise MDLError(f"cannot code motif values of dtype {dtype}; supported: {', '.join(DTYPE_CODES)}, levels1..levels64")
+
+
 def index_width(k: int) -> int:
     """Bits of a fixed-length index among k motifs: ceil(log2 k), 0 for k = 1."""
     return int(math.ceil(math.log2(k))) if k > 1 else 0
@@ -104,9 +119,7 @@ def plan(patterns: np.ndarray, index: np.ndarray, n: int, s: int, dtype: str, di
     ``dtype``); duplicate and unused motifs are merged/dropped here.
     ``distinct=True`` says the rows are already distinct (skips the merge).
     """
-    if dtype not in DTYPE_CODES:
-        raise MDLError(f"cannot code motif values of dtype {dtype}; supported: {', '.join(DTYPE_CODES)}")
-    q = WIDTH[dtype]
+    q = width(dtype)
     if distinct:
         uniq, symbols = patterns.reshape(patterns.shape[0], -1), np.asarray(index, dtype=np.int64)
     else:
@@ -224,11 +237,19 @@ def decode(data: bytes) -> tuple[np.ndarray, np.ndarray, int, str]:
     pos = 0
     fields = []
     try:
-        for _ in range(5):
+        while len(fields) < 6:
             value, pos = read_varint(buf, pos)
             fields.append(value)
-        m, s, dcode, k, mode = fields
-        if dcode not in DTYPES or s < 1 or k < 1 or mode not in (0, 1, 2) or (mode == 2 and k != m) \
+            if len(fields) == 3 and value != LEVELS_CODE:
+                fields.append(0)  # a float dtype: no q field
+        m, s, dcode, q, k, mode = fields
+        if dcode == LEVELS_CODE and 1 <= q <= 64:
+            dtype = f"levels{q}"
+        elif dcode in DTYPES:
+            dtype = DTYPES[dcode]
+        else:
+            raise MDLError("corrupt mosaic code: bad value type")
+        if s < 1 or k < 1 or mode not in (0, 1, 2) or (mode == 2 and k != m) \
                 or max(m, s, k) >= 1 << 40 \
                 or k * s > 8 * len(buf) or m > 8 * len(buf) * 64:
             raise MDLError("corrupt mosaic code: bad header")
@@ -242,7 +263,7 @@ def decode(data: bytes) -> tuple[np.ndarray, np.ndarray, int, str]:
                 hist.append(c)
     except IndexError:
         raise MDLError("corrupt mosaic code: truncated header") from None
-    q = WIDTH[DTYPES[dcode]]
+    q = width(dtype)
     bits = np.unpackbits(np.frombuffer(buf[pos:], dtype=np.uint8))
     tbits = k * s * q
     if bits.size < tbits:
@@ -250,7 +271,7 @@ def decode(data: bytes) -> tuple[np.ndarray, np.ndarray, int, str]:
     patterns = _from_bits(bits[:tbits], q).reshape(k, s)
     rest = bits[tbits:]
     if mode == 2:
-        return patterns, np.arange(m, dtype=np.int64), s, DTYPES[dcode]
+        return patterns, np.arange(m, dtype=np.int64), s, dtype
     if mode == 0:
         w = index_width(k)
         if rest.size < m * w:
@@ -263,7 +284,7 @@ def decode(data: bytes) -> tuple[np.ndarray, np.ndarray, int, str]:
         index = _huffman_decode(rest, lengths, m)
     if index.size and index.max() >= k:
         raise MDLError("corrupt mosaic code: motif index out of range")
-    return patterns, index, s, DTYPES[dcode]
+    return patterns, index, s, dtype
 
 
 def _variable_bits(codes: np.ndarray, lengths: np.ndarray) -> np.ndarray:

@@ -9,7 +9,8 @@ from typing import Any
 
 from .errors import MoMosError
 
-_LAZY = {"project": "projection", "MoMos": "projection", "Projection": "projection", "Mosaic": "mosaic"}
+_LAZY = {"project": "projection", "MoMos": "projection", "Projection": "projection", "Mosaic": "mosaic",
+         "train": "trainer", "TrainConfig": "config"}
 
 
 def __getattr__(name: str) -> Any:
@@ -20,4 +21,4 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'momos' has no attribute {name!r}")
 
 
-__all__ = ["project", "MoMos", "Projection", "Mosaic", "MoMosError"]
+__all__ = ["project", "MoMos", "Projection", "Mosaic", "MoMosError", "train", "TrainConfig"]

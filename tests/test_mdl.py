@@ -84,13 +84,55 @@ def test_other_dtypes_round_trip(dtype, rng):
     assert torch.equal(torch.from_numpy(np.ascontiguousarray(back)).to(dtype), t)
 
 
-def test_smaller_q_is_formula_only(rng):
+def _qat_like(rng, shape, q=8):
+    """Effective QAT weights as FakeQuant computes them: fl32(round(w / scale) * scale), scale = max|w| / top."""
+    w = torch.from_numpy(rng.standard_normal(shape).astype(np.float32))
+    top = 2 ** (q - 1) - 1
+    scale = w.abs().max() / top
+    wq = torch.round(w / scale).clamp(-top, top) * scale
+    return w + (wq - w)  # the straight-through form the module computes with
+
+
+@pytest.mark.parametrize("q", [4, 8])
+def test_q_bit_weights_have_a_real_q_bit_code(rng, q):
+    from momos import qat
+
+    model = torch.nn.Sequential(torch.nn.Linear(30, 40), torch.nn.ReLU(), torch.nn.Linear(40, 5))
+    qat.attach(model, q)
+    eff = qat.effective_weights(model)  # weights on a q-bit grid, biases in float32
+    r, full = kc.mdl(eff, s=2, q=q), kc.mdl(eff, s=2)
+    assert r.q == q and full.q == 32
+    n_w, n_b = 30 * 40 + 40 * 5, 40 + 5
+    assert r.n == n_w + n_b
+    assert r.coded_bits < full.coded_bits and r.paper_bits <= r.raw_bits
+    assert r.raw_bits >= n_w * q + n_b * 32 + 2 * 32   # values plus the two scales
+    data = r.encode()
+    assert len(data) * 8 == r.coded_bits
+    back = decode(data, [t.numel() for t in eff.values()])
+    for t, b in zip(eff.values(), back):
+        assert np.array_equal(t.numpy().reshape(-1).view(np.uint32), b.view(np.uint32))
+    with pytest.raises(MDLError, match="sizes"):
+        decode(data)
+
+
+def test_repeated_level_blocks_are_found_across_tensors(rng):
+    # the same 8-bit level blocks in two tensors with different scales: one motif table serves both
+    table = rng.integers(-127, 128, (20, 2))
+    table[0, 0] = 127  # the top level is used, so the scale is max|w| / 127
+    levels = table[rng.integers(0, 20, 3000)].reshape(-1).astype(np.float32)
+    a, b = levels * np.float32(0.01), levels[:4000] * np.float32(0.3)
+    r = kc.mdl([kc.sources.make_named("a", a), kc.sources.make_named("b", b)], s=2, q=8)
+    assert r.q == 8 and r.k <= 20
+    assert r.rac > 3  # 16 bits a block as values, 5 bits as an index among 20 motifs
+    back = decode(r.encode(), [a.size, b.size])
+    assert np.array_equal(back[0], a) and np.array_equal(back[1], b)
+
+
+def test_q_below_width_of_weights_off_any_grid_is_their_stored_width(rng):
     w = _mosaic_like(rng, m=3000)
     full, q8 = kc.mdl(w, s=2), kc.mdl(w, s=2, q=8)
-    assert q8.paper_bits == full.paper_bits - full.k * 2 * 24
-    assert q8.coded_bits < full.coded_bits
-    with pytest.raises(MDLError, match="q equal"):
-        q8.encode()
+    assert q8.q == 32 and q8.coded_bits == full.coded_bits and q8.paper_bits == full.paper_bits
+    assert decode(q8.encode()).size == w.size
 
 
 def test_huffman_lengths_are_optimal_prefix_code():

@@ -56,7 +56,13 @@ def test_each_method_and_log_schema(method, tmp_path):
         # 8-bit fake-quantised weights: few distinct values, so compressors see far fewer bits than float32
         assert log[-1]["complexity"]["lzma"] < 0.5 * 32 * log[-1]["n_params"]
         assert log[-1]["complexity_latent"]["lzma"] > log[-1]["complexity"]["lzma"]  # latent floats, full width
-    if "qat" not in method:
+    if "qat" in method:
+        # the effective weights get a real code at q bits a weight (biases stay float32): about a quarter of float32
+        # the latent floats: the mosaic at q bits a motif value as the official code counts it, else their own width
+        assert log[-1]["details"]["mdl"]["q"] == 8
+        assert log[-1]["details_latent"]["mdl"]["q"] == (8 if "momos" in method else 32)
+        assert log[-1]["complexity"]["mdl"] < 0.35 * 32 * log[-1]["n_params"]
+    else:
         assert "complexity_latent" not in log[-1]
     cfg = json.loads((tmp_path / method / "config.json").read_text())
     assert cfg["config"]["method"] == method and cfg["config"]["lr"] == 1e-3 and "torch" in cfg["versions"]

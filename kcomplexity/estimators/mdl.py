@@ -17,13 +17,14 @@ Any tensor can be scored: its distinct blocks of size s are found exactly
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from .. import mosaic_code
+from .. import level_grid, mosaic_code
+from ..bitio import read_varint, varint
 from ..errors import EstimatorSettingError, MDLError
 from ..sources import NamedArray, make_named, open_source
 from .base import Context, Estimate, Estimator, Setting, register
@@ -44,27 +45,34 @@ class MDL:
     m: int            #: blocks
     s: int            #: block size
     k: int            #: motifs (as sampled for a Mosaic; distinct blocks for a plain tensor)
-    q: int            #: bits per motif value
+    q: int            #: bits per motif value (of the q-bit tensors when some are coded on a q-bit grid)
     paper_bits: int
     coded_bits: int
     counts: np.ndarray = field(repr=False)  #: usage of each used distinct motif
-    _plan: mosaic_code.MosaicPlan | None = field(default=None, repr=False)
+    raw_bits: int = 0  #: the values written out plainly (n*q, or per part with the grids' scales)
+    _encode: Callable[[], bytes] | None = field(default=None, repr=False)
 
     @property
     def rac(self) -> float:
-        """Relative algorithmic compression of the paper: n*q / paper_bits."""
-        return self.n * self.q / self.paper_bits
+        """Relative algorithmic compression of the paper: raw bits (n*q) / paper_bits."""
+        return (self.raw_bits or self.n * self.q) / self.paper_bits
 
     @property
     def coded_rac(self) -> float:
-        """n*q / coded_bits: the same ratio for the real code."""
-        return self.n * self.q / self.coded_bits
+        """raw bits / coded_bits: the same ratio for the real code."""
+        return (self.raw_bits or self.n * self.q) / self.coded_bits
 
     def encode(self) -> bytes:
         """The code itself; ``len(encode()) * 8 == coded_bits``."""
-        if self._plan is None:
-            raise MDLError(f"encode() needs q equal to the width of the stored values; this MDL used q={self.q}")
-        return mosaic_code.encode(self._plan)
+        if self._encode is None:
+            raise MDLError("this MDL has no code to write")
+        return self._encode()
+
+
+#: first byte of a code with a q-bit grid part; a plain mosaic code starts with m >= 1
+_MIXED = 0
+_FLOAT, _GRID32, _GRID64 = 0, 1, 2
+_SCALE_DTYPE = {_GRID32: np.dtype("<f4"), _GRID64: np.dtype("<f8")}
 
 
 def decode(data: bytes, sizes: Sequence[int] | None = None) -> np.ndarray | list[np.ndarray]:
@@ -73,11 +81,20 @@ def decode(data: bytes, sizes: Sequence[int] | None = None) -> np.ndarray | list
     Without ``sizes``: the padded flat vector of m*s values. With the
     per-tensor element counts (the layout the decoder knows), a list of
     flat arrays with padding removed. bfloat16 comes back as float32 values.
+    A code with q-bit grid tensors (``mdl(..., q=...)`` of quantised
+    weights) needs ``sizes``.
     """
+    data = bytes(data)
+    if data[:1] == bytes([_MIXED]):
+        if sizes is None:
+            raise MDLError("a code with q-bit grid tensors decodes only with the layout: pass sizes")
+        return _decode_mixed(data, [int(x) for x in sizes])
     patterns, index, s, dtype = mosaic_code.decode(data)
     flat = _values(patterns[index].reshape(-1), dtype)
-    if sizes is None:
-        return flat
+    return flat if sizes is None else _split(flat, sizes, s)
+
+
+def _split(flat: np.ndarray, sizes: Sequence[int], s: int) -> list[np.ndarray]:
     out, pos = [], 0
     for size in sizes:
         out.append(flat[pos:pos + size])
@@ -90,6 +107,8 @@ def decode(data: bytes, sizes: Sequence[int] | None = None) -> np.ndarray | list
 def _values(patterns: np.ndarray, dtype: str) -> np.ndarray:
     if dtype == "bfloat16":
         return (patterns.astype(np.uint32) << 16).view(np.float32)
+    if dtype.startswith("levels"):
+        return level_grid.from_patterns(patterns, mosaic_code.width(dtype))
     return patterns.astype(_PATTERN[mosaic_code.WIDTH[dtype]]).view(dtype)
 
 
@@ -100,47 +119,138 @@ def mdl(source_or_mosaic: Any, s: int | None = None, q: int | None = None, inclu
     index. Anything else is read like ``score()`` reads it (all tensors
     together, each zero-padded to a multiple of s on its own) and ``s`` is
     required. ``q`` defaults to the width of the stored values (32 for
-    float32); a smaller q (e.g. after q-bit quantisation-aware training)
-    gives the formula lengths only.
+    float32).
+
+    A smaller ``q`` describes q-bit weights that exist: every tensor that is
+    exactly fl(level * scale) with q-bit symmetric integer levels (what
+    quantisation-aware training computes with) is coded as a mosaic of
+    q-bit level blocks plus its scale; the other tensors (biases QAT left in
+    float, norms) keep their own width. The result is a real code
+    (``encode()`` / :func:`decode`); ``q`` falls back to the dtype width
+    when no tensor lies on a q-bit grid. For a Mosaic, whose motifs are
+    float, ``paper_bits`` is the paper's bound with q-bit motif values (the
+    official code's accounting of the latent mosaic) while ``coded_bits``
+    stays the real code of the stored motifs.
     """
-    from_mosaic = _is_mosaic(source_or_mosaic)
-    if from_mosaic:
+    if q is not None:
+        q = _check_q(q)
+    if _is_mosaic(source_or_mosaic):
         mos = source_or_mosaic
-        s = int(mos.s)
         table = make_named("motifs", mos.motifs, allow_nonfinite=True)
+        width = _width(table.dtype)
         index = np.asarray(_numpy(mos.index), dtype=np.int64)
-        n = int(sum(mos.sizes))
-        dtype = table.dtype
-        patterns = table.bit_patterns().reshape(-1, s)
-        k = int(patterns.shape[0])
-    else:
-        if s is None:
-            raise MDLError("mdl() of a tensor or model needs the block size s")
-        s = _check_s(s)
-        arrays = _arrays(source_or_mosaic, include_buffers)
-        largest = max(a.numel for a in arrays)
-        if s > largest:  # every block would be mostly padding; the padded copy could exhaust memory
-            raise MDLError(f"block size s={s} exceeds the largest tensor ({largest:,} values); use s <= {largest:,}")
-        patterns_flat, dtype, n = _padded_patterns(arrays, s)
-        patterns, index = mosaic_code.unique_rows(patterns_flat.reshape(-1, s))
-        k = int(patterns.shape[0])
+        # a sampled motif table may repeat rows: plan merges them
+        plan = mosaic_code.plan(table.bit_patterns().reshape(-1, int(mos.s)), index, int(sum(mos.sizes)),
+                                int(mos.s), table.dtype)
+        return _result(plan, q=q or width, k=int(table.numel // int(mos.s)))
+    if s is None:
+        raise MDLError("mdl() of a tensor or model needs the block size s")
+    s = _check_s(s)
+    arrays = _arrays(source_or_mosaic, include_buffers)
+    largest = max(a.numel for a in arrays)
+    if s > largest:  # every block would be mostly padding; the padded copy could exhaust memory
+        raise MDLError(f"block size s={s} exceeds the largest tensor ({largest:,} values); use s <= {largest:,}")
+    if q is not None and {mosaic_code.WIDTH.get(a.dtype) for a in arrays} != {q}:
+        return _mdl_on_grids(arrays, s, q)
+    return _plain(arrays, s)
+
+
+def _plain(arrays: Sequence[NamedArray], s: int) -> MDL:
+    """Exact distinct s-blocks of the stored values, at their own width."""
+    patterns_flat, dtype, n = _padded_patterns(arrays, s)
+    patterns, index = mosaic_code.unique_rows(patterns_flat.reshape(-1, s))
+    plan = mosaic_code.plan(patterns, index, n, s, dtype, distinct=True)
+    return _result(plan, q=_width(dtype), k=int(patterns.shape[0]))
+
+
+def _width(dtype: str) -> int:
     width = mosaic_code.WIDTH.get(dtype)
     if width is None:
         raise MDLError(f"mdl codes float16/bfloat16/float32/float64 values, got {dtype}")
-    q = width if q is None else int(q)
-    if not 1 <= q <= 64:
-        raise MDLError(f"q (bits per motif value) must be in 1..64, got {q}")
-    m = int(index.size)
-    # a sampled motif table may repeat rows; blocks found by unique_rows are already distinct
-    plan = mosaic_code.plan(patterns, index, n, s, dtype, distinct=not from_mosaic)
-    if q == width:
-        coded, kept = plan.total_bits, plan
-    else:
-        # same code with q-bit values in the table: header unchanged, table shrinks
-        coded, kept = 8 * (len(plan.header()) + (plan.body_bits() - plan.k_used * s * (width - q) + 7) // 8), None
+    return width
+
+
+def _result(plan: mosaic_code.MosaicPlan, q: int, k: int) -> MDL:
+    m = plan.m
     # a mosaic never has to cost more than the raw values: the "+ O(1)" of the paper's bound holds the flag
-    return MDL(n=n, m=m, s=s, k=k, q=q, paper_bits=min(paper_bits(k, s, q, m), n * q), coded_bits=int(coded),
-               counts=plan.usage, _plan=kept)
+    return MDL(n=plan.n, m=m, s=plan.s, k=k, q=q, paper_bits=min(paper_bits(k, plan.s, q, m), plan.n * q),
+               coded_bits=plan.total_bits, counts=plan.usage, raw_bits=plan.n * q,
+               _encode=lambda: mosaic_code.encode(plan))
+
+
+def _mdl_on_grids(arrays: Sequence[NamedArray], s: int, q: int) -> MDL:
+    """Tensors on an exact q-bit grid as one mosaic of q-bit levels; the rest as a float mosaic."""
+    kinds, scales, grid_rows, grid_n, floats = [], [], [], 0, []
+    for a in arrays:
+        found = level_grid.find_grid(a.data, q) if a.dtype in ("float32", "float64") else None
+        if found is None:
+            kinds.append(_FLOAT)
+            floats.append(a)
+            continue
+        levels, scale = found
+        kinds.append(_GRID32 if a.dtype == "float32" else _GRID64)
+        scales.append(np.asarray(scale, dtype=_SCALE_DTYPE[kinds[-1]]).tobytes())
+        rows = level_grid.to_patterns(levels.reshape(-1), q)
+        pad = (-rows.size) % s
+        grid_rows.append(np.concatenate([rows, np.zeros(pad, dtype=rows.dtype)]) if pad else rows)
+        grid_n += a.numel
+    if not scales:  # nothing is q-bit: the weights that exist are the stored floats
+        return _plain(arrays, s)
+    uniq, index = mosaic_code.unique_rows(np.concatenate(grid_rows).reshape(-1, s))
+    grid = _result(mosaic_code.plan(uniq, index, grid_n, s, f"levels{q}", distinct=True), q=q, k=int(uniq.shape[0]))
+    rest = _plain(floats, s) if floats else None
+    head = bytes([_MIXED]) + varint(len(arrays)) + bytes(kinds) + b"".join(scales) + varint(grid.coded_bits // 8)
+    side = 8 * len(head)
+    parts = [grid] + ([rest] if rest else [])
+
+    def encode() -> bytes:
+        return head + b"".join(p.encode() for p in parts)
+
+    return MDL(n=sum(p.n for p in parts), m=sum(p.m for p in parts), s=s, k=sum(p.k for p in parts), q=q,
+               paper_bits=side + sum(p.paper_bits for p in parts), coded_bits=side + sum(p.coded_bits for p in parts),
+               counts=np.concatenate([p.counts for p in parts]), raw_bits=side + sum(p.raw_bits for p in parts),
+               _encode=encode)
+
+
+def _decode_mixed(data: bytes, sizes: list[int]) -> list[np.ndarray]:
+    buf = memoryview(data)
+    try:
+        count, pos = read_varint(buf, 1)
+        if count != len(sizes):
+            raise MDLError(f"the code holds {count} tensors, the layout names {len(sizes)}")
+        kinds = list(buf[pos:pos + count])
+        pos += count
+        if len(kinds) != count or any(k not in (_FLOAT, *_SCALE_DTYPE) for k in kinds):
+            raise MDLError("corrupt mosaic code: bad tensor kinds")
+        scales = []
+        for kind in kinds:
+            if kind != _FLOAT:
+                size = _SCALE_DTYPE[kind].itemsize
+                if pos + size > len(buf):
+                    raise MDLError("corrupt mosaic code: truncated scales")
+                scales.append(np.frombuffer(buf[pos:pos + size], dtype=_SCALE_DTYPE[kind])[0])
+                pos += size
+        grid_len, pos = read_varint(buf, pos)
+    except IndexError:
+        raise MDLError("corrupt mosaic code: truncated header") from None
+    if pos + grid_len > len(buf):
+        raise MDLError("corrupt mosaic code: truncated level mosaic")
+    patterns, index, s, dtype = mosaic_code.decode(buf[pos:pos + grid_len])
+    if not dtype.startswith("levels"):
+        raise MDLError("corrupt mosaic code: the grid part does not hold levels")
+    grid_sizes = [n for n, k in zip(sizes, kinds) if k != _FLOAT]
+    float_sizes = [n for n, k in zip(sizes, kinds) if k == _FLOAT]
+    levels = iter(_split(_values(patterns[index].reshape(-1), dtype), grid_sizes, s))
+    floats = iter(decode(buf[pos + grid_len:], float_sizes) if float_sizes else [])
+    scale_it = iter(scales)
+    out = []
+    for kind in kinds:
+        if kind == _FLOAT:
+            out.append(next(floats))
+        else:
+            scale = next(scale_it)
+            out.append((next(levels).astype(scale.dtype) * scale).astype(scale.dtype))
+    return out
 
 
 def _arrays(source: Any, include_buffers: bool) -> list[NamedArray]:
@@ -159,6 +269,12 @@ def _numpy(x: Any) -> Any:
     return x.detach().cpu().numpy() if hasattr(x, "detach") else x
 
 
+def _check_q(q: Any) -> int:
+    if isinstance(q, bool) or int(q) != q or not 1 <= int(q) <= 64:
+        raise MDLError(f"q (bits per motif value) must be in 1..64, got {q}")
+    return int(q)
+
+
 def _check_s(s: Any) -> int:
     if isinstance(s, bool) or int(s) != s or int(s) <= 0:
         raise MDLError(f"block size s must be a positive integer, got {s}")
@@ -171,8 +287,7 @@ def _padded_patterns(arrays: Sequence[NamedArray], s: int) -> tuple[np.ndarray, 
     if len(dtypes) > 1:
         raise MDLError(f"mdl needs tensors of one dtype to code them exactly, got {sorted(dtypes)}")
     dtype = dtypes.pop()
-    if dtype not in mosaic_code.WIDTH:
-        raise MDLError(f"mdl codes float16/bfloat16/float32/float64 values, got {dtype}")
+    _width(dtype)
     parts = []
     for a in arrays:
         bits = a.bit_patterns()
@@ -222,7 +337,7 @@ class MDLEstimator(Estimator):
         mosaic = context.mosaic
         result = (mdl(mosaic, q=q) if mosaic is not None and int(mosaic.s) == self.s
                   else mdl(list(arrays), self.s, q))
-        return Estimate(self._pick(result), {"rac": result.rac, "paper_bits": result.paper_bits})
+        return Estimate(self._pick(result), {"rac": result.rac, "paper_bits": result.paper_bits, "q": result.q})
 
 
 _MDL_SETTINGS = {"s": Setting(int, ">= 1", lambda v: v >= 1),
