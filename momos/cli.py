@@ -1,4 +1,4 @@
-"""``momos`` command line: ``train``, ``compare``, ``demo``.
+"""``momos`` command line: ``train``, ``compare``, ``demo``, ``prequential``, ``two-part``.
 
 Bad input ends with one line on stderr and exit status 2, never a traceback
 (:func:`kcomplexity.cli.run_guarded`).
@@ -50,6 +50,32 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--plot", help="write a PNG here")
     c.add_argument("--format", "-f", choices=("table", "json", "csv"), default="table")
 
+    q = sub.add_parser("prequential", help="prequential (online) code length of a data set's labels (bits)")
+    q.add_argument("--model", default="mlp", help="registered model coding each chunk (default: %(default)s)")
+    q.add_argument("--switch", help="comma-separated models to switch between chunk by chunk (replaces --model)")
+    q.add_argument("--data", default="digits", help="data set (default: %(default)s)")
+    q.add_argument("--chunks", help="comma-separated chunk boundaries (default: 64, 128, 256, ... doubling)")
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--calibrate", action="store_true", help="fit a softmax temperature on the held-out labels")
+    q.add_argument("--warm-start", action="store_true", help="continue from the previous chunk's model")
+    q.add_argument("--max-epochs", type=int, default=50)
+    q.add_argument("--patience", type=int, default=3, help="epochs without held-out improvement before stopping")
+    q.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default: %(default)s)")
+    q.add_argument("--batch-size", type=int, default=64)
+    q.add_argument("--limit", type=int, help="code only the first N labels of the seeded order")
+    q.add_argument("--device", default="cpu")
+    q.add_argument("--data-dir", help="folder with the data set's files (offline)")
+    q.add_argument("--format", "-f", choices=("table", "json", "csv"), default="table")
+    q.add_argument("--output", "-o", help="write the report here instead of stdout")
+    q.add_argument("--plot", help="write a PNG of cumulative bits against labels sent")
+    q.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    w = sub.add_parser("two-part", help="two-part code of finished runs: weights at a stated precision + labels")
+    w.add_argument("runs", nargs="+")
+    w.add_argument("--rel", type=float, default=0.1, help="quantiser step relative to each tensor's RMS "
+                                                          "(default: %(default)s)")
+    w.add_argument("--format", "-f", choices=("table", "json"), default="table")
+
     d = sub.add_parser("demo", help="baseline and MoMos runs on bundled digits, then compare them")
     d.add_argument("--out", default="runs/demo")
     d.add_argument("--epochs", type=int, default=30)
@@ -88,8 +114,57 @@ def _compare(args: argparse.Namespace) -> None:
     text = {"table": lambda: tab.to_string(float_format=_number),
             "json": lambda: tab.to_json(orient="index", indent=2), "csv": tab.to_csv}[args.format]()
     print(text)
+    sentence = compare.shortest_two_part(tab)
+    if sentence and args.format == "table":
+        print(sentence)
     if args.plot:
         print(f"plot: {compare.plot(runs, args.plot)}", file=sys.stderr)
+
+
+def _prequential(args: argparse.Namespace) -> None:
+    from kcomplexity.cli import _emit, _not_an_input
+
+    from .prequential import prequential
+
+    names = _list(args.switch, str) if args.switch else [args.model]
+    chunks = _list(args.chunks, int) if args.chunks else None
+    _not_an_input(args.output, *(p for p in (args.plot,) if p))
+    result = prequential(names if len(names) > 1 else names[0], args.data, chunks, seed=args.seed,
+                         calibrate=args.calibrate, warm_start=args.warm_start, max_epochs=args.max_epochs,
+                         patience=args.patience, lr=args.lr, batch_size=args.batch_size, limit=args.limit,
+                         device=args.device, data_dir=args.data_dir, quiet=args.quiet)
+    text = {"table": result.table, "json": lambda: json.dumps(result.to_json(), indent=2),
+            "csv": result.to_csv}[args.format]()
+    if args.plot:
+        print(f"plot: {result.plot(args.plot)}", file=sys.stderr)
+    _emit(text, args.output)
+
+
+def _list(text: str, kind: type) -> list:
+    try:
+        return [kind(v.strip()) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise MoMosError(f"expected a comma-separated list of {kind.__name__} values, got {text!r}") from None
+
+
+def _two_part(args: argparse.Namespace) -> None:
+    from .two_part import two_part
+
+    rows = {}
+    for run in args.runs:
+        rows[run] = two_part(run, rel=args.rel).to_json()
+    if args.format == "json":
+        print(json.dumps(rows, indent=2))
+        return
+    import pandas as pd
+
+    tab = pd.DataFrame(rows).T.add_prefix("two_part:")
+    print(tab.to_string(float_format=_number))
+    from .compare import shortest_two_part
+
+    sentence = shortest_two_part(tab)
+    if sentence:
+        print(sentence)
 
 
 def _number(v: float) -> str:
@@ -111,14 +186,18 @@ def _demo(args: argparse.Namespace) -> None:
         print(f"== {method}: paper MLP on scikit-learn digits, {args.epochs} epochs -> {out / method}", file=sys.stderr)
         train(TrainConfig(method=method, **common), out / method, overwrite=True, quiet=args.quiet)
         runs.append(compare.load_run(out / method))
-    print(compare.table(runs).to_string(float_format=_number))
+    tab = compare.table(runs)
+    print(tab.to_string(float_format=_number))
+    print(compare.shortest_two_part(tab) or "")
     print(f"plot: {compare.plot(runs, out / 'compare.png')}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``momos`` console script; returns the exit status."""
     args = _parser().parse_args(argv)
-    return run_guarded("momos", {"train": _train, "compare": _compare, "demo": _demo}[args.command], args)
+    commands = {"train": _train, "compare": _compare, "demo": _demo, "prequential": _prequential,
+                "two-part": _two_part}
+    return run_guarded("momos", commands[args.command], args)
 
 
 if __name__ == "__main__":

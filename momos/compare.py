@@ -30,10 +30,11 @@ def load_run(run_dir: str | Path) -> dict[str, Any]:
         row.update({f"proj:{k}": v for k, v in _mapping(r.get("projection")).items()})
         rows.append(row)
     result = read_result(run_dir)
+    two = read_result(run_dir, "two_part.json")
     method = config.get("method", "?")
     label = run_dir.name if run_dir.name == method else f"{run_dir.name} ({method})"
     return {"dir": run_dir, "label": label, "config": config, "log": pd.DataFrame(rows).set_index("epoch"),
-            "result": result}
+            "result": result, "two_part": two}
 
 
 def _mapping(x: Any) -> dict[str, Any]:
@@ -46,6 +47,23 @@ def _number(x: Any) -> float:
 
 #: details shown beside the bits: the paper's RAC, the distortion a lossy code buys, intrinsic's precision
 TABLE_DETAILS = ("rac", "mse", "max_abs_err", "rel")
+
+
+#: the two-part code's columns (``two_part.json``): weights at rel, labels given them, their sum, and the distortion
+TWO_PART = ("model_bits", "data_bits", "total_bits", "rel", "mse")
+
+
+def shortest_two_part(tab: pd.DataFrame) -> str | None:
+    """One sentence naming the run with the shortest two-part total and its margin over the next, if two have one."""
+    if "two_part:total_bits" not in tab.columns:
+        return None
+    totals = tab["two_part:total_bits"].dropna().sort_values()
+    if len(totals) < 2:
+        return None
+    (best, low), (second, high) = list(totals.items())[:2]
+    gap = high - low
+    return (f"shortest two-part total: {best} ({low:,.0f} bits), {gap:,.0f} bits ({gap / high:.1%}) below "
+            f"{second} ({high:,.0f} bits)")
 
 
 def estimator_columns(runs: list[dict[str, Any]]) -> list[str]:
@@ -83,6 +101,8 @@ def table(runs: list[dict[str, Any]]) -> pd.DataFrame:
                         if f"{label}:{k}" in run["log"].columns})
         if "bits:rac" in run["log"].columns:  # logs written before rac moved into mdl's details
             row["rac"] = last["bits:rac"]
+        two = _mapping(run.get("two_part"))
+        row.update({f"two_part:{k}": _number(two.get(k)) for k in TWO_PART if two})
         rows[run["label"]] = row
     out = pd.DataFrame.from_dict(rows, orient="index")
     out.index.name = "run"

@@ -14,3 +14,7 @@ class DataError(MoMosError):
 
 class RunError(MoMosError):
     """A run directory that cannot be used: holds another run, corrupt checkpoint, nothing to resume."""
+
+
+class PrequentialError(MoMosError):
+    """Chunk boundaries that cannot be used, or a model whose predictions are not finite."""

@@ -1,4 +1,4 @@
-"""The paper's models, sized by the data set: MLP, CIFAR-style ResNet-20, a small ViT."""
+"""The paper's models, sized by the data set: MLP, CIFAR-style ResNet-20, a small ViT; a small CNN."""
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -58,6 +58,26 @@ class MLP(nn.Module):
         for layer in self.hidden:
             x = F.relu(layer(x))
         return self.head(x)
+
+
+class CNN(nn.Module):
+    """A small CNN: two 3x3 convolutions (32, 64 channels, no padding), 2x2 max-pooling, 128 hidden units, dropout."""
+
+    def __init__(self, input_shape: tuple[int, int, int], num_classes: int, width: int = 128,
+                 dropout: float = 0.3) -> None:
+        super().__init__()
+        c, h, w = input_shape
+        if h < 6 or w < 6:
+            raise MoMosError(f"cnn needs images of at least 6x6 pixels, got {h}x{w}")
+        self.conv1 = nn.Conv2d(c, 32, 3)
+        self.conv2 = nn.Conv2d(32, 64, 3)
+        self.hidden = nn.Linear(64 * ((h - 4) // 2) * ((w - 4) // 2), width)
+        self.drop = nn.Dropout(dropout)
+        self.head = nn.Linear(width, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.max_pool2d(F.relu(self.conv2(F.relu(self.conv1(x)))), 2)
+        return self.head(self.drop(F.relu(self.hidden(x.flatten(1)))))
 
 
 class GrokMLP(nn.Module):
@@ -143,6 +163,8 @@ class ViT(nn.Module):
 _PAPER_ADAMW = {"optimizer": "adamw", "momentum": 0.0}
 register_model("mlp", lambda shape, classes, width: MLP(int(torch.tensor(shape).prod()), classes, width or 256),
                {**_PAPER_ADAMW, "lr": 3e-4, "weight_decay": 1e-2})
+register_model("cnn", lambda shape, classes, width: CNN(shape, classes, width or 128),
+               {"optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0, "momentum": 0.0})
 register_model("resnet20", lambda shape, classes, width: ResNet20(shape[0], classes, width or 16),
                {"optimizer": "sgd", "lr": 0.1, "weight_decay": 1e-4, "momentum": 0.9})
 register_model("vit", lambda shape, classes, width: ViT(shape, classes, width or 64),

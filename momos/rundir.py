@@ -30,7 +30,7 @@ from .errors import RunError
 
 CONFIG, LOG, RESULT, LOCK = "config.json", "log.jsonl", "result.json", ".momos.lock"
 #: what a run writes; overwriting a run removes these and nothing else
-OWNED = (CONFIG, LOG, RESULT, "best.safetensors", "best.json", "checkpoints")
+OWNED = (CONFIG, LOG, RESULT, "best.safetensors", "best.json", "checkpoints", "two_part.json")
 BAD_LOG_PREFIX = LOG + ".bad-"
 
 
@@ -193,8 +193,9 @@ def write_result(run_dir: Path, result: dict[str, Any]) -> None:
     write_atomic(Path(run_dir) / RESULT, json.dumps(result, indent=2))
 
 
-def read_result(run_dir: Path) -> dict[str, Any] | None:
-    path = Path(run_dir) / RESULT
+def read_result(run_dir: Path, name: str = RESULT) -> dict[str, Any] | None:
+    """A run's ``result.json`` (or another record it wrote, such as ``two_part.json``), None when absent."""
+    path = Path(run_dir) / name
     if not path.is_file():
         return None
     try:

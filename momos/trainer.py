@@ -28,7 +28,7 @@ from kcomplexity.callbacks import append_jsonl, measure_estimates, split_estimat
 from kcomplexity.estimators import Context
 from kcomplexity.sources import open_source
 
-from . import checkpoint, data, distributed, models, qat, rundir
+from . import checkpoint, data, distributed, models, qat, rundir, two_part
 from .config import TrainConfig
 from .errors import RunError
 from .projection import MoMos, Projection
@@ -316,6 +316,9 @@ class _Trainer:
             self.model.load_state_dict(current)
         else:
             test_acc = final_acc
+        if self.ranks.main:
+            two = two_part.measure(self.model, self.data.train, self.data.test, device=self.device)
+            rundir.write_atomic(self.run_dir / two_part.FILE, json.dumps(two.to_json(), indent=2))
         log = read_log(self.log_path)
         result = RunResult(self.run_dir, test_acc, final_acc, int(best["epoch"]), float(best["val_acc"]),
                            log[-1] if log else {})
@@ -394,6 +397,19 @@ def _train_ranks(cfg: TrainConfig, run_dir: Path, resume: bool, overwrite: bool,
 
 def _rank_main(cfg: TrainConfig, run_dir: Path, resume: bool, quiet: bool, model: torch.nn.Module | None) -> None:
     _Trainer(cfg, run_dir, quiet, model).run(resume)
+
+
+def load_run_model(run_dir: str | Path) -> tuple[torch.nn.Module, data.DataSet]:
+    """A run's model holding its last checkpoint's weights (QAT attached as trained), and its data set."""
+    run_dir = Path(run_dir)
+    cfg = TrainConfig.from_json(rundir.stored_config(run_dir)).resolved()
+    ds = data.load(cfg.data, seed=cfg.seed, val_fraction=cfg.val_fraction, data_dir=cfg.data_dir,
+                   download=False, limit=cfg.limit, modulus=cfg.modulus, train_fraction=cfg.train_fraction)
+    model = models.build(cfg.model, ds.input_shape, ds.num_classes, cfg.width, tokens=ds.tokens)
+    if cfg.uses_qat:
+        qat.attach(model, cfg.q, weights_only=not cfg.qat_biases)
+    checkpoint.load(run_dir / "checkpoints", model)
+    return model, ds
 
 
 def rundir_result(run_dir: Path) -> RunResult:

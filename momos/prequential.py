@@ -1,0 +1,393 @@
+"""Prequential (online) code of a data set's labels, after Blier & Ollivier (NeurIPS 2018).
+
+The labels are sent in chunks [t_0 = 0, t_1), [t_1, t_2), ..., [t_(K-1), N).
+The first chunk is coded uniformly (log2 C bits a label). Every later chunk
+is coded with the predictions of a network trained only on the labels
+already sent; both sides can train it, so the network itself is never
+transmitted. The code is real: one ANS stream (:mod:`kcomplexity.label_code`)
+that :func:`decode` turns back into the labels by retraining the same
+networks in the same order (same seeds, same machine and library versions:
+training must repeat bit for bit).
+
+Early stopping uses labels already sent: every tenth example of the
+(seeded) order is held out from training and used to pick the epoch (and,
+with ``calibrate``, a softmax temperature). Options, each reported apart:
+``calibrate`` (temperature fitted on the held-out labels), several models
+with switching (the best model per chunk, its index coded in the stream at
+log2 M bits), ``warm_start`` (continue from the previous chunk's network).
+"""
+from __future__ import annotations
+
+import copy
+import math
+import sys
+import time
+import zlib
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+from tqdm.auto import tqdm
+
+from kcomplexity import label_code
+
+from . import data as data_mod, models
+from .errors import PrequentialError
+
+#: every HOLDOUT-th example of the order is held out for early stopping (and calibration)
+HOLDOUT = 10
+#: predicted probabilities are floored here (and renormalised): the coder resolves about 2^-24
+PROB_FLOOR = 1e-7
+
+
+@dataclass
+class Chunk:
+    """One chunk of the code: labels [start, end) coded with a model trained on [0, start)."""
+
+    start: int
+    end: int
+    trained_on: int          #: examples the model was fitted on (the rest of [0, start) chose the epoch)
+    epochs: int              #: epochs of the kept (best held-out loss) model; 0 for the uniform chunk
+    bits: float              #: -log2 p of the chunk's labels, plus the switch index when switching
+    model: str               #: the model that coded it ("uniform" for the first chunk)
+    temperature: float | None = None
+
+    @property
+    def n(self) -> int:
+        return self.end - self.start
+
+    @property
+    def bits_per_label(self) -> float:
+        return self.bits / self.n
+
+
+@dataclass
+class PrequentialResult:
+    """A prequential code: per-chunk figures, the code itself and its length (bits)."""
+
+    data: str
+    models: list[str]
+    classes: int
+    chunks: list[Chunk]
+    code: bytes = field(repr=False)
+    options: dict[str, Any]
+    seconds: float
+
+    @property
+    def n(self) -> int:
+        return self.chunks[-1].end
+
+    @property
+    def total_bits(self) -> int:
+        """Length of the real code, in bits (whole 32-bit words)."""
+        return 8 * len(self.code)
+
+    @property
+    def ideal_bits(self) -> float:
+        """Sum of -log2 p over all labels (and switch indices): what an ideal coder would spend."""
+        return float(sum(c.bits for c in self.chunks))
+
+    @property
+    def uniform_bits(self) -> float:
+        """The labels coded uniformly: n log2 C."""
+        return self.n * math.log2(self.classes)
+
+    @property
+    def ratio(self) -> float:
+        """total_bits / uniform_bits."""
+        return self.total_bits / self.uniform_bits
+
+    def to_frame(self) -> Any:
+        """One row per chunk, with the cumulative bits."""
+        import pandas as pd
+
+        rows = [{**asdict(c), "labels": c.n, "bits_per_label": c.bits_per_label} for c in self.chunks]
+        frame = pd.DataFrame(rows)
+        frame["cumulative_bits"] = frame["bits"].cumsum()
+        return frame
+
+    def to_json(self) -> dict[str, Any]:
+        return {"data": self.data, "models": self.models, "classes": self.classes, "n": self.n,
+                "total_bits": self.total_bits, "ideal_bits": self.ideal_bits, "uniform_bits": self.uniform_bits,
+                "ratio": self.ratio, "options": self.options, "seconds": self.seconds,
+                "chunks": [{**asdict(c), "bits_per_label": c.bits_per_label} for c in self.chunks]}
+
+    def to_csv(self) -> str:
+        return self.to_frame().to_csv(index=False)
+
+    def table(self) -> str:
+        """Human-readable per-chunk table and totals."""
+        frame = self.to_frame()
+        cols = ["start", "end", "trained_on", "epochs", "model", "temperature", "bits", "bits_per_label"]
+        text = frame[cols].to_string(index=False, float_format=lambda v: f"{v:,.3f}" if abs(v) < 10 else f"{v:,.1f}")
+        return (f"{text}\n\nprequential code: {self.total_bits:,} bits (ideal {self.ideal_bits:,.1f}) for "
+                f"{self.n:,} labels; uniform code {self.uniform_bits:,.0f} bits; ratio {self.ratio:.4f}")
+
+    def plot(self, path: str | Path) -> Path:
+        """Cumulative bits against labels sent, beside the uniform code (PNG)."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        from kcomplexity.rd import save_figure
+
+        ends = [0] + [c.end for c in self.chunks]
+        cum = np.concatenate([[0.0], np.cumsum([c.bits for c in self.chunks])])
+        fig, ax = plt.subplots(figsize=(6, 4))
+        ax.plot(ends, cum, marker="o", label=f"prequential ({'+'.join(self.models)})")
+        ax.plot([0, self.n], [0, self.uniform_bits], linestyle="--", color="grey", label="uniform")
+        ax.set_xlabel("labels sent")
+        ax.set_ylabel("cumulative bits")
+        ax.set_title(f"{self.data}: {self.total_bits:,} bits for {self.n:,} labels")
+        ax.legend()
+        fig.tight_layout()
+        return save_figure(fig, path)
+
+
+def default_chunks(n: int, first: int = 64) -> list[int]:
+    """Boundaries doubling from ``first``: 64, 128, 256, ... below n."""
+    out, t = [], first
+    while t < n:
+        out.append(t)
+        t *= 2
+    return out
+
+
+def check_chunks(chunks: Sequence[int], n: int) -> list[int]:
+    """Validated boundaries t_1 < ... < t_(K-1) < n (n itself may be listed; it is implied)."""
+    bounds = [int(c) for c in chunks]
+    if any(b != c for b, c in zip(bounds, chunks)):
+        raise PrequentialError(f"chunk boundaries must be whole numbers, got {list(chunks)}")
+    if bounds and bounds[-1] == n:
+        bounds = bounds[:-1]
+    if not bounds:
+        raise PrequentialError("give at least one chunk boundary below the number of labels")
+    if any(b >= a for a, b in zip(bounds[1:], bounds[:-1])):
+        raise PrequentialError(f"chunk boundaries must increase, got {list(chunks)}")
+    if bounds[-1] > n:
+        raise PrequentialError(f"chunk boundary {bounds[-1]:,} exceeds the data set ({n:,} labels)")
+    if bounds[0] < HOLDOUT:
+        raise PrequentialError(f"the first chunk ({bounds[0]} labels) leaves no labels for early stopping: every "
+                               f"{HOLDOUT}th label sent is held out, so the first boundary must be >= {HOLDOUT}")
+    return bounds
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """How each chunk's model is fitted."""
+
+    max_epochs: int = 50
+    patience: int = 3
+    lr: float = 1e-3
+    batch_size: int = 64
+    calibrate: bool = False
+    warm_start: bool = False
+
+
+def prequential(model: str | Sequence[str] = "mlp", data: str = "digits", chunks: Sequence[int] | None = None,
+                seed: int = 0, calibrate: bool = False, warm_start: bool = False, max_epochs: int = 50,
+                patience: int = 3, lr: float = 1e-3, batch_size: int = 64, limit: int | None = None,
+                device: str = "cpu", data_dir: str | None = None, quiet: bool = False) -> PrequentialResult:
+    """Prequential code length (bits) of the training labels of ``data`` under ``model``.
+
+    ``model`` may list several registered models: each chunk is then coded
+    by whichever is best on it, and its index costs log2 M bits in the code
+    (switching). ``chunks`` are the boundaries t_1 < t_2 < ... (default:
+    doubling from 64). The labels are all of the data set's training data
+    (its train and validation splits) in an order drawn from ``seed``;
+    ``limit`` keeps the first ``limit`` of them.
+    """
+    names = [model] if isinstance(model, str) else list(model)
+    x, y, classes = _labels_in_order(data, seed, limit, data_dir)
+    bounds = check_chunks(default_chunks(len(y)) if chunks is None else chunks, len(y))
+    opts = _options(names, max_epochs, patience, lr, batch_size, calibrate, warm_start)
+    start = time.perf_counter()
+    run = _Run(names, x, classes, bounds, opts, seed, torch.device(device), quiet)
+    records, segments = run.encode(y)
+    code = label_code.encode_labels(segments)
+    options = {"chunks": bounds, "seed": seed, "limit": limit, **asdict(opts)}
+    return PrequentialResult(data, names, classes, records, code, options, time.perf_counter() - start)
+
+
+def decode(result: PrequentialResult, data_dir: str | None = None, device: str = "cpu",
+           quiet: bool = True) -> np.ndarray:
+    """The labels, decoded from ``result.code`` by retraining the same models chunk by chunk.
+
+    Only the inputs are read from the data set (in the same seeded order); every label comes out of the code.
+    """
+    o = result.options
+    x, _, classes = _labels_in_order(result.data, o["seed"], o["limit"], data_dir)
+    opts = TrainOptions(**{k: o[k] for k in TrainOptions.__dataclass_fields__})
+    run = _Run(result.models, x, classes, o["chunks"], opts, o["seed"], torch.device(device), quiet)
+    return run.decode(label_code.LabelDecoder(result.code))
+
+
+def _options(names: list[str], max_epochs: int, patience: int, lr: float, batch_size: int, calibrate: bool,
+             warm_start: bool) -> TrainOptions:
+    for name in names:
+        if name not in models.MODELS:
+            raise PrequentialError(f"unknown model '{name}'; available: {', '.join(models.MODELS)}")
+    if len(set(names)) != len(names):
+        raise PrequentialError(f"each model may be listed once, got {', '.join(names)}")
+    if max_epochs < 1 or patience < 1 or batch_size < 1 or not lr > 0:
+        raise PrequentialError("max_epochs, patience and batch_size must be >= 1 and lr > 0")
+    return TrainOptions(max_epochs, patience, float(lr), batch_size, calibrate, warm_start)
+
+
+def _labels_in_order(name: str, seed: int, limit: int | None, data_dir: str | None
+                     ) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """All training examples of a data set (train + validation splits) in a seeded order."""
+    ds = data_mod.load(name, seed=seed, data_dir=data_dir)
+    if ds.tokens:
+        raise PrequentialError(f"{name} gives token inputs; prequential codes are for image data sets")
+    x, y = torch.cat([ds.train.x, ds.val.x]), torch.cat([ds.train.y, ds.val.y])
+    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
+    if limit is not None:
+        if limit < 2 * HOLDOUT:
+            raise PrequentialError(f"limit must be >= {2 * HOLDOUT}, got {limit}")
+        order = order[:limit]
+    return x[order].contiguous(), y[order].contiguous(), ds.num_classes
+
+
+class _Run:
+    """The chunk loop, shared by the encoder (labels known) and the decoder (labels decoded as it goes)."""
+
+    def __init__(self, names: list[str], x: torch.Tensor, classes: int, bounds: Sequence[int], opts: TrainOptions,
+                 seed: int, device: torch.device, quiet: bool) -> None:
+        self.names, self.x, self.classes, self.opts, self.seed = names, x, classes, opts, seed
+        self.edges = [0, *bounds, len(x)]
+        self.device, self.quiet = device, quiet
+        self.nets: dict[str, torch.nn.Module] = {}
+
+    def encode(self, y: torch.Tensor) -> tuple[list[Chunk], list[tuple[np.ndarray, np.ndarray]]]:
+        records, segments = [], []
+        for i, (lo, hi, fitted) in enumerate(self._chunks(y)):
+            labels = y[lo:hi].numpy()
+            if not fitted:
+                probs = label_code.uniform(hi - lo, self.classes)
+                segments.append((probs, labels))
+                records.append(Chunk(lo, hi, 0, 0, label_code.ideal_bits(probs, labels), "uniform"))
+                continue
+            bits = [label_code.ideal_bits(f["probs"], labels) for f in fitted]
+            pick = int(np.argmin(bits))
+            switch = math.log2(len(fitted)) if len(fitted) > 1 else 0.0
+            if len(fitted) > 1:
+                segments.append((label_code.uniform(1, len(fitted)), np.array([pick])))
+            segments.append((fitted[pick]["probs"], labels))
+            f = fitted[pick]
+            records.append(Chunk(lo, hi, f["trained_on"], f["epochs"], bits[pick] + switch, self.names[pick],
+                                 f["temperature"]))
+        return records, segments
+
+    def decode(self, decoder: label_code.LabelDecoder) -> np.ndarray:
+        y = torch.zeros(len(self.x), dtype=torch.int64)
+        for lo, hi, fitted in self._chunks(y):
+            if not fitted:
+                probs = label_code.uniform(hi - lo, self.classes)
+            else:
+                pick = int(decoder.decode(label_code.uniform(1, len(fitted)))[0]) if len(fitted) > 1 else 0
+                if pick >= len(fitted):
+                    raise PrequentialError("corrupt prequential code: model index out of range")
+                probs = fitted[pick]["probs"]
+            y[lo:hi] = torch.from_numpy(decoder.decode(probs))
+        return y.numpy()
+
+    def _chunks(self, y: torch.Tensor) -> Any:
+        """Yield (start, end, fitted models' predictions) chunk by chunk; ``y`` must hold labels < start by then."""
+        edges = self.edges
+        bar = tqdm(range(len(edges) - 1), desc=f"prequential {'+'.join(self.names)}", unit="chunk",
+                   disable=self.quiet, file=sys.stderr)
+        for i in bar:
+            lo, hi = edges[i], edges[i + 1]
+            if i == 0:
+                yield lo, hi, None
+                continue
+            fitted = [self._fit_and_predict(name, i, lo, hi, y) for name in self.names]
+            bar.set_postfix(sent=lo, epochs=",".join(str(f["epochs"]) for f in fitted))
+            yield lo, hi, fitted
+
+    def _fit_and_predict(self, name: str, chunk: int, lo: int, hi: int, y: torch.Tensor) -> dict[str, Any]:
+        opts = self.opts
+        seen = torch.arange(lo)
+        held = seen[seen % HOLDOUT == HOLDOUT - 1]
+        train = seen[seen % HOLDOUT != HOLDOUT - 1]
+        # seeded by the model's name, not its place in a switch list: each model trains alike alone or switched
+        torch.manual_seed(self.seed * 1_000_003 + chunk * 101 + zlib.crc32(name.encode()))
+        net = self.nets.get(name) if opts.warm_start else None
+        if net is None:
+            net = models.build(name, tuple(self.x.shape[1:]), self.classes).to(self.device)
+        epochs = _fit(net, self.x, y, train, held, opts, self.device, name, lo)
+        if opts.warm_start:
+            self.nets[name] = net
+        temperature = None
+        if opts.calibrate:
+            temperature = _temperature(_logits(net, self.x[held], self.device, name, lo), y[held])
+        logits = _logits(net, self.x[lo:hi], self.device, name, lo)
+        if temperature is not None:
+            logits = logits / temperature
+        probs = torch.softmax(logits.double(), 1).numpy()
+        probs = np.maximum(probs, PROB_FLOOR)
+        probs /= probs.sum(1, keepdims=True)
+        return {"probs": probs, "epochs": epochs, "trained_on": int(train.numel()), "temperature": temperature}
+
+
+def _fit(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, train: torch.Tensor, held: torch.Tensor,
+         opts: TrainOptions, device: torch.device, name: str, sent: int) -> int:
+    """Adam on ``train`` until the held-out loss has not improved for ``patience`` epochs; keeps the best epoch."""
+    opt = torch.optim.Adam(net.parameters(), lr=opts.lr)
+    gen = torch.Generator().manual_seed(int(torch.initial_seed()) % (1 << 62))
+    best, best_epoch, best_state, bad = _held_loss(net, x, y, held, device, name, sent), 0, None, 0
+    for epoch in range(1, opts.max_epochs + 1):
+        net.train()
+        for idx in train[torch.randperm(train.numel(), generator=gen)].split(opts.batch_size):
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(net(x[idx].to(device)), y[idx].to(device)).backward()
+            opt.step()
+        loss = _held_loss(net, x, y, held, device, name, sent)
+        if loss < best:
+            best, best_epoch, best_state, bad = loss, epoch, copy.deepcopy(net.state_dict()), 0
+        else:
+            bad += 1
+            if bad >= opts.patience:
+                break
+    if best_state is not None:
+        net.load_state_dict(best_state)
+    return best_epoch
+
+
+def _held_loss(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, held: torch.Tensor, device: torch.device,
+               name: str, sent: int) -> float:
+    return float(F.cross_entropy(_logits(net, x[held], device, name, sent), y[held]))
+
+
+@torch.no_grad()
+def _logits(net: torch.nn.Module, x: torch.Tensor, device: torch.device, name: str, sent: int) -> torch.Tensor:
+    net.eval()
+    out = torch.cat([net(x[i:i + 2048].to(device)).float().cpu() for i in range(0, len(x), 2048)])
+    if not torch.isfinite(out).all():
+        raise PrequentialError(f"model '{name}' gave non-finite outputs after training on {sent:,} labels")
+    return out
+
+
+def _temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """The softmax temperature minimising the held-out cross-entropy, searched in [0.5, 10].
+
+    Held-out sets are small early on; with every held-out label right, the
+    loss keeps falling as T -> 0, and so sharpening is bounded."""
+    from scipy.optimize import minimize_scalar
+
+    z, t = logits.double(), labels
+
+    def nll(log_t: float) -> float:
+        return float(F.cross_entropy(z / math.exp(log_t), t))
+
+    return float(math.exp(minimize_scalar(nll, bounds=(math.log(0.5), math.log(10.0)), method="bounded",
+                                          options={"xatol": 1e-4}).x))
+
+
+__all__ = ["prequential", "decode", "PrequentialResult", "Chunk", "default_chunks", "check_chunks"]

@@ -1,0 +1,112 @@
+"""The two-part code of a trained model: its weights at a stated precision, then the labels given those weights.
+
+Part one is the quantised code of every trainable tensor (:func:`kcomplexity.encode_quantized`,
+step ``rel`` x the tensor's RMS) plus floating-point buffers (batch-norm
+statistics) at their stored width. Part two codes the training labels with
+the predictions of the model rebuilt from part one (:mod:`kcomplexity.label_code`).
+Both are real codes; their sum is the two-part description length in bits,
+with the distortion part one bought (MSE, and the quantised model's test
+accuracy) beside it.
+"""
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.nn.utils import parametrize
+
+import kcomplexity as kc
+from kcomplexity import label_code
+from kcomplexity.errors import NonFiniteLossError
+from kcomplexity.quantized import check_precision
+
+from . import data as data_mod
+from .prequential import PROB_FLOOR
+from .rundir import write_atomic
+
+FILE = "two_part.json"
+
+
+@dataclass
+class TwoPart:
+    """Bits of the model (quantised code) and of the training labels given it."""
+
+    rel: float
+    model_bits: int
+    data_bits: int
+    ideal_data_bits: float  #: sum of -log2 p of the labels (what an ideal coder spends)
+    labels: int
+    mse: float              #: mean squared error of the quantised weights
+    test_acc: float         #: accuracy of the quantised model on the test split
+    test_acc_exact: float   #: and of the model before quantisation
+
+    @property
+    def total_bits(self) -> int:
+        return self.model_bits + self.data_bits
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "total_bits": self.total_bits}
+
+
+def measure(model: torch.nn.Module, train: data_mod.Split, test: data_mod.Split, rel: float = 0.1,
+            device: str | torch.device = "cpu") -> TwoPart:
+    """Two-part code of ``model`` (left unchanged) on ``train``'s labels; weights quantised at ``rel``."""
+    check_precision(rel=rel)
+    net = copy.deepcopy(model).to("cpu")
+    for module in list(net.modules()):  # bake QAT's effective weights into plain parameters
+        if parametrize.is_parametrized(module):
+            for name in list(module.parametrizations.keys()):
+                parametrize.remove_parametrizations(module, name, leave_parametrized=True)
+    test_exact = _accuracy(net, test, device)
+    model_bits, sq, n = 0, 0.0, 0
+    with torch.no_grad():
+        for _, p in net.named_parameters():
+            code = kc.encode_quantized(p.detach(), rel=rel)
+            back = torch.as_tensor(np.asarray(kc.decode_quantized(code)), dtype=p.dtype).reshape(p.shape)
+            sq += float((back.double() - p.double()).square().sum())
+            n += p.numel()
+            p.copy_(back)
+            model_bits += 8 * len(code)
+        model_bits += sum(b.numel() * b.element_size() * 8 for b in net.buffers() if b.is_floating_point())
+    probs = _probabilities(net, train.x, device)
+    labels = train.y.numpy()
+    code = label_code.encode_labels([(probs, labels)])
+    return TwoPart(rel, model_bits, 8 * len(code), label_code.ideal_bits(probs, labels), int(labels.size),
+                   sq / max(n, 1), _accuracy(net, test, device), test_exact)
+
+
+def two_part(run_dir: str | Path, rel: float = 0.1) -> TwoPart:
+    """Two-part code of a finished run's last-epoch weights; also written to ``RUN_DIR/two_part.json``."""
+    from .trainer import load_run_model
+
+    run_dir = Path(run_dir)
+    model, ds = load_run_model(run_dir)
+    result = measure(model, ds.train, ds.test, rel)
+    write_atomic(run_dir / FILE, json.dumps(result.to_json(), indent=2))
+    return result
+
+
+@torch.no_grad()
+def _probabilities(net: torch.nn.Module, x: torch.Tensor, device: str | torch.device) -> np.ndarray:
+    net.eval().to(device)
+    logits = torch.cat([net(x[i:i + 2048].to(device)).double().cpu() for i in range(0, len(x), 2048)])
+    if not torch.isfinite(logits).all():
+        raise NonFiniteLossError("the quantised model gives non-finite outputs; try a smaller rel")
+    probs = np.maximum(torch.softmax(logits, 1).numpy(), PROB_FLOOR)
+    return probs / probs.sum(1, keepdims=True)
+
+
+@torch.no_grad()
+def _accuracy(net: torch.nn.Module, split: data_mod.Split, device: str | torch.device) -> float:
+    net.eval().to(device)
+    hits = sum(int((net(split.x[i:i + 2048].to(device)).argmax(1).cpu() == split.y[i:i + 2048]).sum())
+               for i in range(0, len(split.y), 2048))
+    return hits / len(split.y)
+
+
+__all__ = ["TwoPart", "measure", "two_part"]

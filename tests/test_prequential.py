@@ -1,0 +1,171 @@
+"""Prequential codes of labels and the two-part total: real codes that decode, deterministic, honest costs."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from kcomplexity import label_code
+from kcomplexity.errors import CorruptFileError
+from momos import data, models
+from momos.cli import main
+from momos.config import TrainConfig
+from momos.errors import PrequentialError
+from momos.prequential import decode, default_chunks, prequential
+from momos.trainer import train
+
+WORD = 32  # the ANS code ends on whole 32-bit words; its state adds at most two
+
+
+def _seeded_labels(name: str, seed: int, limit: int | None = None) -> np.ndarray:
+    ds = data.load(name, seed=seed)
+    y = torch.cat([ds.train.y, ds.val.y])
+    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
+    return y[order][:limit].numpy()
+
+
+def test_label_code_round_trips_in_segments_and_matches_the_ideal_length():
+    rng = np.random.default_rng(0)
+    segments = []
+    for n, c in ((500, 10), (1, 10), (0, 10), (3000, 10)):
+        probs = rng.dirichlet(np.full(c, 0.3), size=n)
+        labels = np.array([rng.choice(c, p=p) for p in probs], dtype=np.int64)
+        segments.append((probs, labels))
+    code = label_code.encode_labels(segments)
+    ideal = sum(label_code.ideal_bits(p, y) for p, y in segments)
+    assert ideal - WORD <= 8 * len(code) <= ideal + 2 * WORD
+    decoder = label_code.LabelDecoder(code)
+    for probs, labels in segments:
+        assert np.array_equal(decoder.decode(probs), labels)
+
+
+def test_label_code_rejects_what_it_cannot_code():
+    p = label_code.uniform(3, 4)
+    with pytest.raises(label_code.LabelCodeError, match="0..3"):
+        label_code.encode_labels([(p, np.array([0, 4, 1]))])
+    with pytest.raises(label_code.LabelCodeError, match="sum to 1"):
+        label_code.encode_labels([(p * 2, np.array([0, 1, 1]))])
+    with pytest.raises(label_code.LabelCodeError, match="2 labels for 3"):
+        label_code.encode_labels([(p, np.array([0, 1]))])
+    with pytest.raises(CorruptFileError):
+        label_code.LabelDecoder(b"\x01\x02\x03")
+
+
+def test_prequential_mlp_on_digits_is_a_real_code_that_decodes():
+    r = prequential("mlp", "digits", quiet=True)
+    y = _seeded_labels("digits", 0)
+    assert r.n == len(y) == 1527 and [c.end for c in r.chunks] == [*default_chunks(1527), 1527]
+    first = r.chunks[0]
+    assert first.model == "uniform" and first.bits == pytest.approx(64 * math.log2(10))
+    assert all(c.trained_on == c.start - c.start // 10 for c in r.chunks[1:])  # every tenth label held out
+    assert r.ideal_bits - WORD <= r.total_bits <= r.ideal_bits + 2 * WORD
+    assert r.uniform_bits == pytest.approx(1527 * math.log2(10))
+    assert r.ratio < 0.3  # a trained MLP codes digits' labels far below the uniform code
+    assert r.chunks[-1].bits_per_label < 0.5 < r.chunks[1].bits_per_label
+    assert np.array_equal(decode(r), y)
+    out = r.to_json()
+    assert {"chunks", "total_bits", "uniform_bits"} <= set(out) and len(out["chunks"]) == len(r.chunks)
+
+
+def test_same_seed_same_code_other_seed_other_order():
+    a = prequential("mlp", "digits", limit=600, quiet=True)
+    b = prequential("mlp", "digits", limit=600, quiet=True)
+    c = prequential("mlp", "digits", limit=600, seed=1, quiet=True)
+    assert a.code == b.code and [x.bits for x in a.chunks] == [x.bits for x in b.chunks]
+    assert a.code != c.code
+
+
+def test_switching_costs_at_most_the_best_model_plus_the_index_bits():
+    kw = dict(data="digits", limit=800, quiet=True)
+    singles = {m: prequential(m, **kw) for m in ("mlp", "cnn")}
+    switched = prequential(["mlp", "cnn"], **kw)
+    coded = len(switched.chunks) - 1  # every chunk after the uniform first names its model in one bit
+    best = min(singles.values(), key=lambda r: r.ideal_bits)
+    assert switched.ideal_bits <= best.ideal_bits + coded * math.log2(2) + 1e-9
+    assert switched.total_bits <= best.total_bits + coded + 2 * WORD
+    assert {c.model for c in switched.chunks[1:]} <= {"mlp", "cnn"}
+
+
+def test_calibration_and_warm_start_decode_too():
+    r = prequential(["mlp", "cnn"], "digits", limit=400, calibrate=True, warm_start=True, quiet=True)
+    assert all(0.5 <= c.temperature <= 10 for c in r.chunks[1:])
+    assert r.options["calibrate"] and r.options["warm_start"]
+    assert np.array_equal(decode(r), _seeded_labels("digits", 0, 400))
+
+
+@pytest.mark.parametrize("chunks, match", [([128, 64], "increase"), ([64, 5000], "exceeds"),
+                                           ([5, 64], "early stopping"), ([64.5], "whole")])
+def test_bad_chunk_boundaries(chunks, match):
+    with pytest.raises(PrequentialError, match=match):
+        prequential("mlp", "digits", chunks, quiet=True)
+
+
+def test_unknown_model_or_data_and_a_model_that_returns_nan(tmp_path):
+    with pytest.raises(PrequentialError, match="unknown model"):
+        prequential("nope", "digits", quiet=True)
+    with pytest.raises(data.DataError, match="unknown data set"):
+        prequential("mlp", "nope", quiet=True)
+
+    class NaNNet(torch.nn.Module):
+        def __init__(self, classes: int) -> None:
+            super().__init__()
+            self.lin = torch.nn.Linear(64, classes)
+
+        def forward(self, x):
+            return self.lin(x.flatten(1)) * float("nan")
+
+    models.register_model("nan-net", lambda shape, classes, width: NaNNet(classes), {})
+    try:
+        with pytest.raises(PrequentialError, match="non-finite"):
+            prequential("nan-net", "digits", limit=200, quiet=True)
+        out = tmp_path / "report.json"
+        assert main(["prequential", "--model", "nan-net", "--limit", "200", "-f", "json", "-o", str(out),
+                     "--quiet"]) == 2
+        assert not out.exists()  # nothing written half-way
+    finally:
+        del models.MODELS["nan-net"]
+
+
+def test_cli_json_csv_and_plot(tmp_path, capsys):
+    out, png = tmp_path / "r.json", tmp_path / "r.png"
+    assert main(["prequential", "--model", "mlp", "--limit", "300", "--chunks", "64,128", "-f", "json",
+                 "-o", str(out), "--plot", str(png), "--quiet"]) == 0
+    rec = json.loads(out.read_text())
+    assert [c["end"] for c in rec["chunks"]] == [64, 128, 300] and rec["total_bits"] < rec["uniform_bits"]
+    assert png.stat().st_size > 1000
+    assert main(["prequential", "--limit", "300", "--chunks", "64", "-f", "csv", "--quiet"]) == 0
+    assert capsys.readouterr().out.splitlines()[0].startswith("start,end,trained_on")
+    assert main(["prequential", "--chunks", "64,x", "--quiet"]) == 2
+    assert "comma-separated" in capsys.readouterr().err
+
+
+def test_cnn_is_a_registered_model():
+    net = models.build("cnn", (1, 28, 28), 10)
+    assert net(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+    assert models.build("cnn", (1, 8, 8), 10)(torch.zeros(1, 1, 8, 8)).shape == (1, 10)
+    with pytest.raises(models.MoMosError, match="6x6"):
+        models.build("cnn", (1, 4, 4), 10)
+
+
+def test_two_part_total_of_runs_in_compare(tmp_path, capsys):
+    runs = {}
+    for method in ("baseline", "momos"):
+        runs[method] = tmp_path / method
+        train(TrainConfig(method=method, epochs=5, estimators=["zstd"]), runs[method], quiet=True)
+        rec = json.loads((runs[method] / "two_part.json").read_text())
+        assert rec["total_bits"] == rec["model_bits"] + rec["data_bits"] and rec["rel"] == 0.1
+        assert rec["ideal_data_bits"] - WORD <= rec["data_bits"] <= rec["ideal_data_bits"] + 2 * WORD
+        assert rec["labels"] == 1257 and rec["data_bits"] < 1257 * math.log2(10) and rec["mse"] > 0
+        # the weights' quantised code: a few bits a parameter, far below float32
+        n = sum(p.numel() for p in models.build("mlp", (1, 8, 8), 10).parameters())
+        assert 2 * n < rec["model_bits"] < 12 * n
+    assert main(["compare", str(runs["baseline"]), str(runs["momos"])]) == 0
+    out = capsys.readouterr().out
+    assert "two_part:total_bits" in out and "shortest two-part total:" in out
+    assert main(["two-part", str(runs["baseline"]), str(runs["momos"]), "--rel", "0.5", "-f", "json"]) == 0
+    rec = json.loads(capsys.readouterr().out)
+    assert rec[str(runs["momos"])]["rel"] == 0.5
+    assert json.loads((runs["momos"] / "two_part.json").read_text())["rel"] == 0.5
