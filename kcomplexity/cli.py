@@ -22,13 +22,15 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("score", help="score a weights file (.safetensors, .pt/.pth, .npz, .npy)")
-    s.add_argument("path", help="weights file")
+    s.add_argument("path", help="weights file, model folder, sharded index (model.safetensors.index.json), or a "
+                                "model name in the local Hugging Face cache")
     s.add_argument("--estimators", "-e", default="lzma,zstd",
                    help="comma-separated estimator names, settings as name:key=value (default: lzma,zstd)")
     s.add_argument("--whole", action="store_true", help="total = estimate of all tensors concatenated in order")
     s.add_argument("--format", "-f", choices=("table", "json", "csv"), default="table")
     s.add_argument("--output", "-o", help="write to this file instead of stdout")
     s.add_argument("--allow-nonfinite", action="store_true", help="score tensors holding NaN/Inf by their raw bytes")
+    s.add_argument("--jobs", "-j", type=int, default=1, help="tensors coded at once on threads (default: 1)")
     s.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
 
     r = sub.add_parser("rd", help="rate-distortion curve: bits of the quantised code against the distortion it buys")
@@ -56,7 +58,7 @@ def _score(args: argparse.Namespace) -> None:
 
     _not_an_input(args.output, args.path)
     report = score(args.path, args.estimators, whole=args.whole, allow_nonfinite=args.allow_nonfinite,
-                   progress=not args.quiet)
+                   progress=not args.quiet, jobs=args.jobs)
     text = {"table": report.to_table, "json": report.to_json, "csv": report.to_csv}[args.format]()
     _emit(text, args.output)
 

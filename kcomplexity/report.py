@@ -32,6 +32,8 @@ class Report:
     details: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
     #: per estimator: details of the total (a lossy code's mse over all values and max error)
     total_details: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: what the source held besides the weights and was not scored (a checkpoint's optimizer state, step, ...)
+    left_out: list[str] = field(default_factory=list)
 
     @property
     def estimators(self) -> list[str]:
@@ -111,6 +113,7 @@ class Report:
             "numel": self.total_numel,
             "bits_per_param": {est: _num(b / self.total_numel) for est, b in self.total.items()},
             "settings": self.settings,
+            "left_out": self.left_out,
         }
 
     def to_json(self, indent: int | None = 2) -> str:
@@ -143,6 +146,8 @@ class Report:
         lines.append(summ.to_string(formatters={
             "bits": lambda v: f"{v:,.0f}", "bits_per_param": lambda v: f"{v:.3f}", "ratio": lambda v: f"{v:.3f}x",
             **{k: (lambda v: f"{v:.3g}") for k in DISTORTION}}))
+        if self.left_out:
+            lines.append(f"left out (not weights): {', '.join(self.left_out)}")
         return "\n".join(lines)
 
 

@@ -15,6 +15,7 @@ Policy for awkward values (documented in the README):
 """
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import zipfile
@@ -37,7 +38,11 @@ from .errors import (
 )
 
 #: keys under which training checkpoints commonly nest the model weights
-CHECKPOINT_KEYS = ("state_dict", "model_state_dict", "model")
+#: keys under which training checkpoints nest the weights, in order of preference
+CHECKPOINT_KEYS = ("state_dict", "model_state_dict", "model_state", "model", "net", "network", "module",
+                   "ema", "ema_state_dict", "model_ema", "params")
+#: the index file of a sharded Hugging Face checkpoint
+SHARD_INDEX = "model.safetensors.index.json"
 TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 #: an .npz member may expand at most this much (beyond 256 MiB): real weights compress far less
 MAX_NPZ_EXPANSION = 200
@@ -159,11 +164,14 @@ def _torch_or_none() -> Any:
 class Source:
     """A lazily read collection of named tensors; iterate to get :class:`NamedArray`."""
 
-    def __init__(self, names: list[str], opener: Any, allow_nonfinite: bool, label: str) -> None:
+    def __init__(self, names: list[str], opener: Any, allow_nonfinite: bool, label: str,
+                 left_out: list[str] | None = None) -> None:
         self.names = names
         self._opener = opener
         self.allow_nonfinite = allow_nonfinite
         self.label = label
+        #: what the source held besides the weights and did not yield (optimizer state, counters, ...)
+        self.left_out = list(left_out or [])
 
     def __len__(self) -> int:
         return len(self.names)
@@ -187,7 +195,12 @@ def open_source(source: Any, include_buffers: bool = False, allow_nonfinite: boo
         text = os.fspath(source)
         if not text or "\0" in str(text):
             raise UnsupportedSourceError(f"{text!r} is not a usable path (empty, or holds a NUL byte)")
-        return _open_path(Path(source), allow_nonfinite)
+        path = Path(source)
+        if not path.exists() and not path.is_symlink():
+            cached = _hf_cache_snapshot(text)
+            if cached is not None:
+                return _open_path(cached, allow_nonfinite)
+        return _open_path(path, allow_nonfinite)
     torch = _torch_or_none()
     if torch is not None and isinstance(source, torch.nn.Module):
         items = [(n, p) for n, p in source.named_parameters() if p.requires_grad]
@@ -199,7 +212,8 @@ def open_source(source: Any, include_buffers: bool = False, allow_nonfinite: boo
     if (torch is not None and isinstance(source, torch.Tensor)) or isinstance(source, np.ndarray):
         return _from_items([("tensor", source)], allow_nonfinite, "tensor")
     if isinstance(source, Mapping):
-        return _from_items(flatten_state(source), allow_nonfinite, "state_dict")
+        items, left_out = weights_of_checkpoint(source)
+        return _from_items(items, allow_nonfinite, "state_dict", left_out)
     if isinstance(source, (list, tuple)) and source and all(isinstance(a, NamedArray) for a in source):
         return _from_items([(a.name, a) for a in source], allow_nonfinite, "arrays")
     raise UnsupportedSourceError(
@@ -209,16 +223,24 @@ def open_source(source: Any, include_buffers: bool = False, allow_nonfinite: boo
 
 
 def flatten_state(state: Mapping) -> list[tuple[str, Any]]:
-    """Tensors of a (nested) state dict as (dotted name, tensor) pairs.
+    """Tensors of a (nested) state dict as (dotted name, tensor) pairs; see :func:`weights_of_checkpoint`."""
+    return weights_of_checkpoint(state)[0]
 
-    A training checkpoint that nests the weights under ``state_dict``,
-    ``model_state_dict`` or ``model`` yields only those weights; other
-    non-tensor entries (epoch numbers, strings) are skipped.
+
+def weights_of_checkpoint(state: Mapping) -> tuple[list[tuple[str, Any]], list[str]]:
+    """The weights of a state dict or training checkpoint, and the top-level keys left out.
+
+    A checkpoint that nests the weights under a common key (``state_dict``,
+    ``model_state_dict``, ``model_state``, ``model``, ``net``, ``module``,
+    ``ema``, ... first found in :data:`CHECKPOINT_KEYS` order) beside other
+    entries yields only those weights; the other keys (optimizer state,
+    step counters, a second copy such as ``ema``) are named as left out.
+    A plain state dict yields every tensor; non-tensor entries are skipped.
     """
     for key in CHECKPOINT_KEYS:
-        if isinstance(state.get(key), Mapping):
-            return _flatten(state[key], "")
-    return _flatten(state, "")
+        if isinstance(state.get(key), Mapping) and _flatten(state[key], ""):
+            return _flatten(state[key], ""), [str(k) for k in state if k != key]
+    return _flatten(state, ""), []
 
 
 def _flatten(state: Mapping, prefix: str) -> list[tuple[str, Any]]:
@@ -233,10 +255,11 @@ def _flatten(state: Mapping, prefix: str) -> list[tuple[str, Any]]:
     return out
 
 
-def _from_items(items: list[tuple[str, Any]], allow_nonfinite: bool, label: str) -> Source:
+def _from_items(items: list[tuple[str, Any]], allow_nonfinite: bool, label: str,
+                left_out: list[str] | None = None) -> Source:
     if not items:
         raise EmptyTensorError(f"{label} holds no tensors")
-    return Source([n for n, _ in items], lambda: iter(items), allow_nonfinite, label)
+    return Source([n for n, _ in items], lambda: iter(items), allow_nonfinite, label, left_out)
 
 
 def _open_path(path: Path, allow_nonfinite: bool) -> Source:
@@ -247,19 +270,83 @@ def _open_path(path: Path, allow_nonfinite: bool) -> Source:
     if not os.access(path, os.R_OK) and not path.is_dir():
         raise CorruptFileError(f"{path} cannot be read: permission denied")
     if path.is_dir():
-        raise UnsupportedSourceError(f"{path} is a directory; pass a weights file")
+        return _open_directory(path, allow_nonfinite)
     if not path.is_file():  # a FIFO, socket or device would block or never end
         raise UnsupportedSourceError(f"{path} is not a regular file")
     suffix = path.suffix.lower()
+    if path.name.endswith(".safetensors.index.json"):
+        return _open_sharded(path, allow_nonfinite)
     if suffix == ".safetensors":
         return _open_safetensors(path, allow_nonfinite)
     if suffix in TORCH_SUFFIXES:
-        return _from_items(flatten_state(_load_torch(path)), allow_nonfinite, str(path))
+        items, left_out = weights_of_checkpoint(_load_torch(path))
+        return _from_items(items, allow_nonfinite, str(path), left_out)
     if suffix in (".npz", ".npy"):
         return _open_numpy(path, allow_nonfinite)
     raise UnsupportedSourceError(
         f"unknown weights file type '{suffix or path.name}'; use .safetensors, .pt, .pth, .bin, .ckpt, .npz or .npy"
     )
+
+
+#: single-file weights a model folder may hold, in order of preference
+_FOLDER_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+def _open_directory(path: Path, allow_nonfinite: bool) -> Source:
+    """A model folder: a sharded checkpoint (its index), or its one weights file."""
+    if (path / SHARD_INDEX).is_file():
+        return _open_sharded(path / SHARD_INDEX, allow_nonfinite)
+    for name in _FOLDER_FILES:
+        if (path / name).is_file():
+            return _open_path(path / name, allow_nonfinite)
+    raise UnsupportedSourceError(f"{path} is a directory without {SHARD_INDEX} or {' / '.join(_FOLDER_FILES)}; "
+                                 "pass a weights file")
+
+
+def _open_sharded(index: Path, allow_nonfinite: bool) -> Source:
+    """Every shard of a sharded safetensors checkpoint as one source, read shard by shard, tensor by tensor."""
+    try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            raise ValueError("weight_map is not a mapping of tensor names to shard files")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise CorruptFileError(f"{index}: not a safetensors index ({_one_line(exc)})") from None
+    shards: dict[str, list[str]] = {}
+    for name, shard in weight_map.items():
+        shards.setdefault(shard, []).append(str(name))
+    for shard in shards:
+        if Path(shard).name != shard or shard in (".", ".."):  # shards sit beside the index, nowhere else
+            raise CorruptFileError(f"{index}: shard {shard!r} is not a file name beside the index")
+        if not (index.parent / shard).is_file():
+            raise SourceNotFoundError(f"{index}: shard {shard} is missing")
+    if not weight_map:
+        raise EmptyTensorError(f"{index} lists no tensors")
+    names = [n for tensors in shards.values() for n in tensors]
+
+    def opener() -> Iterator[tuple[str, Any]]:
+        for shard, tensors in shards.items():
+            source = _open_safetensors(index.parent / shard, True)
+            missing = set(tensors) - set(source.names)
+            if missing:
+                raise CorruptFileError(f"{index}: shard {shard} lacks {len(missing)} tensor(s) the index lists, "
+                                       f"e.g. '{sorted(missing)[0]}'")
+            yield from source._opener(tensors)
+
+    return Source(names, opener, allow_nonfinite, str(index))
+
+
+def _hf_cache_snapshot(name: str) -> Path | None:
+    """The local Hugging Face cache's snapshot of model ``name`` (``org/model``), or None; never downloads."""
+    if name.count("/") > 1 or name.startswith((".", "/")) or not name.strip():
+        return None
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        return None
+    try:
+        return Path(snapshot_download(name, local_files_only=True))
+    except Exception:  # not cached, an invalid repo id, or an offline-mode error: not a cached model
+        return None
 
 
 def _open_safetensors(path: Path, allow_nonfinite: bool) -> Source:
@@ -276,9 +363,9 @@ def _open_safetensors(path: Path, allow_nonfinite: bool) -> Source:
     if not names:
         raise EmptyTensorError(f"{path} holds no tensors")
 
-    def opener() -> Iterator[tuple[str, Any]]:
+    def opener(only: list[str] | None = None) -> Iterator[tuple[str, Any]]:
         with handle() as f:
-            for name in names:
+            for name in names if only is None else only:
                 try:
                     tensor = f.get_tensor(name)
                 except Exception as exc:

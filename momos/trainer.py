@@ -317,8 +317,12 @@ class _Trainer:
         else:
             test_acc = final_acc
         if self.ranks.main:
-            two = two_part.measure(self.model, self.data.train, self.data.test, device=self.device)
-            rundir.write_atomic(self.run_dir / two_part.FILE, json.dumps(two.to_json(), indent=2))
+            try:
+                two = two_part.measure(self.model, self.data.train, self.data.test, device=self.device)
+                rundir.write_atomic(self.run_dir / two_part.FILE, json.dumps(two.to_json(), indent=2))
+            except kc.errors.KComplexityError as exc:  # e.g. a diverged run's NaN weights: the run still finishes
+                if not self.quiet:
+                    print(f"{self.run_dir}: no two-part code ({exc})", file=sys.stderr)
         log = read_log(self.log_path)
         result = RunResult(self.run_dir, test_acc, final_acc, int(best["epoch"]), float(best["val_acc"]),
                            log[-1] if log else {})

@@ -62,6 +62,8 @@ def measure(model: torch.nn.Module, train: data_mod.Split, test: data_mod.Split,
         if parametrize.is_parametrized(module):
             for name in list(module.parametrizations.keys()):
                 parametrize.remove_parametrizations(module, name, leave_parametrized=True)
+    if not all(bool(torch.isfinite(p).all()) for p in net.parameters()):
+        raise NonFiniteLossError("the model holds NaN/Inf weights; a two-part code needs finite weights")
     test_exact = _accuracy(net, test, device)
     model_bits, sq, n = 0, 0.0, 0
     with torch.no_grad():

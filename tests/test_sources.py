@@ -1,6 +1,7 @@
 """Every source type turns into the same named arrays; every bad input gets its own error."""
 from __future__ import annotations
 
+import json
 import pickle
 from collections import OrderedDict
 
@@ -11,7 +12,7 @@ from safetensors.torch import save_file
 
 import kcomplexity as kc
 from kcomplexity.errors import (
-    CorruptFileError, EmptyTensorError, NonFiniteError, NonNumericError, SourceNotFoundError,
+    CorruptFileError, EmptyTensorError, EstimatorSettingError, NonFiniteError, NonNumericError, SourceNotFoundError,
     UnsafeCheckpointError, UnsupportedSourceError,
 )
 from kcomplexity.sources import concat, open_source
@@ -160,3 +161,83 @@ def test_concat_keeps_dtype_or_promotes():
     mixed = concat([a, c])
     assert mixed.dtype == "float32"
     np.testing.assert_array_equal(mixed.values(), np.ones(5, np.float32))
+
+
+def test_training_checkpoint_yields_the_weights_and_names_what_it_left_out(tmp_path):
+    weights = {"layer.weight": torch.randn(8, 4), "layer.bias": torch.randn(8)}
+    for key in ("model_state", "net", "module", "ema"):
+        ckpt = {key: weights, "optimizer": {"state": {0: {"exp_avg": torch.randn(8, 4)}}}, "step": torch.tensor(7)}
+        torch.save(ckpt, tmp_path / "ckpt.pt")
+        report = kc.score(tmp_path / "ckpt.pt", "zstd")
+        assert report.names == ["layer.weight", "layer.bias"], key
+        assert report.left_out == ["optimizer", "step"]
+        assert "left out (not weights): optimizer, step" in report.to_table()
+        assert json.loads(report.to_json())["left_out"] == ["optimizer", "step"]
+    plain = kc.score(weights, "zstd")
+    assert plain.left_out == [] and len(plain.names) == 2
+
+
+def _shard(tmp_path, tensors_by_shard):
+    weight_map = {}
+    for shard, tensors in tensors_by_shard.items():
+        save_file(tensors, str(tmp_path / shard))
+        weight_map.update({name: shard for name in tensors})
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+
+
+def test_sharded_checkpoint_scores_as_one_model(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    a = {"a.weight": torch.randn(64, 32, generator=g), "a.bias": torch.randn(64, generator=g)}
+    b = {"b.weight": torch.randn(16, 64, generator=g)}
+    _shard(tmp_path, {"model-00001-of-00002.safetensors": a, "model-00002-of-00002.safetensors": b})
+    whole = kc.score({**a, **b}, ["zstd", "lzma"])
+    for path in (tmp_path, tmp_path / "model.safetensors.index.json"):
+        report = kc.score(path, ["zstd", "lzma"])
+        assert report.names == ["a.weight", "a.bias", "b.weight"]
+        assert report.total == whole.total and report.bits == whole.bits
+
+
+def test_sharded_checkpoint_errors(tmp_path):
+    _shard(tmp_path, {"s1.safetensors": {"w": torch.ones(3)}})
+    index = tmp_path / "model.safetensors.index.json"
+    index.write_text(json.dumps({"weight_map": {"w": "../s1.safetensors"}}))
+    with pytest.raises(CorruptFileError, match="beside the index"):
+        kc.score(tmp_path)
+    index.write_text(json.dumps({"weight_map": {"w": "missing.safetensors"}}))
+    with pytest.raises(SourceNotFoundError, match="missing"):
+        kc.score(tmp_path)
+    index.write_text(json.dumps({"weight_map": {"w": "s1.safetensors", "v": "s1.safetensors"}}))
+    with pytest.raises(CorruptFileError, match="lacks 1 tensor"):
+        kc.score(tmp_path)
+    index.write_text("{not json")
+    with pytest.raises(CorruptFileError, match="not a safetensors index"):
+        kc.score(index)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UnsupportedSourceError, match="directory without"):
+        kc.score(tmp_path / "empty")
+
+
+def test_model_name_resolves_from_the_local_hugging_face_cache_only(tmp_path, monkeypatch):
+    pytest.importorskip("huggingface_hub")
+    cache = tmp_path / "hub"
+    snap = cache / "models--someone--tiny" / "snapshots" / "0123abc"
+    snap.mkdir(parents=True)
+    (cache / "models--someone--tiny" / "refs").mkdir()
+    (cache / "models--someone--tiny" / "refs" / "main").write_text("0123abc")
+    save_file({"w": torch.arange(12, dtype=torch.float32)}, str(snap / "model.safetensors"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.chdir(tmp_path)
+    report = kc.score("someone/tiny", "zstd")
+    assert report.names == ["w"]
+    with pytest.raises(SourceNotFoundError):
+        kc.score("someone/not-cached", "zstd")  # not in the cache: no download, a clear error
+
+
+def test_jobs_give_identical_reports(tmp_path):
+    g = torch.Generator().manual_seed(1)
+    weights = {f"t{i}": torch.randn(200 + 37 * i, 50, generator=g) for i in range(7)}
+    one = kc.score(weights, ["zstd", "lzma", "quant", "pco"], jobs=1)
+    two = kc.score(weights, ["zstd", "lzma", "quant", "pco"], jobs=2)
+    assert one.to_json() == two.to_json()
+    with pytest.raises(EstimatorSettingError, match="jobs"):
+        kc.score(weights, "zstd", jobs=0)
