@@ -141,12 +141,22 @@ def _emit(text: str, output: str | None) -> None:
         raise KComplexityError(f"cannot write {output}: {exc.strerror}") from None
 
 
+#: modules only some extras install, and the extra that brings each
+OPTIONAL_MODULES = {"torch": "train", "sklearn": "train", "matplotlib": "plot"}
+
+
 def run_guarded(prog: str, handler: Callable[[argparse.Namespace], None], args: argparse.Namespace) -> int:
     """Run a CLI handler; bad input becomes one line on stderr and exit status 2, never a traceback."""
     try:
         handler(args)
     except KComplexityError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except ModuleNotFoundError as exc:
+        if exc.name not in OPTIONAL_MODULES:
+            raise
+        print(f"{prog}: error: this needs {exc.name}, which a scoring-only install leaves out; "
+              f"pip install 'kcomplexity[{OPTIONAL_MODULES[exc.name]}]'", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         # a second Ctrl-C while exit handlers wait for worker threads ends the process at once, quietly

@@ -352,9 +352,12 @@ def _hf_cache_snapshot(name: str) -> Path | None:
 def _open_safetensors(path: Path, allow_nonfinite: bool) -> Source:
     from safetensors import safe_open
 
+    # torch reads every dtype (bfloat16 too); without torch (a scoring-only install) numpy reads the rest
+    framework = "pt" if _torch_or_none() is not None else "numpy"
+
     def handle() -> Any:
         try:
-            return safe_open(str(path), framework="pt")
+            return safe_open(str(path), framework=framework)
         except Exception as exc:  # safetensors raises its own error types; all mean "cannot parse"
             raise CorruptFileError(f"{path}: not a valid safetensors file ({_one_line(exc)})") from None
 
@@ -369,6 +372,9 @@ def _open_safetensors(path: Path, allow_nonfinite: bool) -> Source:
                 try:
                     tensor = f.get_tensor(name)
                 except Exception as exc:
+                    if framework == "numpy" and "bf16" in str(exc).lower():
+                        raise UnsupportedSourceError(f"{path}: tensor '{name}' is bfloat16, which needs torch "
+                                                     "installed to read (pip install torch)") from None
                     raise CorruptFileError(f"{path}: cannot read tensor '{name}' ({_one_line(exc)})") from None
                 yield name, tensor
                 del tensor
@@ -377,7 +383,10 @@ def _open_safetensors(path: Path, allow_nonfinite: bool) -> Source:
 
 
 def _load_torch(path: Path) -> Any:
-    import torch
+    torch = _torch_or_none()
+    if torch is None:
+        raise UnsupportedSourceError(f"{path}: reading torch checkpoints needs torch installed (pip install torch); "
+                                     "safetensors, .npz and .npy files do not")
 
     try:
         is_zip, bad = zipfile.is_zipfile(path), None
@@ -501,6 +510,11 @@ def concat(arrays: list[NamedArray], name: str = "(all)") -> NamedArray:
     common = np.result_type(*[a.values().dtype for a in arrays], np.float32)
     data = np.concatenate([a.values().reshape(-1).astype(common, copy=False) for a in arrays])
     return NamedArray(name, data, str(data.dtype))
+
+
+def array_and_dtype(x: Any, name: str = "tensor") -> tuple[np.ndarray, str]:
+    """A NamedArray, numpy array or torch tensor as (numpy data, dtype name), empty arrays included."""
+    return (x.data, x.dtype) if isinstance(x, NamedArray) else _to_numpy(name, x)
 
 
 def as_named(x: Any, name: str = "tensor", allow_nonfinite: bool = True) -> NamedArray:

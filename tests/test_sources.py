@@ -241,3 +241,28 @@ def test_jobs_give_identical_reports(tmp_path):
     assert one.to_json() == two.to_json()
     with pytest.raises(EstimatorSettingError, match="jobs"):
         kc.score(weights, "zstd", jobs=0)
+
+
+def test_scoring_files_needs_neither_torch_nor_the_training_extras(tmp_path):
+    import subprocess
+    import sys
+
+    from safetensors.numpy import save_file as save_numpy
+
+    x = np.random.default_rng(0).standard_normal((60, 40)).astype(np.float32)
+    save_numpy({"a": x}, str(tmp_path / "w.safetensors"))
+    np.savez(tmp_path / "w.npz", a=x)
+    torch.save({"a": torch.from_numpy(x)}, tmp_path / "w.pt")
+    code = (
+        "import sys\n"
+        "for m in ('torch', 'sklearn', 'matplotlib'):\n"
+        "    sys.modules[m] = None  # as if not installed\n"
+        "from kcomplexity.cli import main\n"
+        f"codes = [main(['score', {str(tmp_path / 'w.safetensors')!r}, '-e', 'zstd,fpc,pco,quant,bdm', '-q']),\n"
+        f"         main(['score', {str(tmp_path / 'w.npz')!r}, '-e', 'mdl:s=2', '-q']),\n"
+        f"         main(['score', {str(tmp_path / 'w.pt')!r}, '-q'])]\n"
+        "print('CODES', codes)\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert "CODES [0, 0, 2]" in res.stdout, res.stderr
+    assert "needs torch installed" in res.stderr and "Traceback" not in res.stderr

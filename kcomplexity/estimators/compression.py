@@ -182,6 +182,30 @@ class Pco(Estimator):
         return 8.0 * len(self.compress(a))
 
 
+class FloatCode(Estimator):
+    """Registered as ``fpc``: the float-aware code of :mod:`kcomplexity.float_code` (float32/float16/bfloat16)."""
+
+    name = "fpc"
+    kind = "code length"
+    description = ("float-aware code: sign+exponent+top mantissa bits by ANS per row class, low bits raw, "
+                   "rows at reduced precision detected; float32/float16/bfloat16 only")
+
+    def encode(self, x: Any) -> bytes:
+        """The code of one array or tensor (numpy, torch; bfloat16 as a torch tensor); ``len * 8`` bits."""
+        from .. import float_code
+
+        return float_code.encode(x)
+
+    def decode(self, data: bytes) -> Any:
+        """The array back, bit for bit (a torch tensor for bfloat16, numpy otherwise)."""
+        from .. import float_code
+
+        return float_code.decode(data)
+
+    def _bits(self, a: NamedArray) -> float:
+        return 8.0 * len(self.encode(a))
+
+
 def pco_values(a: NamedArray) -> Any:
     """The flat array pcodec codes exactly: bfloat16 as uint16 patterns, 8-bit and bool types widened to 16 bits."""
     import numpy as np
@@ -201,5 +225,6 @@ register("bz2", BZ2)
 register("lzma-bg", lambda **kw: ByteGrouped(LZMA(**kw), "lzma-bg"), LZMA.SETTINGS)
 register("zstd-bg", lambda **kw: ByteGrouped(Zstd(**kw), "zstd-bg"), Zstd.SETTINGS)
 register("pco", Pco)
+register("fpc", FloatCode)
 
 __all__ = ["LZMA", "Zstd", "Gzip", "BZ2", "ByteGrouped", "Compressor", "Pco", "ZSTD_MT_THRESHOLD"]

@@ -1,0 +1,363 @@
+"""A float-aware lossless code (``fpc``): sign, exponent and top mantissa bits entropy-coded, the rest raw.
+
+Each value's bit pattern is split into a *head* — sign, exponent and the
+top ``h`` mantissa bits, a coarse sign-and-log-magnitude — and the remaining
+low mantissa bits. Trained weights are smooth in log-magnitude, so the heads
+carry the little structure there is (about 2.5 bits of exponent entropy
+instead of 8), while the low bits are close to uniform and are written raw.
+Two kinds of side information sharpen the model at almost no cost:
+
+* per row, the number of trailing mantissa bits that are zero in every
+  value (rows stored at lower precision — e.g. untouched float16
+  initialisations inside a float32 embedding — drop those bits);
+* for large matrices, a class per row by its mean head (a proxy of the
+  row's scale), so rows of different scale get their own head histogram.
+
+Head histograms (counts, zstd-packed) are sent, then the heads of every
+class go through one ANS stream (``constriction``). The code is exact bit
+for bit: -0.0, subnormals, inf and NaN payloads survive, since only bit
+fields are moved. Supported: float32, float16 and bfloat16 (bfloat16 as a
+torch tensor, or a :class:`~kcomplexity.sources.NamedArray` of its 16-bit
+patterns).
+
+Layout: magic ``b"FPC1"``, dtype code, ndim and shape (varints), then
+sections (varint length + bytes): row info (zstd of tz and class per row),
+head table (zstd), ANS words, raw low bits.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .bitio import read_varint, varint
+from .errors import CorruptFileError, NotApplicableError
+from .sources import NamedArray, array_and_dtype
+
+MAGIC = b"FPC1"
+
+
+@dataclass(frozen=True)
+class _Format:
+    name: str
+    code: int
+    exponent: int      #: exponent bits
+    mantissa: int      #: mantissa bits
+    head: int          #: mantissa bits kept in the head symbol
+    uint: Any
+
+    @property
+    def width(self) -> int:
+        return 1 + self.exponent + self.mantissa
+
+
+FORMATS = {f.name: f for f in (_Format("float32", 0, 8, 23, 3, np.uint32), _Format("float16", 1, 5, 10, 4, np.uint16),
+                                _Format("bfloat16", 2, 8, 7, 4, np.uint16))}
+_BY_CODE = {f.code: f for f in FORMATS.values()}
+#: rows of a matrix get a scale class (own head histogram) per this many values, at most MAX_CLASSES
+VALUES_PER_CLASS = 100_000
+MAX_CLASSES = 8
+MIN_ROWS_FOR_CLASSES = 16
+#: refuse codes that claim more values than this (a damaged header must not allocate the machine away)
+MAX_DECODE_VALUES = 1 << 33
+
+
+def encode(x: Any) -> bytes:
+    """The fpc code of one float32 / float16 / bfloat16 array or tensor; ``len(result) * 8`` bits."""
+    data, dtype = array_and_dtype(x)
+    fmt = FORMATS.get(dtype)
+    if fmt is None:
+        raise NotApplicableError(f"fpc codes float32, float16 and bfloat16 tensors, not {dtype}")
+    bits = np.ascontiguousarray(data).reshape(-1).view(fmt.uint)
+    shape = tuple(data.shape)
+    header = MAGIC + bytes([fmt.code]) + varint(len(shape)) + b"".join(varint(int(s)) for s in shape)
+    if bits.size == 0:
+        return header
+    rows = _rows(shape, bits.size)
+    u = bits.reshape(rows, -1)
+    tz = _row_trailing_zeros(u & fmt.uint((1 << fmt.mantissa) - 1), fmt.mantissa)
+    head = (u >> fmt.uint(fmt.mantissa - fmt.head)).astype(np.int32)  # sign | exponent | top h mantissa bits
+    cls = _row_classes(head & ((1 << (fmt.exponent + fmt.head)) - 1), tz)
+    order, groups = _class_groups(cls)
+    tables, symbols = [], []
+    for c, row_idx in groups:
+        sym = (head if len(groups) == 1 else head[row_idx]).reshape(-1)
+        lo = int(sym.min())
+        sym = sym - np.int32(lo)
+        counts = np.bincount(sym)
+        tables.append((c, lo, counts))
+        symbols.append((sym, counts))
+    table = _pack_tables(tables)
+    ans = _ans_encode(symbols)
+    low = _pack_low(u, tz, fmt)
+    info = _zstd(np.stack([tz, cls]).astype(np.uint8).tobytes())
+    return header + b"".join(varint(len(s)) + s for s in (info, table, ans, low))
+
+
+def decode(data: bytes) -> Any:
+    """Inverse of :func:`encode`: a numpy array (float32/float16), or a torch bfloat16 tensor."""
+    buf = memoryview(bytes(data))
+    try:
+        if bytes(buf[:4]) != MAGIC or buf[4] not in _BY_CODE:
+            raise CorruptFileError("not an fpc code (bad magic or dtype)")
+        fmt = _BY_CODE[buf[4]]
+        ndim, pos = read_varint(buf, 5)
+        if ndim > 32:
+            raise CorruptFileError("corrupt fpc code: bad shape")
+        shape = []
+        for _ in range(ndim):
+            s, pos = read_varint(buf, pos)
+            shape.append(s)
+        n = int(np.prod(shape, dtype=object)) if shape else 1
+        if n > MAX_DECODE_VALUES:
+            raise CorruptFileError(f"corrupt fpc code: claims {n:,} values")
+        if n == 0:
+            return _output(np.zeros(0, dtype=fmt.uint), fmt, tuple(shape))
+        sections = []
+        for _ in range(4):
+            size, pos = read_varint(buf, pos)
+            if pos + size > len(buf):
+                raise CorruptFileError("corrupt fpc code: truncated")
+            sections.append(buf[pos:pos + size])
+            pos += size
+    except IndexError:
+        raise CorruptFileError("corrupt fpc code: truncated header") from None
+    rows = _rows(tuple(shape), n)
+    cols = n // rows
+    info = np.frombuffer(_unzstd(sections[0], 2 * rows), dtype=np.uint8).reshape(2, rows).astype(np.int64)
+    tz, cls = info
+    if (tz > fmt.mantissa).any():
+        raise CorruptFileError("corrupt fpc code: bad row precision")
+    order, groups = _class_groups(cls)
+    tables = _unpack_tables(sections[1], len(groups))
+    head = np.zeros((rows, cols), dtype=np.int64)
+    decoded = _ans_decode(sections[2], [(counts, row_idx.size * cols) for (_, _, counts), (_, row_idx) in
+                                        zip(tables, groups)])
+    for (c, lo, _), (c2, row_idx), sym in zip(tables, groups, decoded):
+        if c != c2:
+            raise CorruptFileError("corrupt fpc code: class tables out of order")
+        head[row_idx] = (sym + lo).reshape(row_idx.size, cols)
+    u = _unpack_low(sections[3], head, tz, fmt)
+    return _output(u.reshape(-1).astype(fmt.uint), fmt, tuple(shape))
+
+
+def _output(bits: np.ndarray, fmt: _Format, shape: tuple[int, ...]) -> Any:
+    if fmt.name == "bfloat16":
+        import torch
+
+        return torch.from_numpy(bits.view(np.int16).copy()).view(torch.bfloat16).reshape(shape)
+    return bits.view(fmt.name).reshape(shape)
+
+
+def _rows(shape: tuple[int, ...], n: int) -> int:
+    """Rows of the 2-D view the side information is kept per: the first dimension of a matrix, else one."""
+    return int(shape[0]) if len(shape) >= 2 and shape[0] > 0 else 1
+
+
+def _row_trailing_zeros(mant: np.ndarray, width: int) -> np.ndarray:
+    """Per row, the mantissa bits that are zero in every value (``width`` for an all-zero-mantissa row)."""
+    orr = np.bitwise_or.reduce(mant, axis=1).astype(np.int64)
+    low = orr & -orr
+    tz = np.zeros(orr.size, dtype=np.int64)
+    nz = low > 0
+    tz[nz] = np.log2(low[nz]).round().astype(np.int64)
+    tz[~nz] = width
+    return tz
+
+
+def _row_classes(magnitude: np.ndarray, tz: np.ndarray) -> np.ndarray:
+    """Class per row: scale bin (quantile of the row's mean log-magnitude head) for large matrices, times
+    reduced precision (some trailing mantissa bits always zero)."""
+    rows = magnitude.shape[0]
+    k = int(np.clip(magnitude.size // VALUES_PER_CLASS, 1, MAX_CLASSES)) if rows >= MIN_ROWS_FOR_CLASSES else 1
+    scale = np.zeros(rows, dtype=np.int64)
+    if k > 1:
+        mean = magnitude.mean(axis=1)
+        scale = np.searchsorted(np.quantile(mean, np.linspace(0, 1, k + 1)[1:-1]), mean)
+    return scale * 2 + (tz > 0)
+
+
+def _class_groups(cls: np.ndarray) -> tuple[np.ndarray, list[tuple[int, np.ndarray]]]:
+    order = np.argsort(cls, kind="stable")
+    values, starts = np.unique(cls[order], return_index=True)
+    bounds = list(starts[1:]) + [order.size]
+    return order, [(int(v), order[s:e]) for v, s, e in zip(values, starts, bounds)]
+
+
+def _pack_tables(tables: list[tuple[int, int, np.ndarray]]) -> bytes:
+    out = bytearray()
+    for c, lo, counts in tables:
+        out += varint(c) + varint(lo) + varint(counts.size)
+        for v in counts.tolist():
+            out += varint(v)
+    return _zstd(bytes(out))
+
+
+def _unpack_tables(section: memoryview, count: int) -> list[tuple[int, int, np.ndarray]]:
+    raw = memoryview(_unzstd(section, None))
+    pos, out = 0, []
+    try:
+        for _ in range(count):
+            c, pos = read_varint(raw, pos)
+            lo, pos = read_varint(raw, pos)
+            size, pos = read_varint(raw, pos)
+            if size > 1 << 20:
+                raise CorruptFileError("corrupt fpc code: bad head table")
+            counts = []
+            for _ in range(size):
+                v, pos = read_varint(raw, pos)
+                counts.append(v)
+            out.append((c, lo, np.array(counts, dtype=np.int64)))
+    except IndexError:
+        raise CorruptFileError("corrupt fpc code: truncated head table") from None
+    return out
+
+
+def _ans_encode(groups: list[tuple[np.ndarray, np.ndarray]]) -> bytes:
+    import constriction
+
+    coder = constriction.stream.stack.AnsCoder()
+    for sym, counts in reversed(groups):  # a stack: the first class is decoded first
+        if (counts > 0).sum() > 1:
+            model = constriction.stream.model.Categorical(counts.astype(np.float64), perfect=False)
+            coder.encode_reverse(sym.astype(np.int32), model)
+    return coder.get_compressed().astype("<u4").tobytes()
+
+
+def _ans_decode(section: memoryview, groups: list[tuple[np.ndarray, int]]) -> list[np.ndarray]:
+    import constriction
+
+    if len(section) % 4:
+        raise CorruptFileError("corrupt fpc code: ANS section is not whole 32-bit words")
+    coder = constriction.stream.stack.AnsCoder(np.frombuffer(bytes(section), dtype="<u4").astype(np.uint32))
+    out = []
+    for counts, n in groups:
+        used = np.flatnonzero(counts)
+        if used.size == 0 or counts.sum() != n:
+            raise CorruptFileError("corrupt fpc code: head table does not match the shape")
+        if used.size == 1:  # a constant head costs nothing in the stream
+            out.append(np.full(n, used[0], dtype=np.int64))
+            continue
+        try:
+            model = constriction.stream.model.Categorical(counts.astype(np.float64), perfect=False)
+            out.append(np.asarray(coder.decode(model, n), dtype=np.int64))
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as exc:  # ValueError, or a Rust panic (a BaseException), on damaged data
+            raise CorruptFileError(f"corrupt fpc code: {type(exc).__name__}") from None
+    return out
+
+
+def _low_widths(tz: np.ndarray, fmt: _Format) -> np.ndarray:
+    """Raw low mantissa bits per row: below the head, above the row's always-zero bits."""
+    return np.maximum(fmt.mantissa - fmt.head - tz, 0)
+
+
+def _pack_low(u: np.ndarray, tz: np.ndarray, fmt: _Format) -> bytes:
+    """Each row's low bits (between the head and its trailing zeros), rows grouped by width, MSB-first planes."""
+    widths = _low_widths(tz, fmt)
+    parts = []
+    for w in np.unique(widths):
+        if w == 0:
+            continue
+        rows = np.flatnonzero(widths == w)
+        part = u if rows.size == u.shape[0] else u[rows]
+        shift = fmt.mantissa - fmt.head - int(w)
+        vals = ((part >> fmt.uint(shift)) & fmt.uint((1 << int(w)) - 1)).reshape(-1)
+        parts.append(_pack_bits(vals, int(w)))
+    return b"".join(parts)
+
+
+def _unpack_low(section: memoryview, head: np.ndarray, tz: np.ndarray, fmt: _Format) -> np.ndarray:
+    widths = _low_widths(tz, fmt)
+    u = head << (fmt.mantissa - fmt.head)
+    pos, cols = 0, head.shape[1]
+    for w in np.unique(widths):
+        if w == 0:
+            continue
+        rows = np.flatnonzero(widths == w)
+        n = rows.size * cols
+        size = _packed_size(n, int(w))
+        if pos + size > len(section):
+            raise CorruptFileError("corrupt fpc code: truncated low bits")
+        vals = _unpack_bits(section[pos:pos + size], n, int(w))
+        pos += size
+        shift = fmt.mantissa - fmt.head - int(w)
+        u[rows] |= vals.reshape(rows.size, cols) << shift
+    if pos != len(section):
+        raise CorruptFileError("corrupt fpc code: trailing low bits")
+    return u
+
+
+def _pack_bits(vals: np.ndarray, w: int) -> bytes:
+    """w-bit values as whole byte planes (low bytes) plus a packed remainder of w % 8 bits each."""
+    planes = vals.view(np.uint8).reshape(-1, vals.itemsize)  # little-endian bytes of each value
+    out = [np.ascontiguousarray(planes[:, j]).tobytes() for j in range(w // 8)]
+    rest = w % 8
+    if rest:
+        top = planes[:, w // 8]
+        if 8 % rest == 0:  # 1, 2 or 4 bits: several values per byte by shifts, no bit matrix
+            per = 8 // rest
+            padded = np.zeros(-(-top.size // per) * per, dtype=np.uint8)
+            padded[:top.size] = top
+            grid = padded.reshape(-1, per)
+            packed = np.zeros(grid.shape[0], dtype=np.uint8)
+            for j in range(per):
+                packed |= grid[:, j] << np.uint8(rest * (per - 1 - j))
+            out.append(packed.tobytes())
+        else:
+            bits = np.unpackbits(top[:, None], axis=1)[:, 8 - rest:]
+            out.append(np.packbits(bits.reshape(-1)).tobytes())
+    return b"".join(out)
+
+
+def _packed_size(n: int, w: int) -> int:
+    return n * (w // 8) + (n * (w % 8) + 7) // 8
+
+
+def _unpack_bits(data: memoryview, n: int, w: int) -> np.ndarray:
+    raw = np.frombuffer(bytes(data), dtype=np.uint8)
+    vals = np.zeros(n, dtype=np.int64)
+    for j in range(w // 8):
+        vals |= raw[j * n:(j + 1) * n].astype(np.int64) << (8 * j)
+    rest = w % 8
+    if rest:
+        tail = raw[(w // 8) * n:]
+        if 8 % rest == 0:
+            per = 8 // rest
+            grid = np.stack([(tail >> np.uint8(rest * (per - 1 - j))) & np.uint8((1 << rest) - 1)
+                             for j in range(per)], axis=1)
+            top = grid.reshape(-1)[:n]
+        else:
+            bits = np.unpackbits(tail)[: n * rest].reshape(n, rest)
+            top = np.packbits(np.concatenate([np.zeros((n, 8 - rest), dtype=np.uint8), bits], axis=1),
+                              axis=1).reshape(-1)
+        vals |= top.astype(np.int64) << (8 * (w // 8))
+    return vals
+
+
+def _zstd(data: bytes) -> bytes:
+    import zstandard
+
+    return zstandard.ZstdCompressor(level=19).compress(data)
+
+
+def _unzstd(data: memoryview, size: int | None) -> bytes:
+    import zstandard
+
+    try:
+        out = zstandard.ZstdDecompressor().decompress(bytes(data), max_output_size=1 << 28)
+    except zstandard.ZstdError as exc:
+        raise CorruptFileError(f"corrupt fpc code: {exc}") from None
+    if size is not None and len(out) != size:
+        raise CorruptFileError("corrupt fpc code: side information does not match the shape")
+    return out
+
+
+def bits(a: NamedArray) -> float:
+    """Length of :func:`encode` of one tensor, in bits."""
+    return 8.0 * len(encode(a))
+
+
+__all__ = ["encode", "decode", "bits", "FORMATS"]
