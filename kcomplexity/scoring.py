@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from tqdm.auto import tqdm
@@ -11,7 +12,7 @@ from tqdm.auto import tqdm
 from .errors import EstimatorSettingError, NotApplicableError
 from .estimators.base import Estimate, Estimator, resolve
 from .report import Report
-from .sources import NamedArray, open_source
+from .sources import NamedArray, Source, open_source, read_safetensors_tensor
 
 DEFAULT_ESTIMATORS = ("lzma", "zstd")
 
@@ -32,8 +33,9 @@ def score(
     ``whole=True`` the estimate for all tensors concatenated in order (the
     MoMos paper's measurement). Files are read one tensor at a time unless
     ``whole=True`` needs them all. ``jobs`` > 1 codes that many tensors at
-    once on threads (the compressors and coders release the GIL), holding at
-    most ``2 * jobs`` tensors; the report is identical to ``jobs=1``.
+    once, holding at most ``2 * jobs``: on threads when every estimator
+    releases the GIL (the compressors), else in worker processes. The
+    report is identical to ``jobs=1``.
     """
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise EstimatorSettingError(f"jobs must be a positive integer, got {jobs!r}")
@@ -47,9 +49,11 @@ def score(
     estimates: dict[str, dict[str, Estimate]] = {e: {} for e in ests}
     breakdown: dict[str, dict[str, dict[str, float]]] = {}
     kept: list[NamedArray] = []
-    bar = tqdm(src, total=len(src), desc="scoring", unit="tensor", disable=not progress or len(src) < 2, leave=False)
-    for a, results in _scored(bar, ests, jobs):
-        bar.set_postfix_str(a.name[-40:], refresh=False)
+    read_in_workers = (jobs > 1 and not whole and src.files is not None
+                       and not all(est.thread_parallel for est in ests.values()))
+    scored = (_scored_in_workers(src, ests, jobs) if read_in_workers else _scored(src, ests, jobs))
+    for a, results in tqdm(scored, total=len(src), desc="scoring", unit="tensor",
+                           disable=not progress or len(src) < 2, leave=False):
         names.append(a.name)
         numel[a.name], dtypes[a.name], raw_bits[a.name] = a.numel, a.dtype, a.raw_bits
         for label, (estimate, extra) in results.items():
@@ -86,14 +90,12 @@ def _score_all(ests: Mapping[str, Estimator], a: NamedArray) -> dict[str, tuple[
 
 def _scored(arrays: Iterable[NamedArray], ests: Mapping[str, Estimator], jobs: int
             ) -> Iterator[tuple[NamedArray, dict[str, tuple[Estimate, dict[str, float] | None]]]]:
-    """(tensor, its estimates) in source order; with jobs > 1, up to 2 * jobs tensors in flight on threads."""
+    """(tensor, its estimates) in source order; with jobs > 1, up to 2 * jobs tensors in flight."""
     if jobs == 1:
         for a in arrays:
             yield a, _score_all(ests, a)
         return
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(jobs, thread_name_prefix="kcomplexity-score") as pool:
+    with _pool(jobs, all(est.thread_parallel for est in ests.values())) as pool:
         pending: deque = deque()
         for a in arrays:
             pending.append((a, pool.submit(_score_all, ests, a)))
@@ -104,6 +106,46 @@ def _scored(arrays: Iterable[NamedArray], ests: Mapping[str, Estimator], jobs: i
         while pending:
             a, future = pending.popleft()
             yield a, future.result()
+
+
+@dataclass(frozen=True)
+class _Scored:
+    """What the report needs of a tensor a worker read and scored: everything but its data."""
+
+    name: str
+    dtype: str
+    numel: int
+    raw_bits: int
+
+
+def _read_and_score(path: str, name: str, allow_nonfinite: bool, ests: Mapping[str, Estimator]
+                    ) -> tuple[_Scored, dict[str, tuple[Estimate, dict[str, float] | None]]]:
+    """In a worker: read one tensor of a safetensors file and score it."""
+    a = read_safetensors_tensor(path, name, allow_nonfinite)
+    return _Scored(a.name, a.dtype, a.numel, a.raw_bits), _score_all(ests, a)
+
+
+def _scored_in_workers(src: Source, ests: Mapping[str, Estimator], jobs: int) -> Iterator[tuple[_Scored, Any]]:
+    """Worker processes read the tensors from their files themselves: the parent only collects results."""
+    with _pool(jobs, False) as pool:
+        pending: deque = deque()
+        for name, path in zip(src.names, src.files):
+            pending.append(pool.submit(_read_and_score, path, name, src.allow_nonfinite, ests))
+            if len(pending) >= 2 * jobs:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
+def _pool(jobs: int, threads: bool) -> Any:
+    """Threads for GIL-free work; otherwise processes (forkserver: no fork of a process running torch threads)."""
+    import concurrent.futures as cf
+    import multiprocessing as mp
+
+    if threads:
+        return cf.ThreadPoolExecutor(jobs, thread_name_prefix="kcomplexity-score")
+    method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
+    return cf.ProcessPoolExecutor(jobs, mp_context=mp.get_context(method))
 
 
 def _score_one(est: Estimator, a: NamedArray) -> tuple[Estimate, dict[str, float] | None]:

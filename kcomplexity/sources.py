@@ -37,7 +37,6 @@ from .errors import (
     UnsupportedSourceError,
 )
 
-#: keys under which training checkpoints commonly nest the model weights
 #: keys under which training checkpoints nest the weights, in order of preference
 CHECKPOINT_KEYS = ("state_dict", "model_state_dict", "model_state", "model", "net", "network", "module",
                    "ema", "ema_state_dict", "model_ema", "params")
@@ -165,13 +164,15 @@ class Source:
     """A lazily read collection of named tensors; iterate to get :class:`NamedArray`."""
 
     def __init__(self, names: list[str], opener: Any, allow_nonfinite: bool, label: str,
-                 left_out: list[str] | None = None) -> None:
+                 left_out: list[str] | None = None, files: list[str] | None = None) -> None:
         self.names = names
         self._opener = opener
         self.allow_nonfinite = allow_nonfinite
         self.label = label
         #: what the source held besides the weights and did not yield (optimizer state, counters, ...)
         self.left_out = list(left_out or [])
+        #: per tensor, the safetensors file holding it (lets worker processes read tensors themselves)
+        self.files = files
 
     def __len__(self) -> int:
         return len(self.names)
@@ -220,11 +221,6 @@ def open_source(source: Any, include_buffers: bool = False, allow_nonfinite: boo
         f"cannot read weights from a {type(source).__name__}; pass an array, tensor, nn.Module, "
         "state_dict or a path to .safetensors/.pt/.pth/.npz/.npy"
     )
-
-
-def flatten_state(state: Mapping) -> list[tuple[str, Any]]:
-    """Tensors of a (nested) state dict as (dotted name, tensor) pairs; see :func:`weights_of_checkpoint`."""
-    return weights_of_checkpoint(state)[0]
 
 
 def weights_of_checkpoint(state: Mapping) -> tuple[list[tuple[str, Any]], list[str]]:
@@ -322,6 +318,7 @@ def _open_sharded(index: Path, allow_nonfinite: bool) -> Source:
     if not weight_map:
         raise EmptyTensorError(f"{index} lists no tensors")
     names = [n for tensors in shards.values() for n in tensors]
+    files = [str(index.parent / shard) for shard, tensors in shards.items() for _ in tensors]
 
     def opener() -> Iterator[tuple[str, Any]]:
         for shard, tensors in shards.items():
@@ -332,7 +329,7 @@ def _open_sharded(index: Path, allow_nonfinite: bool) -> Source:
                                        f"e.g. '{sorted(missing)[0]}'")
             yield from source._opener(tensors)
 
-    return Source(names, opener, allow_nonfinite, str(index))
+    return Source(names, opener, allow_nonfinite, str(index), files=files)
 
 
 def _hf_cache_snapshot(name: str) -> Path | None:
@@ -343,43 +340,62 @@ def _hf_cache_snapshot(name: str) -> Path | None:
         from huggingface_hub import snapshot_download
     except ImportError:
         return None
+    # read the environment now (huggingface_hub reads it once, at its import)
+    cache = os.environ.get("HF_HUB_CACHE") or (os.path.join(os.environ["HF_HOME"], "hub") if os.environ.get("HF_HOME")
+                                               else None)
     try:
-        return Path(snapshot_download(name, local_files_only=True))
+        return Path(snapshot_download(name, local_files_only=True, cache_dir=cache))
     except Exception:  # not cached, an invalid repo id, or an offline-mode error: not a cached model
         return None
 
 
-def _open_safetensors(path: Path, allow_nonfinite: bool) -> Source:
+def _safetensors_handle(path: Path) -> tuple[Any, str]:
+    """An open safetensors file and the framework reading it: torch reads every dtype (bfloat16 too);
+    without torch (a scoring-only install) numpy reads the rest."""
     from safetensors import safe_open
 
-    # torch reads every dtype (bfloat16 too); without torch (a scoring-only install) numpy reads the rest
     framework = "pt" if _torch_or_none() is not None else "numpy"
+    try:
+        return safe_open(str(path), framework=framework), framework
+    except Exception as exc:  # safetensors raises its own error types; all mean "cannot parse"
+        raise CorruptFileError(f"{path}: not a valid safetensors file ({_one_line(exc)})") from None
 
-    def handle() -> Any:
-        try:
-            return safe_open(str(path), framework=framework)
-        except Exception as exc:  # safetensors raises its own error types; all mean "cannot parse"
-            raise CorruptFileError(f"{path}: not a valid safetensors file ({_one_line(exc)})") from None
 
-    with handle() as f:
+def _safetensors_tensor(f: Any, framework: str, path: Path, name: str) -> Any:
+    try:
+        return f.get_tensor(name)
+    except Exception as exc:
+        if framework == "numpy" and "bf16" in str(exc).lower():
+            raise UnsupportedSourceError(f"{path}: tensor '{name}' is bfloat16, which needs torch "
+                                         "installed to read (pip install torch)") from None
+        raise CorruptFileError(f"{path}: cannot read tensor '{name}' ({_one_line(exc)})") from None
+
+
+def read_safetensors_tensor(path: str, name: str, allow_nonfinite: bool) -> NamedArray:
+    """One tensor of a safetensors file, validated (what a worker process reads for ``score(jobs=N)``)."""
+    f, framework = _safetensors_handle(Path(path))
+    with f:
+        return make_named(name, _safetensors_tensor(f, framework, Path(path), name), allow_nonfinite)
+
+
+def _open_safetensors(path: Path, allow_nonfinite: bool) -> Source:
+    f, _ = _safetensors_handle(path)
+    with f:
         names = list(f.keys())
     if not names:
         raise EmptyTensorError(f"{path} holds no tensors")
 
     def opener(only: list[str] | None = None) -> Iterator[tuple[str, Any]]:
-        with handle() as f:
-            for name in names if only is None else only:
-                try:
-                    tensor = f.get_tensor(name)
-                except Exception as exc:
-                    if framework == "numpy" and "bf16" in str(exc).lower():
-                        raise UnsupportedSourceError(f"{path}: tensor '{name}' is bfloat16, which needs torch "
-                                                     "installed to read (pip install torch)") from None
-                    raise CorruptFileError(f"{path}: cannot read tensor '{name}' ({_one_line(exc)})") from None
-                yield name, tensor
-                del tensor
+        # the file is opened for each tensor: the pages of a memory-mapped shard read so far are released,
+        # so a large shard never stays resident as a whole
+        for name in names if only is None else only:
+            f, framework = _safetensors_handle(path)
+            with f:
+                tensor = _safetensors_tensor(f, framework, path, name)
+            yield name, tensor
+            del tensor
 
-    return Source(names, opener, allow_nonfinite, str(path))
+    return Source(names, opener, allow_nonfinite, str(path), files=[str(path)] * len(names))
 
 
 def _load_torch(path: Path) -> Any:

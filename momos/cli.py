@@ -58,6 +58,8 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--calibrate", action="store_true", help="fit a softmax temperature on the held-out labels")
     q.add_argument("--warm-start", action="store_true", help="continue from the previous chunk's model")
+    q.add_argument("--anneal", action="store_true",
+                   help="after an epoch without held-out improvement, return to the best epoch and divide the lr by 3")
     q.add_argument("--max-epochs", type=int, default=50)
     q.add_argument("--patience", type=int, default=3, help="epochs without held-out improvement before stopping")
     q.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default: %(default)s)")
@@ -132,7 +134,7 @@ def _prequential(args: argparse.Namespace) -> None:
     result = prequential(names if len(names) > 1 else names[0], args.data, chunks, seed=args.seed,
                          calibrate=args.calibrate, warm_start=args.warm_start, max_epochs=args.max_epochs,
                          patience=args.patience, lr=args.lr, batch_size=args.batch_size, limit=args.limit,
-                         device=args.device, data_dir=args.data_dir, quiet=args.quiet)
+                         device=args.device, data_dir=args.data_dir, quiet=args.quiet, anneal=args.anneal)
     text = {"table": result.table, "json": lambda: json.dumps(result.to_json(), indent=2),
             "csv": result.to_csv}[args.format]()
     if args.plot:

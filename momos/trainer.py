@@ -74,14 +74,8 @@ class _Trainer:
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
         np.random.seed(cfg.seed)
-        self.data = data.load(cfg.data, seed=cfg.seed, val_fraction=cfg.val_fraction, data_dir=cfg.data_dir,
-                              download=cfg.download, limit=cfg.limit, modulus=cfg.modulus,
-                              train_fraction=cfg.train_fraction)
-        self.model = (model if model is not None else
-                      models.build(cfg.model, self.data.input_shape, self.data.num_classes, cfg.width,
-                                   tokens=self.data.tokens)).to(self.device)
-        if cfg.uses_qat:
-            qat.attach(self.model, cfg.q, weights_only=not cfg.qat_biases)
+        self.data = load_data(cfg)
+        self.model = build_model(cfg, self.data, model).to(self.device)
         # the module trains through DDP on several ranks; projection, checkpoints and measurement use the module
         self.net = (torch.nn.parallel.DistributedDataParallel(self.model) if self.ranks.world > 1 else self.model)
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -318,8 +312,8 @@ class _Trainer:
             test_acc = final_acc
         if self.ranks.main:
             try:
-                two = two_part.measure(self.model, self.data.train, self.data.test, device=self.device)
-                rundir.write_atomic(self.run_dir / two_part.FILE, json.dumps(two.to_json(), indent=2))
+                two_part.write(self.run_dir, two_part.measure(self.model, self.data.train, self.data.test,
+                                                              device=self.device))
             except kc.errors.KComplexityError as exc:  # e.g. a diverged run's NaN weights: the run still finishes
                 if not self.quiet:
                     print(f"{self.run_dir}: no two-part code ({exc})", file=sys.stderr)
@@ -403,15 +397,28 @@ def _rank_main(cfg: TrainConfig, run_dir: Path, resume: bool, quiet: bool, model
     _Trainer(cfg, run_dir, quiet, model).run(resume)
 
 
-def load_run_model(run_dir: str | Path) -> tuple[torch.nn.Module, data.DataSet]:
-    """A run's model holding its last checkpoint's weights (QAT attached as trained), and its data set."""
-    run_dir = Path(run_dir)
-    cfg = TrainConfig.from_json(rundir.stored_config(run_dir)).resolved()
-    ds = data.load(cfg.data, seed=cfg.seed, val_fraction=cfg.val_fraction, data_dir=cfg.data_dir,
-                   download=False, limit=cfg.limit, modulus=cfg.modulus, train_fraction=cfg.train_fraction)
-    model = models.build(cfg.model, ds.input_shape, ds.num_classes, cfg.width, tokens=ds.tokens)
+def load_data(cfg: TrainConfig, download: bool | None = None) -> data.DataSet:
+    """The data set of a run, split as the run splits it."""
+    return data.load(cfg.data, seed=cfg.seed, val_fraction=cfg.val_fraction, data_dir=cfg.data_dir,
+                     download=cfg.download if download is None else download, limit=cfg.limit,
+                     modulus=cfg.modulus, train_fraction=cfg.train_fraction)
+
+
+def build_model(cfg: TrainConfig, ds: data.DataSet, model: torch.nn.Module | None = None) -> torch.nn.Module:
+    """The run's model for its data (or ``model``, your own), with QAT attached as the run trains it."""
+    if model is None:
+        model = models.build(cfg.model, ds.input_shape, ds.num_classes, cfg.width, tokens=ds.tokens)
     if cfg.uses_qat:
         qat.attach(model, cfg.q, weights_only=not cfg.qat_biases)
+    return model
+
+
+def load_run_model(run_dir: str | Path) -> tuple[torch.nn.Module, data.DataSet]:
+    """A run's model holding its last checkpoint's weights, and its data set (never downloaded)."""
+    run_dir = Path(run_dir)
+    cfg = TrainConfig.from_json(rundir.stored_config(run_dir)).resolved()
+    ds = load_data(cfg, download=False)
+    model = build_model(cfg, ds)
     checkpoint.load(run_dir / "checkpoints", model)
     return model, ds
 

@@ -89,8 +89,13 @@ def two_part(run_dir: str | Path, rel: float = 0.1) -> TwoPart:
     run_dir = Path(run_dir)
     model, ds = load_run_model(run_dir)
     result = measure(model, ds.train, ds.test, rel)
-    write_atomic(run_dir / FILE, json.dumps(result.to_json(), indent=2))
+    write(run_dir, result)
     return result
+
+
+def write(run_dir: Path, result: TwoPart) -> None:
+    """Keep ``result`` in the run directory as ``two_part.json`` (read by ``momos compare``)."""
+    write_atomic(Path(run_dir) / FILE, json.dumps(result.to_json(), indent=2))
 
 
 @torch.no_grad()

@@ -90,9 +90,9 @@ def test_switching_costs_at_most_the_best_model_plus_the_index_bits():
 
 
 def test_calibration_and_warm_start_decode_too():
-    r = prequential(["mlp", "cnn"], "digits", limit=400, calibrate=True, warm_start=True, quiet=True)
+    r = prequential(["mlp", "cnn"], "digits", limit=400, calibrate=True, warm_start=True, anneal=True, quiet=True)
     assert all(0.5 <= c.temperature <= 10 for c in r.chunks[1:])
-    assert r.options["calibrate"] and r.options["warm_start"]
+    assert r.options["calibrate"] and r.options["warm_start"] and r.options["anneal"]
     assert np.array_equal(decode(r), _seeded_labels("digits", 0, 400))
 
 

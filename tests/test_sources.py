@@ -236,9 +236,13 @@ def test_model_name_resolves_from_the_local_hugging_face_cache_only(tmp_path, mo
 def test_jobs_give_identical_reports(tmp_path):
     g = torch.Generator().manual_seed(1)
     weights = {f"t{i}": torch.randn(200 + 37 * i, 50, generator=g) for i in range(7)}
-    one = kc.score(weights, ["zstd", "lzma", "quant", "pco"], jobs=1)
-    two = kc.score(weights, ["zstd", "lzma", "quant", "pco"], jobs=2)
-    assert one.to_json() == two.to_json()
+    save_file(weights, str(tmp_path / "w.safetensors"))
+    # threads; processes sent the tensors; processes reading them from the file themselves
+    for source, ests in ((weights, ["zstd", "lzma", "zstd-bg"]), (weights, ["zstd", "quant", "pco", "fpc"]),
+                         (tmp_path / "w.safetensors", ["zstd", "fpc"])):
+        one = kc.score(source, ests, jobs=1)
+        two = kc.score(source, ests, jobs=2)
+        assert one.to_json() == two.to_json()
     with pytest.raises(EstimatorSettingError, match="jobs"):
         kc.score(weights, "zstd", jobs=0)
 

@@ -145,7 +145,7 @@ def test_run_directory_safety(tmp_path):
 
 
 @pytest.mark.parametrize("argv,needle", [
-    (["--model", "alexnet"], "unknown model 'alexnet'; available: mlp, resnet20, vit"),
+    (["--model", "alexnet"], "unknown model 'alexnet'; available: mlp, cnn, resnet20, vit"),
     (["--data", "imagenet"], "unknown data set 'imagenet'; available: digits"),
     (["--method", "prune"], "unknown method 'prune'; available: baseline"),
     (["--method", "momos", "--capacity", "1.5"], "capacity must lie in (0, 1]"),

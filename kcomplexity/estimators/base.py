@@ -67,6 +67,9 @@ class Estimator(ABC):
     description: str = ""
     #: :class:`Context` fields this estimator cannot work without
     needs: tuple[str, ...] = ()
+    #: True when its work releases the GIL (the standard library's and zstandard's compressors), so
+    #: ``score(jobs=N)`` may run it on threads; otherwise tensors go to worker processes
+    thread_parallel: bool = False
 
     def settings(self) -> dict[str, Any]:
         """The settings that change this estimator's numbers."""

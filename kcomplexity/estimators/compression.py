@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import bz2
 import lzma
+import threading
 import zlib
 from typing import Any
 
@@ -33,6 +34,7 @@ class Compressor(Estimator):
     """Bits of ``compress(raw bytes)``; subclasses implement :meth:`compress`."""
 
     kind = "code length"
+    thread_parallel = True
 
     def compress(self, data: Any) -> bytes:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -76,26 +78,40 @@ class Zstd(Compressor):
     description = "zstandard, level 19 (22 = ultra), multi-threaded above 4 MiB"
 
     def __init__(self, level: int = 19, threads: int = -1) -> None:
-        import zstandard
-
         if not 1 <= int(level) <= 22:
             raise EstimatorSettingError(f"zstd level must be 1..22, got {level}")
         self.level, self.threads = int(level), int(threads)
-        self._single = zstandard.ZstdCompressor(level=self.level)
-        self._multi = None
-        if self.threads:
-            # a fixed job size makes the output independent of the core count
-            # while giving every core work on inputs of a few MiB
-            params = zstandard.ZstdCompressionParameters.from_level(
-                self.level, threads=self.threads, job_size=ZSTD_JOB_SIZE, overlap_log=ZSTD_OVERLAP_LOG)
-            self._multi = zstandard.ZstdCompressor(compression_params=params)
+        # a ZstdCompressor must not be shared between threads (score(jobs=N)): one pair per thread
+        self._local = threading.local()
+
+    def __getstate__(self) -> dict[str, Any]:  # sent to worker processes without its compressors
+        return {k: v for k, v in self.__dict__.items() if k != "_local"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._local = threading.local()
+
+    def _engines(self) -> tuple[Any, Any]:
+        import zstandard
+
+        local = self._local
+        if not hasattr(local, "single"):
+            local.single, local.multi = zstandard.ZstdCompressor(level=self.level), None
+            if self.threads:
+                # a fixed job size makes the output independent of the core count
+                # while giving every core work on inputs of a few MiB
+                params = zstandard.ZstdCompressionParameters.from_level(
+                    self.level, threads=self.threads, job_size=ZSTD_JOB_SIZE, overlap_log=ZSTD_OVERLAP_LOG)
+                local.multi = zstandard.ZstdCompressor(compression_params=params)
+        return local.single, local.multi
 
     def settings(self) -> dict[str, Any]:
         return {"level": self.level, "threads": self.threads, "mt_threshold_bytes": ZSTD_MT_THRESHOLD,
                 "job_bytes": ZSTD_JOB_SIZE}
 
     def compress(self, data: Any) -> bytes:
-        engine = self._multi if self._multi is not None and memoryview(data).nbytes >= ZSTD_MT_THRESHOLD else self._single
+        single, multi = self._engines()
+        engine = multi if multi is not None and memoryview(data).nbytes >= ZSTD_MT_THRESHOLD else single
         return engine.compress(data)
 
 
@@ -145,6 +161,7 @@ class ByteGrouped(Estimator):
 
     def __init__(self, inner: Compressor, name: str) -> None:
         self.inner, self.name = inner, name
+        self.thread_parallel = inner.thread_parallel
         self.description = f"byte planes, each compressed with {inner.name}"
 
     def settings(self) -> dict[str, Any]:
