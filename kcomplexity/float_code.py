@@ -59,8 +59,9 @@ _BY_CODE = {f.code: f for f in FORMATS.values()}
 VALUES_PER_CLASS = 100_000
 MAX_CLASSES = 8
 MIN_ROWS_FOR_CLASSES = 16
-#: refuse codes that claim more values than this (a damaged header must not allocate the machine away)
-MAX_DECODE_VALUES = 1 << 33
+#: by default refuse codes that claim more values than this: a damaged header must not allocate the machine
+#: away, while a legitimate code of a constant tensor can be tiny for any size (pass max_values to go beyond)
+MAX_DECODE_VALUES = 1 << 28
 
 
 def encode(x: Any) -> bytes:
@@ -74,12 +75,12 @@ def encode(x: Any) -> bytes:
     header = MAGIC + bytes([fmt.code]) + varint(len(shape)) + b"".join(varint(int(s)) for s in shape)
     if bits.size == 0:
         return header
-    rows = _rows(shape, bits.size)
+    rows = _rows(shape)
     u = bits.reshape(rows, -1)
     tz = _row_trailing_zeros(u & fmt.uint((1 << fmt.mantissa) - 1), fmt.mantissa)
     head = (u >> fmt.uint(fmt.mantissa - fmt.head)).astype(np.int32)  # sign | exponent | top h mantissa bits
     cls = _row_classes(head & ((1 << (fmt.exponent + fmt.head)) - 1), tz)
-    order, groups = _class_groups(cls)
+    groups = _class_groups(cls)
     tables, symbols = [], []
     for c, row_idx in groups:
         sym = (head if len(groups) == 1 else head[row_idx]).reshape(-1)
@@ -95,8 +96,10 @@ def encode(x: Any) -> bytes:
     return header + b"".join(varint(len(s)) + s for s in (info, table, ans, low))
 
 
-def decode(data: bytes) -> Any:
-    """Inverse of :func:`encode`: a numpy array (float32/float16), or a torch bfloat16 tensor."""
+def decode(data: bytes, max_values: int = MAX_DECODE_VALUES) -> Any:
+    """Inverse of :func:`encode`: a numpy array (float32/float16), or a torch bfloat16 tensor.
+
+    Codes claiming more than ``max_values`` values are refused (CorruptFileError)."""
     buf = memoryview(bytes(data))
     try:
         if bytes(buf[:4]) != MAGIC or buf[4] not in _BY_CODE:
@@ -110,8 +113,9 @@ def decode(data: bytes) -> Any:
             s, pos = read_varint(buf, pos)
             shape.append(s)
         n = int(np.prod(shape, dtype=object)) if shape else 1
-        if n > MAX_DECODE_VALUES:
-            raise CorruptFileError(f"corrupt fpc code: claims {n:,} values")
+        if n > max_values:
+            raise CorruptFileError(f"fpc code claims {n:,} values, over the limit of {max_values:,} "
+                                   "(pass max_values to decode more)")
         if n == 0:
             return _output(np.zeros(0, dtype=fmt.uint), fmt, tuple(shape))
         sections = []
@@ -123,13 +127,13 @@ def decode(data: bytes) -> Any:
             pos += size
     except IndexError:
         raise CorruptFileError("corrupt fpc code: truncated header") from None
-    rows = _rows(tuple(shape), n)
+    rows = _rows(tuple(shape))
     cols = n // rows
     info = np.frombuffer(_unzstd(sections[0], 2 * rows), dtype=np.uint8).reshape(2, rows).astype(np.int64)
     tz, cls = info
     if (tz > fmt.mantissa).any():
         raise CorruptFileError("corrupt fpc code: bad row precision")
-    order, groups = _class_groups(cls)
+    groups = _class_groups(cls)
     tables = _unpack_tables(sections[1], len(groups))
     head = np.zeros((rows, cols), dtype=np.int64)
     decoded = _ans_decode(sections[2], [(counts, row_idx.size * cols) for (_, _, counts), (_, row_idx) in
@@ -150,7 +154,7 @@ def _output(bits: np.ndarray, fmt: _Format, shape: tuple[int, ...]) -> Any:
     return bits.view(fmt.name).reshape(shape)
 
 
-def _rows(shape: tuple[int, ...], n: int) -> int:
+def _rows(shape: tuple[int, ...]) -> int:
     """Rows of the 2-D view the side information is kept per: the first dimension of a matrix, else one."""
     return int(shape[0]) if len(shape) >= 2 and shape[0] > 0 else 1
 
@@ -178,11 +182,12 @@ def _row_classes(magnitude: np.ndarray, tz: np.ndarray) -> np.ndarray:
     return scale * 2 + (tz > 0)
 
 
-def _class_groups(cls: np.ndarray) -> tuple[np.ndarray, list[tuple[int, np.ndarray]]]:
+def _class_groups(cls: np.ndarray) -> list[tuple[int, np.ndarray]]:
+    """(class, its rows in order) for each class present, classes ascending."""
     order = np.argsort(cls, kind="stable")
     values, starts = np.unique(cls[order], return_index=True)
     bounds = list(starts[1:]) + [order.size]
-    return order, [(int(v), order[s:e]) for v, s, e in zip(values, starts, bounds)]
+    return [(int(v), order[s:e]) for v, s, e in zip(values, starts, bounds)]
 
 
 def _pack_tables(tables: list[tuple[int, int, np.ndarray]]) -> bytes:

@@ -207,7 +207,7 @@ def prequential(model: str | Sequence[str] = "mlp", data: str = "digits", chunks
     ``limit`` keeps the first ``limit`` of them.
     """
     names = [model] if isinstance(model, str) else list(model)
-    x, y, classes = _labels_in_order(data, seed, limit, data_dir)
+    x, y, classes = labels_in_order(data, seed, limit, data_dir)
     bounds = check_chunks(default_chunks(len(y)) if chunks is None else chunks, len(y))
     opts = _options(names, max_epochs, patience, lr, batch_size, calibrate, warm_start, anneal)
     start = time.perf_counter()
@@ -225,7 +225,7 @@ def decode(result: PrequentialResult, data_dir: str | None = None, device: str =
     Only the inputs are read from the data set (in the same seeded order); every label comes out of the code.
     """
     o = result.options
-    x, _, classes = _labels_in_order(result.data, o["seed"], o["limit"], data_dir)
+    x, _, classes = labels_in_order(result.data, o["seed"], o["limit"], data_dir)
     opts = TrainOptions(**{k: o[k] for k in TrainOptions.__dataclass_fields__})
     run = _Run(result.models, x, classes, o["chunks"], opts, o["seed"], torch.device(device), quiet)
     return run.decode(label_code.LabelDecoder(result.code))
@@ -243,9 +243,10 @@ def _options(names: list[str], max_epochs: int, patience: int, lr: float, batch_
     return TrainOptions(max_epochs, patience, float(lr), batch_size, calibrate, warm_start, anneal)
 
 
-def _labels_in_order(name: str, seed: int, limit: int | None, data_dir: str | None
-                     ) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """All training examples of a data set (train + validation splits) in a seeded order."""
+def labels_in_order(name: str, seed: int, limit: int | None = None, data_dir: str | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """(inputs, labels, classes): all training examples of a data set (train + validation splits) in the
+    seeded order a prequential code sends them; ``limit`` keeps the first ``limit``."""
     ds = data_mod.load(name, seed=seed, data_dir=data_dir)
     if ds.tokens:
         raise PrequentialError(f"{name} gives token inputs; prequential codes are for image data sets")
@@ -399,4 +400,4 @@ def _temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
                                           options={"xatol": 1e-4}).x))
 
 
-__all__ = ["prequential", "decode", "PrequentialResult", "Chunk", "default_chunks", "check_chunks"]
+__all__ = ["prequential", "decode", "PrequentialResult", "Chunk", "default_chunks", "check_chunks", "labels_in_order"]

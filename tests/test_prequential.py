@@ -14,17 +14,15 @@ from momos import data, models
 from momos.cli import main
 from momos.config import TrainConfig
 from momos.errors import PrequentialError
-from momos.prequential import decode, default_chunks, prequential
+from momos.prequential import decode, default_chunks, labels_in_order, prequential
 from momos.trainer import train
 
 WORD = 32  # the ANS code ends on whole 32-bit words; its state adds at most two
 
 
 def _seeded_labels(name: str, seed: int, limit: int | None = None) -> np.ndarray:
-    ds = data.load(name, seed=seed)
-    y = torch.cat([ds.train.y, ds.val.y])
-    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
-    return y[order][:limit].numpy()
+    """The labels in the order the code sends them: train + validation splits, permuted by the seed."""
+    return labels_in_order(name, seed, limit, None)[1].numpy()
 
 
 def test_label_code_round_trips_in_segments_and_matches_the_ideal_length():
