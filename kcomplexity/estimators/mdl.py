@@ -14,6 +14,11 @@ Any tensor can be scored: its distinct blocks of size s are found exactly
 (no fitting, no loss); a tensor without repeated blocks costs its n*q bits
 (the raw code) plus a header. A MoMos ``Mosaic`` (anything with ``motifs``, ``index``, ``s`` and
 ``sizes``) is scored from its own motif table without recomputing blocks.
+
+q-bit weights (quantisation-aware training): with ``q`` below the stored
+width, tensors that are exactly integer levels times one scale are coded
+as a mosaic of q-bit level blocks plus the scale; the rest keep their width
+(both parts in one code, see :func:`mdl`).
 """
 from __future__ import annotations
 
