@@ -96,16 +96,7 @@ def _scored(arrays: Iterable[NamedArray], ests: Mapping[str, Estimator], jobs: i
             yield a, _score_all(ests, a)
         return
     with _pool(jobs, all(est.thread_parallel for est in ests.values())) as pool:
-        pending: deque = deque()
-        for a in arrays:
-            pending.append((a, pool.submit(_score_all, ests, a)))
-            del a
-            if len(pending) >= 2 * jobs:
-                a, future = pending.popleft()
-                yield a, future.result()
-        while pending:
-            a, future = pending.popleft()
-            yield a, future.result()
+        yield from _in_order(pool, ((a, (_score_all, ests, a)) for a in arrays), 2 * jobs)
 
 
 @dataclass(frozen=True)
@@ -128,13 +119,24 @@ def _read_and_score(path: str, name: str, allow_nonfinite: bool, ests: Mapping[s
 def _scored_in_workers(src: Source, ests: Mapping[str, Estimator], jobs: int) -> Iterator[tuple[_Scored, Any]]:
     """Worker processes read the tensors from their files themselves: the parent only collects results."""
     with _pool(jobs, False) as pool:
-        pending: deque = deque()
-        for name, path in zip(src.names, src.files):
-            pending.append(pool.submit(_read_and_score, path, name, src.allow_nonfinite, ests))
-            if len(pending) >= 2 * jobs:
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
+        calls = ((None, (_read_and_score, path, name, src.allow_nonfinite, ests))
+                 for name, path in zip(src.names, src.files))
+        for _, result in _in_order(pool, calls, 2 * jobs):
+            yield result
+
+
+def _in_order(pool: Any, calls: Iterable[tuple[Any, tuple[Any, ...]]], in_flight: int) -> Iterator[tuple[Any, Any]]:
+    """(tag, fn(*args)) for each (tag, (fn, *args)) in ``calls``, in order, at most ``in_flight`` submitted at once."""
+    pending: deque = deque()
+    for tag, (fn, *args) in calls:
+        pending.append((tag, pool.submit(fn, *args)))
+        del tag, fn, args  # no tensor stays referenced here beyond those in flight
+        if len(pending) >= in_flight:
+            tag, future = pending.popleft()
+            yield tag, future.result()
+    while pending:
+        tag, future = pending.popleft()
+        yield tag, future.result()
 
 
 def _pool(jobs: int, threads: bool) -> Any:

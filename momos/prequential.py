@@ -335,10 +335,7 @@ class _Run:
         logits = _logits(net, self.x[lo:hi], self.device, name, lo)
         if temperature is not None:
             logits = logits / temperature
-        probs = torch.softmax(logits.double(), 1).numpy()
-        probs = np.maximum(probs, PROB_FLOOR)
-        probs /= probs.sum(1, keepdims=True)
-        return {"probs": probs, "epochs": epochs, "trained_on": int(train.numel()), "temperature": temperature}
+        return {"probs": probabilities(logits), "epochs": epochs, "trained_on": int(train.numel()), "temperature": temperature}
 
 
 def _fit(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, train: torch.Tensor, held: torch.Tensor,
@@ -376,9 +373,20 @@ def _held_loss(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, held: tor
 
 
 @torch.no_grad()
-def _logits(net: torch.nn.Module, x: torch.Tensor, device: torch.device, name: str, sent: int) -> torch.Tensor:
+def batched_logits(net: torch.nn.Module, x: torch.Tensor, device: str | torch.device) -> torch.Tensor:
+    """The network's outputs for ``x`` in eval mode, in batches of 2,048, on the CPU."""
     net.eval()
-    out = torch.cat([net(x[i:i + 2048].to(device)).float().cpu() for i in range(0, len(x), 2048)])
+    return torch.cat([net(x[i:i + 2048].to(device)).cpu() for i in range(0, len(x), 2048)])
+
+
+def probabilities(logits: torch.Tensor) -> np.ndarray:
+    """Softmax in float64, floored at PROB_FLOOR and renormalised: rows the label coder can code."""
+    probs = np.maximum(torch.softmax(logits.double(), 1).numpy(), PROB_FLOOR)
+    return probs / probs.sum(1, keepdims=True)
+
+
+def _logits(net: torch.nn.Module, x: torch.Tensor, device: torch.device, name: str, sent: int) -> torch.Tensor:
+    out = batched_logits(net, x, device).float()
     if not torch.isfinite(out).all():
         raise PrequentialError(f"model '{name}' gave non-finite outputs after training on {sent:,} labels")
     return out
@@ -400,4 +408,5 @@ def _temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
                                           options={"xatol": 1e-4}).x))
 
 
-__all__ = ["prequential", "decode", "PrequentialResult", "Chunk", "default_chunks", "check_chunks", "labels_in_order"]
+__all__ = ["prequential", "decode", "PrequentialResult", "Chunk", "default_chunks", "check_chunks", "labels_in_order",
+           "batched_logits", "probabilities"]

@@ -26,7 +26,7 @@ from kcomplexity.errors import NonFiniteLossError
 from kcomplexity.quantized import check_precision
 
 from . import data as data_mod
-from .prequential import PROB_FLOOR
+from .prequential import batched_logits, probabilities
 from .rundir import write_atomic
 
 FILE = "two_part.json"
@@ -64,6 +64,7 @@ def measure(model: torch.nn.Module, train: data_mod.Split, test: data_mod.Split,
                 parametrize.remove_parametrizations(module, name, leave_parametrized=True)
     if not all(bool(torch.isfinite(p).all()) for p in net.parameters()):
         raise NonFiniteLossError("the model holds NaN/Inf weights; a two-part code needs finite weights")
+    net.to(device)
     test_exact = _accuracy(net, test, device)
     model_bits, sq, n = 0, 0.0, 0
     with torch.no_grad():
@@ -98,22 +99,15 @@ def write(run_dir: Path, result: TwoPart) -> None:
     write_atomic(Path(run_dir) / FILE, json.dumps(result.to_json(), indent=2))
 
 
-@torch.no_grad()
 def _probabilities(net: torch.nn.Module, x: torch.Tensor, device: str | torch.device) -> np.ndarray:
-    net.eval().to(device)
-    logits = torch.cat([net(x[i:i + 2048].to(device)).double().cpu() for i in range(0, len(x), 2048)])
+    logits = batched_logits(net, x, device).double()
     if not torch.isfinite(logits).all():
         raise NonFiniteLossError("the quantised model gives non-finite outputs; try a smaller rel")
-    probs = np.maximum(torch.softmax(logits, 1).numpy(), PROB_FLOOR)
-    return probs / probs.sum(1, keepdims=True)
+    return probabilities(logits)
 
 
-@torch.no_grad()
 def _accuracy(net: torch.nn.Module, split: data_mod.Split, device: str | torch.device) -> float:
-    net.eval().to(device)
-    hits = sum(int((net(split.x[i:i + 2048].to(device)).argmax(1).cpu() == split.y[i:i + 2048]).sum())
-               for i in range(0, len(split.y), 2048))
-    return hits / len(split.y)
+    return float((batched_logits(net, split.x, device).argmax(1) == split.y).double().mean())
 
 
 __all__ = ["TwoPart", "measure", "two_part"]
