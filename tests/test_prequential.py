@@ -14,7 +14,7 @@ from momos import data, models
 from momos.cli import main
 from momos.config import TrainConfig
 from momos.errors import PrequentialError
-from momos.prequential import decode, default_chunks, labels_in_order, prequential
+from momos.prequential import decode, default_chunks, labels_in_order, prequential, shifted
 from momos.trainer import train
 
 WORD = 32  # the ANS code ends on whole 32-bit words; its state adds at most two
@@ -92,6 +92,44 @@ def test_calibration_and_warm_start_decode_too():
     assert all(0.5 <= c.temperature <= 10 for c in r.chunks[1:])
     assert r.options["calibrate"] and r.options["warm_start"] and r.options["anneal"]
     assert np.array_equal(decode(r), _seeded_labels("digits", 0, 400))
+
+
+def test_shifted_moves_each_image_whole_pixels_and_repeats_the_edge():
+    images = torch.rand(64, 2, 8, 8)
+    gen = torch.Generator().manual_seed(0)
+    out = shifted(images, 2, gen)
+    assert out.shape == images.shape and torch.equal(shifted(images, 0, gen), images)
+    assert torch.equal(out, shifted(images, 2, torch.Generator().manual_seed(0)))  # seeded
+    moves = set()
+    for src, dst in zip(images, out):  # each output is its own image moved by some (dy, dx) in [-2, 2]
+        found = [(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)
+                 if torch.equal(dst[:, max(dy, 0):8 + min(dy, 0), max(dx, 0):8 + min(dx, 0)],
+                                src[:, max(-dy, 0):8 + min(-dy, 0), max(-dx, 0):8 + min(-dx, 0)])]
+        assert found
+        moves.add(found[0])
+    assert len(moves) > 10  # the shifts differ from image to image
+    flat = torch.zeros(3, 1, 6, 6) + torch.arange(3.0)[:, None, None, None]
+    assert torch.equal(shifted(flat, 2, gen), flat)  # the uncovered border repeats the edge (the background)
+
+
+def test_augmented_code_decodes_and_bad_augment_is_refused():
+    r = prequential("cnn", "digits", limit=300, augment=1, quiet=True)
+    assert r.options["augment"] == 1 and r.ratio < 1
+    assert r.code != prequential("cnn", "digits", limit=300, quiet=True).code
+    assert np.array_equal(decode(r), _seeded_labels("digits", 0, 300))
+    with pytest.raises(PrequentialError, match="augment"):
+        prequential("cnn", "digits", augment=-1, quiet=True)
+
+
+def test_an_ensemble_codes_with_its_members_mean_and_decodes():
+    kw = dict(data="digits", limit=400, calibrate=True, warm_start=True, quiet=True)
+    one, two = prequential("mlp", **kw), prequential("mlp", ensemble=2, **kw)
+    assert two.options["ensemble"] == 2 and two.code != one.code
+    # member 0 is the single network: same seed, same training; the ensemble adds a second and averages
+    assert two.chunks[1].bits != one.chunks[1].bits
+    assert np.array_equal(decode(two), _seeded_labels("digits", 0, 400))
+    with pytest.raises(PrequentialError, match="ensemble"):
+        prequential("mlp", "digits", ensemble=0, quiet=True)
 
 
 @pytest.mark.parametrize("chunks, match", [([128, 64], "increase"), ([64, 5000], "exceeds"),
