@@ -118,6 +118,9 @@ def _rank_entry(rank: int, world: int, port: int, backend_name: str, fn: Callabl
     dist.init_process_group(backend_name, init_method=f"tcp://{LOCALHOST}:{port}", rank=rank, world_size=world)
     try:
         fn(*args)
+        # all ranks done before any tears its connections down: a rank that destroyed its group while a
+        # peer was still finishing aborted now and then ("terminate called without an active exception")
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 

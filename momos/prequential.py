@@ -15,7 +15,7 @@ with ``calibrate``, a softmax temperature). Options, each reported apart:
 ``calibrate`` (temperature fitted on the held-out labels), several models
 with switching (the best model per chunk, its index coded in the stream at
 log2 M bits), ``warm_start`` (continue from the previous chunk's network),
-``anneal`` (smaller steps from the best epoch after each bad one) and
+``anneal`` (smaller steps from the best epoch after each bad one),
 ``augment`` (training images shifted by a few pixels at random) and
 ``ensemble`` (several networks per model, their predictions averaged).
 """
@@ -209,10 +209,11 @@ def prequential(model: str | Sequence[str] = "mlp", data: str = "digits", chunks
     (instead of only counting it). ``augment`` shifts each training image by
     a random whole number of pixels, up to ``augment`` each way, every time
     it is drawn. ``ensemble`` trains that many networks per model and chunk
-    (different seeds) and codes with the mean of their predictions. ``chunks`` are the boundaries t_1 < t_2 < ... (default:
-    doubling from 64). The labels are all of the data set's training data
-    (its train and validation splits) in an order drawn from ``seed``;
-    ``limit`` keeps the first ``limit`` of them.
+    (different seeds) and codes with the mean of their predictions.
+    ``chunks`` are the boundaries t_1 < t_2 < ... (default: doubling from
+    64). The labels are all of the data set's training data (its train and
+    validation splits) in an order drawn from ``seed``; ``limit`` keeps the
+    first ``limit`` of them.
     """
     names = [model] if isinstance(model, str) else list(model)
     x, y, classes = labels_in_order(data, seed, limit, data_dir)
