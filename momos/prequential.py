@@ -57,7 +57,7 @@ class Chunk:
     epochs: int              #: epochs of the kept (best held-out loss) model, the most of an ensemble's; 0: uniform
     bits: float              #: -log2 p of the chunk's labels, plus the switch index when switching
     model: str               #: the model that coded it ("uniform" for the first chunk)
-    temperature: float | None = None  #: fitted softmax temperature (an ensemble's mean) with calibrate
+    temperature: float | None = None  #: softmax temperature fitted with calibrate (on an ensemble's mean)
 
     @property
     def n(self) -> int:
@@ -209,7 +209,8 @@ def prequential(model: str | Sequence[str] = "mlp", data: str = "digits", chunks
     (instead of only counting it). ``augment`` shifts each training image by
     a random whole number of pixels, up to ``augment`` each way, every time
     it is drawn. ``ensemble`` trains that many networks per model and chunk
-    (different seeds) and codes with the mean of their predictions.
+    (different seeds) and codes with the mean of their predicted
+    distributions (with ``calibrate``, one temperature fitted to that mean).
     ``chunks`` are the boundaries t_1 < t_2 < ... (default: doubling from
     64). The labels are all of the data set's training data (its train and
     validation splits) in an order drawn from ``seed``; ``limit`` keeps the
@@ -335,7 +336,7 @@ class _Run:
         seen = torch.arange(lo)
         held = seen[seen % HOLDOUT == HOLDOUT - 1]
         train = seen[seen % HOLDOUT != HOLDOUT - 1]
-        probs, epochs, temperatures = [], [], []
+        outputs, held_outputs, epochs = [], [], []
         for member in range(opts.ensemble):
             # seeded by the model's name, not its place in a switch list: each model trains alike alone or switched
             torch.manual_seed(self.seed * 1_000_003 + chunk * 101 + zlib.crc32(name.encode()) + member * 7_919)
@@ -346,13 +347,16 @@ class _Run:
             epochs.append(_fit(net, self.x, y, train, held, opts, self.device, name, lo))
             if opts.warm_start:
                 self.nets[key] = net
-            logits = _logits(net, self.x[lo:hi], self.device, name, lo)
+            outputs.append(_logits(net, self.x[lo:hi], self.device, name, lo))
             if opts.calibrate:
-                temperatures.append(_temperature(_logits(net, self.x[held], self.device, name, lo), y[held]))
-                logits = logits / temperatures[-1]
-            probs.append(probabilities(logits))
-        return {"probs": probs[0] if len(probs) == 1 else probabilities_mean(probs), "epochs": max(epochs),
-                "trained_on": int(train.numel()), "temperature": float(np.mean(temperatures)) if temperatures else None}
+                held_outputs.append(_logits(net, self.x[held], self.device, name, lo))
+        logits = _mean_distribution(outputs)
+        temperature = None
+        if opts.calibrate:  # one temperature for the ensemble's mean, fitted on its held-out predictions
+            temperature = _temperature(_mean_distribution(held_outputs), y[held])
+            logits = logits / temperature
+        return {"probs": probabilities(logits), "epochs": max(epochs), "trained_on": int(train.numel()),
+                "temperature": temperature}
 
 
 def _fit(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, train: torch.Tensor, held: torch.Tensor,
@@ -414,10 +418,12 @@ def probabilities(logits: torch.Tensor) -> np.ndarray:
     return probs / probs.sum(1, keepdims=True)
 
 
-def probabilities_mean(rows: Sequence[np.ndarray]) -> np.ndarray:
-    """The mean of several models' predicted distributions (an ensemble's prediction), still floored."""
-    probs = np.maximum(np.mean(rows, axis=0), PROB_FLOOR)
-    return probs / probs.sum(1, keepdims=True)
+def _mean_distribution(logits: list[torch.Tensor]) -> torch.Tensor:
+    """One network's logits as they are; several networks' mean distribution as log-probabilities (float64)."""
+    if len(logits) == 1:
+        return logits[0]
+    logp = torch.stack([torch.log_softmax(z.double(), 1) for z in logits])
+    return torch.logsumexp(logp, 0) - math.log(len(logits))
 
 
 def _logits(net: torch.nn.Module, x: torch.Tensor, device: torch.device, name: str, sent: int) -> torch.Tensor:
@@ -444,4 +450,4 @@ def _temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
 
 
 __all__ = ["prequential", "decode", "PrequentialResult", "Chunk", "default_chunks", "check_chunks", "labels_in_order",
-           "batched_logits", "probabilities", "probabilities_mean", "shifted"]
+           "batched_logits", "probabilities", "shifted"]
