@@ -328,10 +328,12 @@ def test_a_damaged_pt_entry_fails_its_crc(tmp_path):
 def test_a_second_ctrl_c_ends_quietly(tmp_path):
     import signal
 
-    # a shell's background job starts with SIGINT ignored, and Python then keeps ignoring it: restore the default
-    proc = subprocess.Popen([sys.executable, "-m", "momos", "train", "--out", str(tmp_path / "r"), "--epochs", "50",
-                             "--width", "16", "-e", "lzma", "--quiet"], stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    # a shell's background job starts with SIGINT ignored, and Python then keeps ignoring it: the child installs
+    # Python's own Ctrl-C handler first, as an interactive start would have (no preexec_fn: unsafe with threads)
+    launch = ("import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+              "sys.argv[0] = 'momos'; runpy.run_module('momos', run_name='__main__')")
+    proc = subprocess.Popen([sys.executable, "-c", launch, "train", "--out", str(tmp_path / "r"), "--epochs", "50",
+                             "--width", "16", "-e", "lzma", "--quiet"], stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 60
     while not (tmp_path / "r" / "log.jsonl").exists() and time.time() < deadline:
         time.sleep(0.05)
