@@ -42,11 +42,17 @@ def minilm() -> Path:
     return Path(list(spec.submodule_search_locations)[0]) / "model" / "model.safetensors"
 
 
-def table(path: Path, estimators: list[str]) -> None:
-    import torch
+def float_weights(path: Path) -> dict:
+    """The floating-point tensors of a safetensors file, as torch tensors."""
     from safetensors.torch import load_file
 
-    weights = {k: v for k, v in load_file(str(path)).items() if v.is_floating_point()}
+    return {k: v for k, v in load_file(str(path)).items() if v.is_floating_point()}
+
+
+def table(path: Path, estimators: list[str]) -> None:
+    import torch
+
+    weights = float_weights(path)
     n = sum(v.numel() for v in weights.values())
     for cast in ("float32", "bfloat16"):
         ws = weights if cast == "float32" else {k: v.to(torch.bfloat16) for k, v in weights.items()}
@@ -64,9 +70,7 @@ def table(path: Path, estimators: list[str]) -> None:
 
 
 def jobs(path: Path) -> None:
-    from safetensors.torch import load_file
-
-    weights = {k: v for k, v in load_file(str(path)).items() if v.is_floating_point()}
+    weights = float_weights(path)
     size_mb = sum(v.numel() * v.element_size() for v in weights.values()) / 1e6
     for est in ("fpc", "zstd", "pco"):
         times, reports = {}, {}
