@@ -73,11 +73,13 @@ class Mosaic:
 
     def save(self, path: str | Path) -> None:
         """Write to a .safetensors file (motifs, index, and the layout as metadata)."""
-        from safetensors.torch import save_file
+        from safetensors.torch import save
+
+        from kcomplexity.fileio import write_atomic
 
         meta = {"s": str(self.s), "layout": json.dumps({"names": self.names, "shapes": [list(s) for s in self.shapes],
                                                           "dtypes": self.dtypes})}
-        save_file({"motifs": self.motifs.contiguous(), "index": self.index.contiguous()}, str(path), metadata=meta)
+        write_atomic(path, save({"motifs": self.motifs.contiguous(), "index": self.index.contiguous()}, metadata=meta))
 
     @classmethod
     def load(cls, path: str | Path) -> "Mosaic":

@@ -76,6 +76,15 @@ def check_settings(s: Any, capacity: Any, k: Any, scope: str = "global") -> tupl
     return int(s), capacity, (int(k) if k is not None else None)
 
 
+def check_fits(s: int, sizes: list[int]) -> None:
+    """MoMosError unless block size ``s`` fits the largest of the parameters of these sizes."""
+    largest = max(sizes, default=0)
+    if largest == 0:
+        raise MoMosError("nothing to project: every parameter is empty")
+    if s > largest:  # every block would be mostly padding; the padded copy could exhaust memory
+        raise MoMosError(f"block size s={s} exceeds the largest tensor ({largest:,} values); use s <= {largest:,}")
+
+
 def trainable(model_or_params: Any) -> list[tuple[str, torch.Tensor]]:
     """(name, parameter) pairs MoMos acts on: trainable parameters of a module, or given tensors."""
     if isinstance(model_or_params, torch.nn.Module):
@@ -123,11 +132,7 @@ def project(
     items = trainable(model_or_params)
     if any(p.device.type == "meta" for _, p in items):
         raise MoMosError("the model is on the meta device and holds no values to project")
-    largest = max(p.numel() for _, p in items)
-    if largest == 0:
-        raise MoMosError("nothing to project: every parameter is empty")
-    if s > largest:  # every block would be mostly padding; the padded copy could exhaust memory
-        raise MoMosError(f"block size s={s} exceeds the largest tensor ({largest:,} values); use s <= {largest:,}")
+    check_fits(s, [p.numel() for _, p in items])
     for name, p in items:
         if not torch.isfinite(p).all():
             raise NonFiniteError(f"parameter '{name}' holds NaN/Inf; MoMos cannot project it")

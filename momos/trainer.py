@@ -31,7 +31,7 @@ from kcomplexity.sources import open_source
 from . import checkpoint, data, distributed, models, qat, rundir, two_part
 from .config import TrainConfig
 from .errors import RunError
-from .projection import MoMos, Projection
+from .projection import MoMos, Projection, check_fits
 from .rundir import read_log
 
 #: estimators that need a loss (``intrinsic``) get it on this many training examples, a fixed seeded subset
@@ -86,6 +86,7 @@ class _Trainer:
         self.momos = (MoMos(cfg.s, cfg.capacity, cfg.k, cfg.force_zero, seed=cfg.seed, scope=cfg.scope)
                       if cfg.uses_momos else None)
         self.estimators = kc.estimators.resolve(cfg.estimators) if cfg.estimators else {}
+        self.preflight()
         needs = {n for est in self.estimators.values() for n in est.needs}
         self.loss_fn = fixed_loss(self.data.train, cfg.seed, self.device) if "loss_fn" in needs else None
         self.keep_model, self.keep_previous = "model" in needs, "previous" in needs
@@ -93,6 +94,14 @@ class _Trainer:
         self.best = {"epoch": -1, "val_acc": -1.0, "val_loss": float("inf")}
         self.log_path = run_dir / "log.jsonl"
         self.ckpt_root = run_dir / "checkpoints"
+
+    def preflight(self) -> None:
+        """Settings that do not fit this model fail here, before the run directory is touched."""
+        sizes = [p.numel() for p in self.model.parameters() if p.requires_grad]
+        if self.momos is not None:
+            check_fits(self.cfg.s, sizes)
+        for est in self.estimators.values():
+            est.check_sizes(sizes)
 
     def _optimizer(self, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
         c = self.cfg
@@ -211,7 +220,9 @@ class _Trainer:
                 self.momos.load_state_dict(state["momos"])
             self.best = json.loads(state["best"])
             pending = json.loads(state["pending"])
-        except (KeyError, ValueError, RuntimeError) as exc:
+            if not (isinstance(self.best, dict) and isinstance(pending, dict) and isinstance(pending.get("epoch"), int)):
+                raise ValueError("best/pending are not epoch records")
+        except (KeyError, ValueError, RuntimeError, TypeError, AttributeError, RecursionError) as exc:
             raise RunError(f"corrupt checkpoint state in {folder}: {exc}") from None
         if not self.ranks.main:
             return epoch
@@ -358,16 +369,19 @@ def train(config: TrainConfig | dict[str, Any], run_dir: str | Path, resume: boo
     after the last completed epoch.
     """
     run_dir = Path(run_dir)
-    rundir.check_out(run_dir, resume)
     if resume:
+        rundir.check_out(run_dir, resume, overwrite)
         cfg = TrainConfig.from_json(rundir.stored_config(run_dir))
     else:
         cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_json(dict(config))
     cfg = cfg.resolved()
+    rundir.check_out(run_dir, resume, overwrite, cfg.to_json())
     if cfg.devices > 1 and distributed.current().world == 1:
         return _train_ranks(cfg, run_dir, resume, overwrite, quiet, model)
-    trainer = _Trainer(cfg, run_dir, quiet, model)  # loads the data and builds the model: fails before any write
+    # the lock first, so a second process is refused at once; then data, model and settings are checked
+    # (failing before any write), then the folder is prepared
     with rundir.locked(run_dir):
+        trainer = _Trainer(cfg, run_dir, quiet, model)
         resume = rundir.prepare(run_dir, cfg.to_json(), versions(), resume, overwrite)
         return trainer.run(resume)
 
@@ -379,15 +393,15 @@ def _train_ranks(cfg: TrainConfig, run_dir: Path, resume: bool, overwrite: bool,
         ranks = distributed.init_from_env(cfg.device)
         if ranks.world != cfg.devices:
             raise RunError(f"torchrun started {ranks.world} processes but the config asks for devices={cfg.devices}")
-        trainer = _Trainer(cfg, run_dir, quiet, model)
         if ranks.main:
             with rundir.locked(run_dir):
+                trainer = _Trainer(cfg, run_dir, quiet, model)
                 resume = ranks.broadcast_flag(rundir.prepare(run_dir, cfg.to_json(), versions(), resume, overwrite))
                 return trainer.run(resume)
-        trainer.run(ranks.broadcast_flag(False))
+        _Trainer(cfg, run_dir, quiet, model).run(ranks.broadcast_flag(False))
         return rundir_result(run_dir)
-    _Trainer(cfg, run_dir, True, model)  # validates data and model in this process before anything is written
     with rundir.locked(run_dir):
+        _Trainer(cfg, run_dir, True, model)  # validates data, model and settings before anything is written
         resume = rundir.prepare(run_dir, cfg.to_json(), versions(), resume, overwrite)
         distributed.spawn(_rank_main, cfg.devices, cfg.device, (cfg, run_dir, resume, quiet, model))
     return rundir_result(run_dir)

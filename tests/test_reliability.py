@@ -87,7 +87,8 @@ def test_a_failed_start_writes_nothing_and_a_killed_start_restarts(tmp_path):
     assert not run.exists()
     # a run killed before its first checkpoint: config.json but no checkpoint
     run.mkdir()
-    (run / "config.json").write_text(json.dumps({"config": TrainConfig(**FAST).to_json(), "versions": {}}))
+    (run / "config.json").write_text(json.dumps({"format": "momos-run", "format_version": 1,
+                                                 "config": TrainConfig(**FAST).to_json(), "versions": {}}))
     train(TrainConfig(method="momos", **FAST), run, quiet=True)
     assert [r["epoch"] for r in read_log(run / "log.jsonl")] == [0, 1, 2]
 

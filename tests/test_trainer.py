@@ -129,7 +129,7 @@ def test_run_directory_safety(tmp_path):
     before = (run / "log.jsonl").read_text()
     with pytest.raises(RunError, match="different run"):
         train(TrainConfig(method="momos", **FAST), run, quiet=True)
-    with pytest.raises(RunError, match="already holds a run"):
+    with pytest.raises(RunError, match="already holds a finished run"):
         train(TrainConfig(method="baseline", **FAST), run, quiet=True)
     assert (run / "log.jsonl").read_text() == before  # nothing logged is lost
     # corrupt checkpoint on resume

@@ -75,6 +75,13 @@ class Estimator(ABC):
         """The settings that change this estimator's numbers."""
         return {}
 
+    def check_sizes(self, sizes: Sequence[int]) -> None:
+        """Refuse settings that tensors of these element counts cannot take, before any work is written.
+
+        A trainer calls it with its parameters' sizes before it writes a run;
+        the default accepts every size.
+        """
+
     def bits(self, x: Any) -> float:
         """Estimated description length of one array or tensor, in bits."""
         return float(self.estimate(as_named(x)).bits)

@@ -152,9 +152,7 @@ def mdl(source_or_mosaic: Any, s: int | None = None, q: int | None = None, inclu
         raise MDLError("mdl() of a tensor or model needs the block size s")
     s = _check_s(s)
     arrays = _arrays(source_or_mosaic, include_buffers)
-    largest = max(a.numel for a in arrays)
-    if s > largest:  # every block would be mostly padding; the padded copy could exhaust memory
-        raise MDLError(f"block size s={s} exceeds the largest tensor ({largest:,} values); use s <= {largest:,}")
+    check_block_size(s, [a.numel for a in arrays])
     if q is not None and {mosaic_code.WIDTH.get(a.dtype) for a in arrays} != {q}:
         return _mdl_on_grids(arrays, s, q)
     return _plain(arrays, s)
@@ -280,6 +278,14 @@ def _check_q(q: Any) -> int:
     return int(q)
 
 
+def check_block_size(s: int, sizes: Sequence[int]) -> None:
+    """MDLError when block size ``s`` exceeds every tensor (each block would be mostly padding, and the
+    padded copy could exhaust memory)."""
+    largest = max(sizes, default=0)
+    if s > largest:
+        raise MDLError(f"block size s={s} exceeds the largest tensor ({largest:,} values); use s <= {largest:,}")
+
+
 def _check_s(s: Any) -> int:
     if isinstance(s, bool) or int(s) != s or int(s) <= 0:
         raise MDLError(f"block size s must be a positive integer, got {s}")
@@ -323,6 +329,9 @@ class MDLEstimator(Estimator):
 
     def _pick(self, result: MDL) -> float:
         return float(result.coded_bits if self.code == "coded" else result.paper_bits)
+
+    def check_sizes(self, sizes: Sequence[int]) -> None:
+        check_block_size(self.s, sizes)
 
     def _bits(self, a: NamedArray) -> float:
         return self._pick(mdl(a, self.s, self.q))

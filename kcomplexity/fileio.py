@@ -1,0 +1,140 @@
+"""The one place files are opened for reading and written: three rules, each enforced here once.
+
+* **Only regular files are read.** A path is resolved (links followed), opened
+  without blocking and checked with ``fstat``: a FIFO, socket, device or
+  directory is refused before a byte is read, so nothing hangs. Every read has
+  a size limit, checked before the bytes are allocated.
+* **Outputs are never inputs.** An output is refused when it resolves to a file
+  an input reads or lies inside a folder an input reads (a model folder, a
+  Hugging Face cache entry, a data folder, a run).
+* **Writes are atomic and never follow a link we did not make.** Output goes
+  to a fresh temporary file beside the target (``O_EXCL``: an existing name or
+  link there is never opened) and is renamed over it, so a failure leaves the
+  old file or none, never half a file, and a symlink at the target is replaced,
+  not written through.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+from .errors import KComplexityError
+
+# mkstemp creates files 0600; our outputs get the mode a plain open() would give them
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+#: the largest text file (configs, logs, indexes, pointers) read whole
+TEXT_LIMIT = 256 * 2 ** 20
+
+
+class FileTypeError(KComplexityError, OSError):
+    """A path that is not a regular file (FIFO, socket, device, directory) where a file is read."""
+
+
+class OutputIsInputError(KComplexityError, ValueError):
+    """An output path that would overwrite or land inside something an input reads."""
+
+
+def open_regular(path: str | os.PathLike, what: str = "file") -> int:
+    """A read-only descriptor of ``path`` once it is known to be a regular file (links followed).
+
+    Opened with ``O_NONBLOCK`` so a FIFO cannot block the open; FileTypeError
+    for anything but a regular file; FileNotFoundError passes through.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except IsADirectoryError:
+        raise FileTypeError(f"{path} is a directory, not a {what}") from None
+    except OSError as exc:
+        if exc.errno in (errno.ENAMETOOLONG, errno.ELOOP):  # a path no file can have: our error, one line
+            raise FileTypeError(f"cannot read {str(path)[:200]}: {exc.strerror}") from None
+        raise
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        kind = "a directory" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "not a regular file"
+        raise FileTypeError(f"{path} is {kind}, not a {what}")
+    os.set_blocking(fd, True)
+    return fd
+
+
+def read_bytes(path: str | os.PathLike, limit: int = TEXT_LIMIT, what: str = "file") -> bytes:
+    """The bytes of a regular file of at most ``limit`` bytes (FileTypeError otherwise; checked before reading)."""
+    fd = open_regular(path, what)
+    try:
+        size = os.fstat(fd).st_size
+        if size > limit:
+            raise FileTypeError(f"{path} is {size:,} bytes, over the {limit:,}-byte limit for a {what}")
+        chunks, total = [], 0
+        while True:  # read to EOF, still bounded: the file may grow while it is read
+            chunk = os.read(fd, min(1 << 20, limit + 1 - total))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+            if total > limit:
+                raise FileTypeError(f"{path} grew past the {limit:,}-byte limit for a {what} while being read")
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def read_text(path: str | os.PathLike, limit: int = TEXT_LIMIT, what: str = "file") -> str:
+    """:func:`read_bytes` decoded as UTF-8 (undecodable bytes raise UnicodeDecodeError, a ValueError)."""
+    return read_bytes(path, limit, what).decode("utf-8")
+
+
+def write_atomic(path: str | os.PathLike, data: str | bytes) -> None:
+    """Replace ``path`` with ``data``: readers see the old file or the new one, never a mix or a half.
+
+    The temporary file is created with ``O_EXCL`` (``mkstemp``), so a file or
+    symlink a user left at any name is never opened; ``os.replace`` swaps a
+    symlink at ``path`` itself for our file rather than writing through it.
+    """
+    path = Path(path)
+    if path.is_dir() and not path.is_symlink():
+        raise FileTypeError(f"cannot write {path}: it is a directory")
+    raw = data.encode("utf-8") if isinstance(data, str) else data
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:64]}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, 0o666 & ~_UMASK)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(raw)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def resolved(path: str | os.PathLike) -> Path:
+    """``path`` with every existing link resolved (a missing tail stays as written)."""
+    return Path(os.path.realpath(os.fspath(path)))
+
+
+def refuse_output_into(output: str | os.PathLike | None, inputs: Iterable[str | os.PathLike]) -> None:
+    """OutputIsInputError when ``output`` resolves to an input file or lies inside an input folder.
+
+    ``inputs`` are every file and folder an input reads (weights, shards,
+    indexes, cache entries, data folders, runs); links are resolved on both
+    sides, so a path that reaches an input through a link is caught too.
+    """
+    if output is None:
+        return
+    out = resolved(output)
+    for item in inputs:
+        if item is None:
+            continue
+        src = resolved(item)
+        if out == src or (src.is_dir() and src in out.parents):
+            where = "is" if out == src else "lies inside"
+            raise OutputIsInputError(f"output {output} {where} the input {item}; choose a path outside the inputs")
