@@ -72,6 +72,7 @@ def _rd(args: argparse.Namespace) -> None:
         options["capacity"] = _floats(args.capacity or "0.01,0.05,0.2", "--capacity")
         extra = {"momos": options}
     _not_an_input(args.output, args.path)
+    _not_an_input(args.plot, args.path)
     curve = rd(args.path, _floats(args.rel, "--rel"), extra=extra)
     df = curve.to_frame()
     text = {"table": lambda: df.to_string(index=False, float_format=lambda v: f"{v:.4g}"),
@@ -120,25 +121,27 @@ def _demo(args: argparse.Namespace) -> None:
     print(demo.run(ests, epochs=args.epochs, seed=args.seed))
 
 
-def _not_an_input(output: str | None, *inputs: str) -> None:
-    """Refuse an output path that names one of the inputs (it would overwrite the weights with the report)."""
-    if output is None:
-        return
-    for path in inputs:
-        if os.path.exists(output) and os.path.exists(path) and os.path.samefile(output, path) \
-                or os.path.abspath(output) == os.path.abspath(path):
-            raise KComplexityError(f"output {output} is the input {path}; choose another path for the report")
+def _not_an_input(output: str | None, *inputs: str | None) -> None:
+    """Refuse an output that resolves to a file an input reads or lies inside a folder it reads."""
+    from .fileio import refuse_output_into
+    from .sources import input_paths
+
+    refuse_output_into(output, [p for i in inputs if i is not None for p in (input_paths(i) or [i])])
 
 
 def _emit(text: str, output: str | None) -> None:
+    """Print ``text``, or write it to ``output`` atomically (a failure leaves the old file or none)."""
     if output is None:
         sys.stdout.write(text if text.endswith("\n") else text + "\n")
         return
+    from .fileio import write_atomic
+
     try:
-        with open(output, "w", encoding="utf-8") as fh:
-            fh.write(text)
+        write_atomic(output, text)
+    except KComplexityError:
+        raise
     except OSError as exc:
-        raise KComplexityError(f"cannot write {output}: {exc.strerror}") from None
+        raise KComplexityError(f"cannot write {output}: {exc.strerror or exc}") from None
 
 
 #: modules only some extras install, and the extra that brings each

@@ -9,6 +9,7 @@ code, distortion = the projection's), so kcomplexity never imports them.
 """
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from typing import Any
 import pandas as pd
 
 from .errors import EstimatorSettingError, KComplexityError
+from .fileio import write_atomic
 from .estimators.precision import summarise
 from .quantized import check_precision, code_quantized
 from .sources import NamedArray, open_source
@@ -65,7 +67,8 @@ class RDCurve:
 
 
 def save_figure(fig: Any, path: str | Path) -> Path:
-    """Write a matplotlib figure as PNG to ``path`` (creating its folder), close it, return the path."""
+    """Write a matplotlib figure to ``path`` (PNG, PDF or SVG by its extension; creating its folder), close it,
+    return the path."""
     import matplotlib.pyplot as plt
 
     path = Path(path)
@@ -80,7 +83,9 @@ def save_figure(fig: Any, path: str | Path) -> Path:
             raise KComplexityError(f"cannot write plot {path}: use a file name ending in "
                                    f"{', '.join('.' + f for f in ('png', 'pdf', 'svg'))}")
         path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=110)
+        buf = io.BytesIO()
+        fig.savefig(buf, format=fmt, dpi=110)
+        write_atomic(path, buf.getvalue())  # a failure leaves the old file or none, never half a picture
     except OSError as exc:
         raise KComplexityError(f"cannot write plot {path}: {exc.strerror or exc}") from None
     finally:

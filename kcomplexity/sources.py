@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from .fileio import read_bytes, read_text
 from .errors import (
     KComplexityError,
     CorruptFileError,
@@ -302,10 +303,10 @@ def _open_directory(path: Path, allow_nonfinite: bool) -> Source:
 def _open_sharded(index: Path, allow_nonfinite: bool) -> Source:
     """Every shard of a sharded safetensors checkpoint as one source, read shard by shard, tensor by tensor."""
     try:
-        weight_map = json.loads(index.read_text())["weight_map"]
+        weight_map = json.loads(read_text(index, what="safetensors index"))["weight_map"]
         if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
             raise ValueError("weight_map is not a mapping of tensor names to shard files")
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, RecursionError) as exc:
         raise CorruptFileError(f"{index}: not a safetensors index ({_one_line(exc)})") from None
     shards: dict[str, list[str]] = {}
     for name, shard in weight_map.items():
@@ -332,6 +333,27 @@ def _open_sharded(index: Path, allow_nonfinite: bool) -> Source:
     return Source(names, opener, allow_nonfinite, str(index), files=files)
 
 
+def input_paths(source: Any) -> list[Path]:
+    """Every file and folder reading ``source`` may touch (for refusing outputs that land on an input).
+
+    A model folder, a sharded index's folder and a Hugging Face cache entry
+    (snapshots and blobs) count whole; a single file counts itself.
+    """
+    if not isinstance(source, (str, os.PathLike)):
+        return []
+    text = os.fspath(source)
+    if not text or "\0" in text:
+        return []
+    path = Path(text)
+    if not os.path.lexists(path):
+        cached = _hf_cache_snapshot(text)
+        # snapshots/<rev> -> the repo's cache folder, which holds the blobs the snapshot links to
+        return [cached.parent.parent] if cached is not None else []
+    if path.name.endswith(".safetensors.index.json"):
+        return [path, path.parent]
+    return [path]
+
+
 def _hf_cache_snapshot(name: str) -> Path | None:
     """The local Hugging Face cache's snapshot of model ``name`` (``org/model``), or None; never downloads."""
     if name.count("/") > 1 or name.startswith((".", "/")) or not name.strip():
@@ -343,10 +365,28 @@ def _hf_cache_snapshot(name: str) -> Path | None:
     # read the environment now (huggingface_hub reads it once, at its import)
     cache = os.environ.get("HF_HUB_CACHE") or (os.path.join(os.environ["HF_HOME"], "hub") if os.environ.get("HF_HOME")
                                                else None)
+    from huggingface_hub.constants import HF_HUB_CACHE
+
+    repo = Path(cache or HF_HUB_CACHE) / ("models--" + name.replace("/", "--"))
+    ref = repo / "refs" / "main"
+    if os.path.lexists(ref):
+        try:  # a FIFO here would hang the hub's reader; an oversized ref is not a revision
+            read_bytes(ref, limit=4096, what="Hugging Face cache ref")
+        except OSError as exc:
+            raise CorruptFileError(f"cached model {name}: {exc}") from None
     try:
-        return Path(snapshot_download(name, local_files_only=True, cache_dir=cache))
+        snapshot = Path(snapshot_download(name, local_files_only=True, cache_dir=cache))
     except Exception:  # not cached, an invalid repo id, or an offline-mode error: not a cached model
         return None
+    if not _inside(snapshot, repo / "snapshots"):
+        raise CorruptFileError(f"cached model {name}: its snapshot {snapshot} lies outside the cache entry {repo}")
+    return snapshot
+
+
+def _inside(path: Path, root: Path) -> bool:
+    """Does ``path`` resolve to ``root`` or below it (links followed on both sides)?"""
+    path, root = Path(os.path.realpath(path)), Path(os.path.realpath(root))
+    return path == root or root in path.parents
 
 
 def _safetensors_handle(path: Path) -> tuple[Any, str]:

@@ -115,6 +115,9 @@ def _parser_defaults() -> dict[str, object]:
 def _compare(args: argparse.Namespace) -> None:
     from . import compare
 
+    from kcomplexity.cli import _not_an_input
+
+    _not_an_input(args.plot, *args.runs)
     runs = [compare.load_run(r) for r in args.runs]
     tab = compare.table(runs)
     text = {"table": lambda: tab.to_string(float_format=_number),
@@ -134,7 +137,8 @@ def _prequential(args: argparse.Namespace) -> None:
 
     names = _list(args.switch, str) if args.switch else [args.model]
     chunks = _list(args.chunks, int) if args.chunks else None
-    _not_an_input(args.output, *(p for p in (args.plot,) if p))
+    _not_an_input(args.output, args.plot, args.data_dir)
+    _not_an_input(args.plot, args.data_dir)
     result = prequential(names if len(names) > 1 else names[0], args.data, chunks, seed=args.seed,
                          calibrate=args.calibrate, warm_start=args.warm_start, max_epochs=args.max_epochs,
                          patience=args.patience, lr=args.lr, batch_size=args.batch_size, limit=args.limit,
@@ -186,6 +190,7 @@ def _demo(args: argparse.Namespace) -> None:
     if args.epochs < 1:
         raise MoMosError(f"--epochs must be >= 1, got {args.epochs}")
     out = Path(args.out)
+    _claim_demo_folder(out)
     common = {"model": "mlp", "data": "digits", "epochs": args.epochs, "estimators": ["lzma", "zstd", "bdm", "mdl",
                                                                                       "mdl-paper"]}
     runs = []
@@ -197,6 +202,25 @@ def _demo(args: argparse.Namespace) -> None:
     print(tab.to_string(float_format=_number))
     print(compare.shortest_two_part(tab) or "")
     print(f"plot: {compare.plot(runs, out / 'compare.png')}")
+
+
+#: the file that marks a folder as the demo's own (it replaces only its runs and compare.png there)
+DEMO_MARKER = "demo.json"
+
+
+def _claim_demo_folder(out: Path) -> None:
+    """The demo writes only into a new or empty folder, or one an earlier demo marked as its own."""
+    from kcomplexity.fileio import write_atomic
+
+    marker = out / DEMO_MARKER
+    if out.is_dir() and any(out.iterdir()) and not marker.is_file():
+        raise MoMosError(f"{out} is not a demo folder (it holds files but no {DEMO_MARKER}); choose another --out: "
+                         "nothing there was changed")
+    if out.exists() and not out.is_dir():
+        raise MoMosError(f"{out} is a file, not a folder for the demo")
+    out.mkdir(parents=True, exist_ok=True)
+    if not marker.is_file():
+        write_atomic(marker, json.dumps({"format": "momos-demo", "writes": ["baseline", "momos", "compare.png"]}))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -49,7 +49,7 @@ def test_demo_refuses_to_replace_folders_it_did_not_create(tmp_path, capsys):
     (out / "baseline").mkdir(parents=True)
     (out / "baseline" / "data.csv").write_text("1,2,3")
     assert main(["demo", "--out", str(out), "--epochs", "1", "--quiet"]) == 2
-    assert "not a run directory" in capsys.readouterr().err
+    assert "not a demo folder" in capsys.readouterr().err
     assert (out / "baseline" / "data.csv").read_text() == "1,2,3"
 
 
