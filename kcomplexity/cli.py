@@ -154,7 +154,7 @@ def run_guarded(prog: str, handler: Callable[[argparse.Namespace], None], args: 
         handler(args)
     except KComplexityError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return getattr(exc, "exit_status", EXIT_BAD_INPUT)  # bad input is 2; work that failed says otherwise
     except ModuleNotFoundError as exc:
         if exc.name not in OPTIONAL_MODULES:
             raise

@@ -1,4 +1,4 @@
-"""``momos`` command line: ``train``, ``compare``, ``demo``, ``prequential``, ``two-part``.
+"""``momos`` command line: ``train``, ``sweep``, ``compare``, ``demo``, ``prequential``, ``two-part``.
 
 Bad input ends with one line on stderr and exit status 2, never a traceback
 (:func:`kcomplexity.cli.run_guarded`).
@@ -16,6 +16,7 @@ from kcomplexity.cli import run_guarded
 
 from .config import TrainConfig
 from .errors import MoMosError
+from .trackers import DEFAULT_MLFLOW_URI
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -45,10 +46,34 @@ def _parser() -> argparse.ArgumentParser:
     add_config_arguments(t)
     t.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
 
-    c = sub.add_parser("compare", help="table and plot of finished or running runs")
-    c.add_argument("runs", nargs="+")
-    c.add_argument("--plot", help="write a PNG here")
+    t.add_argument("--tensorboard", metavar="DIR", help="also write TensorBoard event files here")
+    t.add_argument("--mlflow", metavar="URI", nargs="?", const=DEFAULT_MLFLOW_URI,
+                   help=f"also log to MLflow (default store: {DEFAULT_MLFLOW_URI})")
+
+    c = sub.add_parser("compare", help="table and plot of runs, or statistics over a sweep folder")
+    c.add_argument("runs", nargs="+", help="run directories, or one sweep folder")
+    c.add_argument("--plot", help="write a figure here (.png or .svg): the curves of runs, or a sweep's frontier")
     c.add_argument("--format", "-f", choices=("table", "json", "csv"), default="table")
+    c.add_argument("--reference", metavar="KEY=VALUE", help="sweep: paired differences against this group, "
+                                                            "e.g. method=baseline (mean and 95%% t-interval over seeds)")
+    c.add_argument("--frontier", metavar="EST", help="sweep: plot test accuracy against EST's final bits (--plot)")
+    c.add_argument("--curves", action="store_true", help="sweep: with --frontier, also plot EST per epoch "
+                                                          "(mean and band over seeds) beside --plot")
+
+    sw = sub.add_parser("sweep", help="a grid of runs (methods x settings x seeds), locally or on a Ray cluster")
+    sw.add_argument("spec", nargs="?", help="TOML spec: [base], [grid], [zip], [resources] (see README)")
+    sw.add_argument("--out", "-o", required=True, help="sweep folder: sweep.toml and one run directory per point")
+    sw.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2", help="a grid axis (repeatable)")
+    sw.add_argument("--zip", action="append", default=[], metavar="KEY=V1,V2",
+                    help="an axis that advances together with the other --zip axes (repeatable)")
+    sw.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a base config value")
+    sw.add_argument("--jobs", "-j", type=int, default=1, help="points at once, in separate processes (local)")
+    sw.add_argument("--backend", choices=("local", "ray"), default="local")
+    sw.add_argument("--address", help="Ray cluster address (default: start or join a local one)")
+    sw.add_argument("--tensorboard", metavar="DIR", help="TensorBoard event files, one folder per point")
+    sw.add_argument("--mlflow", metavar="URI", nargs="?", const=DEFAULT_MLFLOW_URI,
+                    help=f"log every point to MLflow (default store: {DEFAULT_MLFLOW_URI})")
+    sw.add_argument("--quiet", action="store_true", help="no progress")
 
     q = sub.add_parser("prequential", help="prequential (online) code length of a data set's labels (bits)")
     q.add_argument("--model", default="mlp", help="registered model coding each chunk (default: %(default)s)")
@@ -99,12 +124,33 @@ def _train(args: argparse.Namespace) -> None:
         if given:
             raise MoMosError(f"--resume continues the run as it was configured; {', '.join(given)} would change it "
                              "(start a new run with another --out instead)")
-        result = train({}, args.out, resume=True, quiet=args.quiet)
+        result = train({}, args.out, resume=True, quiet=args.quiet, trackers=_run_trackers(args))
     else:
         fields = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
         fields["estimators"] = [e.strip() for e in args.estimators.split(",") if e.strip()]
-        result = train(TrainConfig(**fields), args.out, overwrite=args.overwrite, quiet=args.quiet)
+        result = train(TrainConfig(**fields), args.out, overwrite=args.overwrite, quiet=args.quiet,
+                       trackers=_run_trackers(args))
     print(json.dumps(result.to_json()["final"] | {"test_acc": result.test_acc}, indent=None))
+
+
+def _run_trackers(args: argparse.Namespace) -> list:
+    from . import trackers
+
+    return trackers.make(args.tensorboard, args.mlflow, run_name=Path(args.out).name)
+
+
+def _sweep(args: argparse.Namespace) -> None:
+    from .sweep import Spec, stored_spec, sweep
+
+    if args.spec is None and not (args.grid or args.zip or args.set):
+        spec = stored_spec(Path(args.out))  # `momos sweep --out DIR` continues the sweep recorded there
+        if spec is None:
+            raise MoMosError("give a spec file or --grid/--zip/--set options (or --out an existing sweep folder)")
+    else:
+        spec = Spec.from_options(args.grid, args.set, args.zip, path=args.spec)
+    result = sweep(spec, args.out, jobs=args.jobs, backend=args.backend, address=args.address, quiet=args.quiet,
+                   tensorboard=args.tensorboard, mlflow=args.mlflow)
+    print(result.summary())
 
 
 def _parser_defaults() -> dict[str, object]:
@@ -117,7 +163,13 @@ def _compare(args: argparse.Namespace) -> None:
 
     from kcomplexity.cli import _not_an_input
 
+    from .sweep import is_sweep
+
     _not_an_input(args.plot, *args.runs)
+    if len(args.runs) == 1 and is_sweep(Path(args.runs[0])):
+        return _compare_sweep(args)
+    if args.reference or args.frontier or args.curves:
+        raise MoMosError("--reference, --frontier and --curves apply to one sweep folder")
     runs = [compare.load_run(r) for r in args.runs]
     tab = compare.table(runs)
     text = {"table": lambda: tab.to_string(float_format=_number),
@@ -128,6 +180,31 @@ def _compare(args: argparse.Namespace) -> None:
         print(sentence)
     if args.plot:
         print(f"plot: {compare.plot(runs, args.plot)}", file=sys.stderr)
+
+
+def _compare_sweep(args: argparse.Namespace) -> None:
+    from . import aggregate
+
+    df, axes = aggregate.load_points(args.runs[0])
+    summary = aggregate.summarise(df, axes)
+    if args.reference:
+        aggregate.paired_differences(df, axes, summary, aggregate.parse_reference(args.reference))
+    if args.format == "json":
+        print(json.dumps([{k: g[k] for k in ("group", "n", "mean", "std", "diff") if k in g} for g in summary],
+                         indent=2, default=str))
+    else:
+        tab = aggregate.to_frame(summary, args.format)
+        print(tab.to_string() if args.format == "table" else tab.to_csv())
+    if args.frontier:
+        if not args.plot:
+            raise MoMosError("--frontier needs --plot PATH for the figure")
+        print(f"plot: {aggregate.frontier_plot(summary, args.frontier, args.plot)}", file=sys.stderr)
+        if args.curves:
+            plot = Path(args.plot)
+            path = plot.with_name(f"{plot.stem}-curves{plot.suffix}")
+            print(f"plot: {aggregate.curves_plot(args.runs[0], args.frontier, path)}", file=sys.stderr)
+    elif args.plot or args.curves:
+        raise MoMosError("for a sweep, --plot and --curves go with --frontier EST")
 
 
 def _prequential(args: argparse.Namespace) -> None:
@@ -227,7 +304,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``momos`` console script; returns the exit status."""
     args = _parser().parse_args(argv)
     commands = {"train": _train, "compare": _compare, "demo": _demo, "prequential": _prequential,
-                "two-part": _two_part}
+                "two-part": _two_part, "sweep": _sweep}
     return run_guarded("momos", commands[args.command], args)
 
 

@@ -72,6 +72,8 @@ class TrainConfig:
     width: int | None = _opt(None, "model width (MLP hidden units, ResNet base channels, ViT dim)")
     device: str = _opt("cpu", "cpu, cuda or cuda:N")
     devices: int = _opt(1, "processes (gloo on CPU) or GPUs (nccl) training together; the batch size stays global")
+    threads: int | None = _opt(None, "torch intra-op threads of this run (default: torch's choice); part of the "
+                                     "recipe, since CPU results can differ in the last bits between thread counts")
     modulus: int = _opt(97, "modadd: the modulus p")
     train_fraction: float = _opt(0.4, "modadd: fraction of the p*p pairs to train on")
 
@@ -140,7 +142,8 @@ class TrainConfig:
         return json.dumps(self.to_json(), indent=2, sort_keys=True)
 
 
-_INTS = ("epochs", "batch_size", "steps_per_epoch", "s", "k", "q", "seed", "limit", "width", "modulus", "devices")
+_INTS = ("epochs", "batch_size", "steps_per_epoch", "s", "k", "q", "seed", "limit", "width", "modulus", "devices",
+         "threads")
 _FLOATS = ("lr", "weight_decay", "momentum", "beta2", "capacity", "val_fraction", "train_fraction")
 _STRS = ("model", "data", "method", "optimizer", "schedule", "scope", "device", "data_dir", "best_by")
 
@@ -173,6 +176,7 @@ def _check_ranges(cfg: TrainConfig) -> None:
         ("limit", cfg.limit, lambda v: v >= 1, ">= 1 (or unset)"),
         ("width", cfg.width, lambda v: v >= 1, ">= 1 (or unset)"),
         ("devices", cfg.devices, lambda v: 1 <= v <= 256, "in 1..256"),
+        ("threads", cfg.threads, lambda v: 1 <= v <= 1024, "in 1..1024 (or unset)"),
         ("val_fraction", cfg.val_fraction, lambda v: 0 < v < 0.5, "in (0, 0.5)"),
     ]
     for name, value, ok, allowed in checks:

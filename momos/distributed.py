@@ -112,7 +112,7 @@ def spawn(fn: Callable[..., Any], world: int, device: str, args: tuple) -> None:
 
 
 def _rank_entry(rank: int, world: int, port: int, backend_name: str, fn: Callable[..., Any], args: tuple) -> None:
-    _die_with_parent()
+    die_with_parent()
     if backend_name == "gloo":  # ranks share the CPU: split its cores instead of oversubscribing them
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
     dist.init_process_group(backend_name, init_method=f"tcp://{LOCALHOST}:{port}", rank=rank, world_size=world)
@@ -125,7 +125,7 @@ def _rank_entry(rank: int, world: int, port: int, backend_name: str, fn: Callabl
         dist.destroy_process_group()
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """On Linux a rank is killed with the process that spawned it, so a killed run leaves no rank writing."""
     if sys.platform.startswith("linux"):
         import ctypes

@@ -16,5 +16,9 @@ class RunError(MoMosError):
     """A run directory that cannot be used: holds another run, corrupt checkpoint, nothing to resume."""
 
 
+class RunBusyError(RunError):
+    """The run directory is locked by another live process (its pid is in the message)."""
+
+
 class PrequentialError(MoMosError):
     """Chunk boundaries that cannot be used, or a model whose predictions are not finite."""

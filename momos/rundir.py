@@ -39,7 +39,7 @@ from typing import Any
 from kcomplexity.fileio import read_bytes, read_text
 from kcomplexity.fileio import write_atomic as _write_atomic
 
-from .errors import RunError
+from .errors import RunBusyError, RunError
 
 CONFIG, LOG, RESULT, LOCK = "config.json", "log.jsonl", "result.json", ".momos.lock"
 CHECKPOINTS, LATEST = "checkpoints", "latest.json"
@@ -208,7 +208,7 @@ def locked(run_dir: Path) -> Iterator[None]:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-            raise RunError(f"{run_dir} is in use by another training process (pid {holder}); "
+            raise RunBusyError(f"{run_dir} is in use by another training process (pid {holder}); "
                            "wait for it to finish or stop it first") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)

@@ -13,6 +13,7 @@ import json
 import random
 import sys
 import time
+import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,10 +68,14 @@ def versions() -> dict[str, str]:
 
 
 class _Trainer:
-    def __init__(self, cfg: TrainConfig, run_dir: Path, quiet: bool, model: torch.nn.Module | None) -> None:
+    def __init__(self, cfg: TrainConfig, run_dir: Path, quiet: bool, model: torch.nn.Module | None,
+                 trackers: list[Any] | None = None) -> None:
         self.ranks = distributed.current()
+        self.trackers = list(trackers or []) if self.ranks.main else []
         self.cfg, self.run_dir, self.quiet = cfg, run_dir, quiet or not self.ranks.main
         self.device = torch.device(distributed.rank_device(cfg.device, self.ranks.rank))
+        if cfg.threads is not None and self.ranks.world == 1:
+            torch.set_num_threads(cfg.threads)
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
         np.random.seed(cfg.seed)
@@ -192,10 +197,22 @@ class _Trainer:
         fields, record["time"]["estimators_s"] = result
         record.update(fields)
         append_jsonl(self.log_path, record)
+        self.track("log", record)
         if not self.quiet:
             c = ", ".join(f"{k} {v:,.0f}" for k, v in record["complexity"].items() if v is not None)
             tqdm.write(f"epoch {record['epoch']:>3}: val_acc {record['val_acc']:.4f} val_loss {record['val_loss']:.4f}"
                        f" | {c} bits", file=sys.stderr)
+
+    def track(self, event: str, *args: Any) -> None:
+        """Send an event to every tracker; one that fails is reported and dropped, the run goes on."""
+        for tracker in list(self.trackers):
+            try:
+                getattr(tracker, event)(*args)
+            except Exception as exc:  # a tracker's store going away must not cost the run
+                if event == "start":
+                    raise
+                warnings.warn(f"{type(tracker).__name__} stopped receiving records: {exc}", stacklevel=2)
+                self.trackers.remove(tracker)
 
     def better(self, record: dict[str, Any]) -> bool:
         """Does this epoch beat the best so far by the configured figure (highest val_acc or lowest val_loss)?"""
@@ -251,6 +268,7 @@ class _Trainer:
                                   initargs=(1,))
         waiting: tuple[dict[str, Any], Future] | None = None
         try:
+            self.track("start", self.run_dir, self.cfg.to_json())
             start = self.restore(pool) + 1 if resume else 0
             for epoch in range(start, self.cfg.epochs + 1):
                 record, mosaic = self.one_epoch(epoch)
@@ -332,6 +350,7 @@ class _Trainer:
         result = RunResult(self.run_dir, test_acc, final_acc, int(best["epoch"]), float(best["val_acc"]),
                            log[-1] if log else {})
         rundir.write_result(self.run_dir, result.to_json())
+        self.track("finish", self.run_dir, result.to_json())
         if not self.quiet:
             print(f"{self.run_dir}: test accuracy {test_acc:.4f} (best epoch {best['epoch']}), "
                   f"final-epoch model {final_acc:.4f}", file=sys.stderr)
@@ -361,10 +380,11 @@ def loss_and_accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, 
 
 
 def train(config: TrainConfig | dict[str, Any], run_dir: str | Path, resume: bool = False, overwrite: bool = False,
-          quiet: bool = False, model: torch.nn.Module | None = None) -> RunResult:
+          quiet: bool = False, model: torch.nn.Module | None = None, trackers: list[Any] | None = None) -> RunResult:
     """Train one run into ``run_dir`` (config.json, log.jsonl, checkpoints/, best.safetensors, result.json).
 
-    ``model`` replaces the named model with your own ``nn.Module``.
+    ``model`` replaces the named model with your own ``nn.Module``; ``trackers``
+    (:mod:`momos.trackers`) receive every record as it is logged.
     With ``resume=True`` the stored config is used and training continues
     after the last completed epoch.
     """
@@ -377,17 +397,17 @@ def train(config: TrainConfig | dict[str, Any], run_dir: str | Path, resume: boo
     cfg = cfg.resolved()
     rundir.check_out(run_dir, resume, overwrite, cfg.to_json())
     if cfg.devices > 1 and distributed.current().world == 1:
-        return _train_ranks(cfg, run_dir, resume, overwrite, quiet, model)
+        return _train_ranks(cfg, run_dir, resume, overwrite, quiet, model, trackers)
     # the lock first, so a second process is refused at once; then data, model and settings are checked
     # (failing before any write), then the folder is prepared
     with rundir.locked(run_dir):
-        trainer = _Trainer(cfg, run_dir, quiet, model)
+        trainer = _Trainer(cfg, run_dir, quiet, model, trackers)
         resume = rundir.prepare(run_dir, cfg.to_json(), versions(), resume, overwrite)
         return trainer.run(resume)
 
 
 def _train_ranks(cfg: TrainConfig, run_dir: Path, resume: bool, overwrite: bool, quiet: bool,
-                 model: torch.nn.Module | None) -> RunResult:
+                 model: torch.nn.Module | None, trackers: list[Any] | None = None) -> RunResult:
     """``cfg.devices`` ranks on this machine (or those torchrun started): rank 0 holds the lock and writes."""
     if distributed.under_torchrun():
         ranks = distributed.init_from_env(cfg.device)
@@ -395,7 +415,7 @@ def _train_ranks(cfg: TrainConfig, run_dir: Path, resume: bool, overwrite: bool,
             raise RunError(f"torchrun started {ranks.world} processes but the config asks for devices={cfg.devices}")
         if ranks.main:
             with rundir.locked(run_dir):
-                trainer = _Trainer(cfg, run_dir, quiet, model)
+                trainer = _Trainer(cfg, run_dir, quiet, model, trackers)
                 resume = ranks.broadcast_flag(rundir.prepare(run_dir, cfg.to_json(), versions(), resume, overwrite))
                 return trainer.run(resume)
         _Trainer(cfg, run_dir, quiet, model).run(ranks.broadcast_flag(False))
@@ -403,12 +423,13 @@ def _train_ranks(cfg: TrainConfig, run_dir: Path, resume: bool, overwrite: bool,
     with rundir.locked(run_dir):
         _Trainer(cfg, run_dir, True, model)  # validates data, model and settings before anything is written
         resume = rundir.prepare(run_dir, cfg.to_json(), versions(), resume, overwrite)
-        distributed.spawn(_rank_main, cfg.devices, cfg.device, (cfg, run_dir, resume, quiet, model))
+        distributed.spawn(_rank_main, cfg.devices, cfg.device, (cfg, run_dir, resume, quiet, model, trackers))
     return rundir_result(run_dir)
 
 
-def _rank_main(cfg: TrainConfig, run_dir: Path, resume: bool, quiet: bool, model: torch.nn.Module | None) -> None:
-    _Trainer(cfg, run_dir, quiet, model).run(resume)
+def _rank_main(cfg: TrainConfig, run_dir: Path, resume: bool, quiet: bool, model: torch.nn.Module | None,
+               trackers: list[Any] | None = None) -> None:
+    _Trainer(cfg, run_dir, quiet, model, trackers).run(resume)
 
 
 def load_data(cfg: TrainConfig, download: bool | None = None) -> data.DataSet:
