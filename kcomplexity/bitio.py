@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .errors import CorruptFileError
+
 
 def varint(x: int) -> bytes:
     """A non-negative integer as an unsigned LEB128 varint."""
@@ -15,16 +17,28 @@ def varint(x: int) -> bytes:
             return bytes(out)
 
 
+#: the longest varint our formats write: 10 bytes hold any 64-bit value
+MAX_VARINT_BYTES = 10
+
+
 def read_varint(buf: memoryview | bytes, pos: int) -> tuple[int, int]:
-    """The varint at ``pos`` and the position after it; IndexError if the buffer ends inside it."""
+    """The varint at ``pos`` and the position after it; IndexError if the buffer ends inside it.
+
+    A varint over 10 bytes or 64 bits is a damaged code (CorruptFileError):
+    bounding it keeps decoding linear in the input, where an unbounded run of
+    continuation bytes would build an ever larger integer.
+    """
     value = shift = 0
-    while True:
+    for _ in range(MAX_VARINT_BYTES):
         byte = buf[pos]
         pos += 1
         value |= (byte & 0x7F) << shift
         shift += 7
         if not byte & 0x80:
+            if value >> 64:
+                break
             return value, pos
+    raise CorruptFileError(f"damaged code: a varint at byte {pos} is longer than 64 bits")
 
 
 def zigzag(x: int) -> int:

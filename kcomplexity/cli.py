@@ -161,6 +161,11 @@ def run_guarded(prog: str, handler: Callable[[argparse.Namespace], None], args: 
         print(f"{prog}: error: this needs {exc.name}, which a scoring-only install leaves out; "
               f"pip install 'kcomplexity[{OPTIONAL_MODULES[exc.name]}]'", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except BrokenPipeError:
+        # the reader went away (`... | head -1`): exit quietly as Unix tools do, with SIGPIPE's status; stdout is
+        # pointed at /dev/null so the interpreter's final flush cannot raise again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
     except KeyboardInterrupt:
         # a second Ctrl-C while exit handlers wait for worker threads ends the process at once, quietly
         signal.signal(signal.SIGINT, lambda *_: os._exit(130))

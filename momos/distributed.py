@@ -15,10 +15,13 @@ import socket
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import torch
 import torch.distributed as dist
+
+from .errors import RunError
 
 LOCALHOST = "127.0.0.1"
 
@@ -91,13 +94,43 @@ def rank_device(device: str, rank: int) -> str:
     return f"cuda:{rank}" if torch.device(device).type == "cuda" else device
 
 
+#: what torchrun sets for every rank; a partial set is a leftover of another launch
+TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+#: how long a rank waits for its peers before giving up (a peer that never comes must not hang a run)
+RENDEZVOUS_TIMEOUT = timedelta(seconds=120)
+
+
 def under_torchrun() -> bool:
-    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+    """True when torchrun started this process: every variable it sets is present and consistent.
+
+    RunError for a partial or inconsistent set (stale variables in a shell),
+    which would otherwise wait for peers that never come.
+    """
+    present = [v for v in TORCHRUN_VARS if v in os.environ]
+    if not present:
+        return False
+    missing = [v for v in TORCHRUN_VARS if v not in os.environ]
+    if missing:
+        raise RunError(f"the environment sets {', '.join(present)} but not {', '.join(missing)}, as torchrun would: "
+                       "leftovers of another launch? unset them, or start the ranks with torchrun")
+    try:
+        rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        int(os.environ["MASTER_PORT"])
+    except ValueError:
+        raise RunError("RANK, WORLD_SIZE and MASTER_PORT must be integers (torchrun sets them)") from None
+    if not 0 <= rank < world:
+        raise RunError(f"RANK={rank} is not in 0..WORLD_SIZE-1 (WORLD_SIZE={world}); unset stale variables or "
+                       "start the ranks with torchrun")
+    return True
 
 
 def init_from_env(device: str) -> Ranks:
-    """Join the process group torchrun described in the environment."""
-    dist.init_process_group(backend(device))
+    """Join the process group torchrun described in the environment (RunError after RENDEZVOUS_TIMEOUT)."""
+    try:
+        dist.init_process_group(backend(device), timeout=RENDEZVOUS_TIMEOUT)
+    except (RuntimeError, ValueError) as exc:  # torch raises DistNetworkError/DistStoreError (RuntimeErrors)
+        raise RunError(f"could not meet the other ranks at {os.environ.get('MASTER_ADDR')}:"
+                       f"{os.environ.get('MASTER_PORT')}: {str(exc).splitlines()[0][:200]}") from None
     return current()
 
 
@@ -115,7 +148,8 @@ def _rank_entry(rank: int, world: int, port: int, backend_name: str, fn: Callabl
     die_with_parent()
     if backend_name == "gloo":  # ranks share the CPU: split its cores instead of oversubscribing them
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
-    dist.init_process_group(backend_name, init_method=f"tcp://{LOCALHOST}:{port}", rank=rank, world_size=world)
+    dist.init_process_group(backend_name, init_method=f"tcp://{LOCALHOST}:{port}", rank=rank, world_size=world,
+                            timeout=RENDEZVOUS_TIMEOUT)
     try:
         fn(*args)
         # all ranks done before any tears its connections down: a rank that destroyed its group while a
