@@ -166,6 +166,13 @@ def run_guarded(prog: str, handler: Callable[[argparse.Namespace], None], args: 
         # pointed at /dev/null so the interpreter's final flush cannot raise again
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 128 + signal.SIGPIPE
+    except RecursionError:
+        print(f"{prog}: error: an input is nested too deeply to read", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except OSError as exc:  # the file system said no (a name too long, no space, no permission): one line
+        where = f": {str(exc.filename)[:200]}" if exc.filename else ""
+        print(f"{prog}: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         # a second Ctrl-C while exit handlers wait for worker threads ends the process at once, quietly
         signal.signal(signal.SIGINT, lambda *_: os._exit(130))

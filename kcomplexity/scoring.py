@@ -1,6 +1,8 @@
 """``score()``: run estimators over every tensor of a source and collect a :class:`Report`."""
 from __future__ import annotations
 
+import os
+
 import math
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -15,6 +17,10 @@ from .report import Report
 from .sources import NamedArray, Source, open_source, read_safetensors_tensor
 
 DEFAULT_ESTIMATORS = ("lzma", "zstd")
+
+
+#: the most tensors coded at once: one per core
+MAX_JOBS = os.cpu_count() or 1
 
 
 def score(
@@ -37,8 +43,10 @@ def score(
     releases the GIL (the compressors), else in worker processes. The
     report is identical to ``jobs=1``.
     """
-    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
-        raise EstimatorSettingError(f"jobs must be a positive integer, got {jobs!r}")
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or not 1 <= jobs <= MAX_JOBS:
+        # each job holds tensors in flight (and a process for some codes): more than cores only costs memory
+        raise EstimatorSettingError(f"jobs must be a whole number in 1..{MAX_JOBS} (this machine's cores), "
+                                    f"got {jobs!r}")
     ests = resolve(estimators)
     src = open_source(source, include_buffers=include_buffers, allow_nonfinite=allow_nonfinite)
     names: list[str] = []

@@ -224,6 +224,10 @@ def open_source(source: Any, include_buffers: bool = False, allow_nonfinite: boo
     )
 
 
+#: the deepest nesting of mappings a checkpoint may have (real ones nest a few levels)
+MAX_NESTING = 64
+
+
 def weights_of_checkpoint(state: Mapping) -> tuple[list[tuple[str, Any]], list[str]]:
     """The weights of a state dict or training checkpoint, and the top-level keys left out.
 
@@ -240,15 +244,26 @@ def weights_of_checkpoint(state: Mapping) -> tuple[list[tuple[str, Any]], list[s
     return _flatten(state, ""), []
 
 
-def _flatten(state: Mapping, prefix: str) -> list[tuple[str, Any]]:
+def _flatten(state: Mapping, prefix: str, depth: int = 0) -> list[tuple[str, Any]]:
+    """Tensors of a nested mapping under dotted names; a name reached twice (``{"a": {"b": w}, "a.b": z}``)
+    is an error rather than a silently dropped tensor."""
+    if depth > MAX_NESTING:
+        raise CorruptFileError(f"a checkpoint nested more than {MAX_NESTING} mappings deep")
     torch = _torch_or_none()
     out: list[tuple[str, Any]] = []
     for key, value in state.items():
         name = f"{prefix}.{key}" if prefix else str(key)
         if isinstance(value, Mapping):
-            out += _flatten(value, name)
+            out += _flatten(value, name, depth + 1)
         elif isinstance(value, np.ndarray) or (torch is not None and isinstance(value, torch.Tensor)):
             out.append((name, value))
+    if depth == 0:
+        seen: set[str] = set()
+        for name, _ in out:
+            if name in seen:
+                raise UnsupportedSourceError(f"two tensors flatten to the name '{name}' (a nested key and a dotted "
+                                             "key); rename one")
+            seen.add(name)
     return out
 
 

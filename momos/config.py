@@ -29,6 +29,8 @@ DATA_PROFILES: dict[tuple[str, str], dict[str, Any]] = {
     ("mlp", "mnist-official"): {"epochs": 200, "best_by": "val_loss"},
 }
 BEST_BY = ("val_acc", "val_loss")
+#: the widest model a run may ask for: an MLP's hidden matrices grow with the square of the width
+MAX_WIDTH = 16384
 DEFAULT_ESTIMATORS = ["lzma", "zstd", "bdm", "mdl", "mdl-paper"]
 
 
@@ -174,7 +176,8 @@ def _check_ranges(cfg: TrainConfig) -> None:
         ("beta2", cfg.beta2, lambda v: 0 <= v < 1, "in [0, 1)"),
         ("seed", cfg.seed, lambda v: 0 <= v < 2 ** 32, "in 0..2**32-1"),
         ("limit", cfg.limit, lambda v: v >= 1, ">= 1 (or unset)"),
-        ("width", cfg.width, lambda v: v >= 1, ">= 1 (or unset)"),
+        ("width", cfg.width, lambda v: 1 <= v <= MAX_WIDTH, f"in 1..{MAX_WIDTH} (or unset; memory grows with its "
+                                                             "square)"),
         ("devices", cfg.devices, lambda v: 1 <= v <= 256, "in 1..256"),
         ("threads", cfg.threads, lambda v: 1 <= v <= 1024, "in 1..1024 (or unset)"),
         ("val_fraction", cfg.val_fraction, lambda v: 0 < v < 0.5, "in (0, 0.5)"),

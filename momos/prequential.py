@@ -195,6 +195,10 @@ class TrainOptions:
     ensemble: int = 1        #: networks per model and chunk, trained from different seeds, predictions averaged
 
 
+#: the largest shift --augment takes: images are at most 32 pixels wide, and each batch is padded by it
+MAX_AUGMENT = 16
+
+
 def prequential(model: str | Sequence[str] = "mlp", data: str = "digits", chunks: Sequence[int] | None = None,
                 seed: int = 0, calibrate: bool = False, warm_start: bool = False, max_epochs: int = 50,
                 patience: int = 3, lr: float = 1e-3, batch_size: int = 32, limit: int | None = None,
@@ -250,8 +254,9 @@ def _options(names: list[str], max_epochs: int, patience: int, lr: float, batch_
         raise PrequentialError(f"each model may be listed once, got {', '.join(names)}")
     if max_epochs < 1 or patience < 1 or batch_size < 1 or not lr > 0:
         raise PrequentialError("max_epochs, patience and batch_size must be >= 1 and lr > 0")
-    if augment < 0:
-        raise PrequentialError(f"augment is a shift in pixels (>= 0), got {augment}")
+    if not 0 <= augment <= MAX_AUGMENT:
+        raise PrequentialError(f"augment is a shift in pixels, in 0..{MAX_AUGMENT} (a padded copy of every batch "
+                               f"grows with it), got {augment}")
     if ensemble < 1:
         raise PrequentialError(f"ensemble is a number of networks (>= 1), got {ensemble}")
     return TrainOptions(max_epochs, patience, float(lr), batch_size, calibrate, warm_start, anneal, augment, ensemble)

@@ -55,3 +55,45 @@ def test_a_reader_that_goes_away_ends_the_command_quietly(argv):
     proc.stdout.close()  # the reader is gone before the command writes (as `| head -1` after one line)
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) in (141, 0) and "Traceback" not in err and "BrokenPipe" not in err
+
+
+# ------------------------------------------------------------------ 10. options that scale memory are bounded
+def test_memory_scaling_options_name_their_bound(tmp_path):
+    import os
+
+    import kcomplexity as kc
+    from kcomplexity.errors import EstimatorSettingError
+    from momos.errors import MoMosError, PrequentialError
+    from momos.prequential import prequential
+
+    w = np.ones((4, 4), dtype=np.float32)
+    with pytest.raises(EstimatorSettingError, match=f"1..{os.cpu_count()}"):
+        kc.score(w, "lzma", jobs=(os.cpu_count() or 1) + 1)
+    with pytest.raises(MoMosError, match="width must be in 1..16384"):
+        train(TrainConfig(width=100_000_000, epochs=1), tmp_path / "run", quiet=True)
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(PrequentialError, match="0..16"):
+        prequential("mlp", "digits", augment=100_000, quiet=True)
+
+
+# ------------------------------------------------------------------ 12. over-long paths are one line
+def test_over_long_paths_are_one_line(capsys):
+    from kcomplexity.cli import main as kc_main
+    from momos.cli import main as momos_main
+
+    long = "/tmp/" + "x" * 300
+    for main, argv in ((kc_main, ["score", long + "/model.safetensors"]),
+                       (momos_main, ["train", "--out", long, "--epochs", "1"]),
+                       (momos_main, ["compare", long]), (momos_main, ["two-part", long])):
+        rc = main(argv)
+        err = capsys.readouterr().err
+        assert rc == 2 and err.count("\n") == 1 and "Traceback" not in err
+
+
+# ------------------------------------------------------------------ 16. flattened names never collide silently
+def test_nested_and_dotted_names_that_collide_are_an_error():
+    import kcomplexity as kc
+    from kcomplexity.errors import UnsupportedSourceError
+
+    with pytest.raises(UnsupportedSourceError, match="'a.b'"):
+        kc.score({"a": {"b": np.ones(3)}, "a.b": np.zeros(3)}, "lzma")
