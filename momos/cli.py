@@ -14,13 +14,14 @@ from pathlib import Path
 
 from kcomplexity.cli import run_guarded
 
-from .config import TrainConfig
 from .errors import MoMosError
 from .trackers import DEFAULT_MLFLOW_URI
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     """One option per TrainConfig field, with the field's default and help (the config is the one source)."""
+    from .config import TrainConfig
+
     defaults = TrainConfig.defaults()
     for f in dataclasses.fields(TrainConfig):
         flags = f.metadata.get("flags", ("--" + f.name.replace("_", "-"),))
@@ -36,14 +37,17 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(*flags, dest=f.name, type=kind, default=default, help=text + shown)
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(train_options: bool = True) -> argparse.ArgumentParser:
+    """The command-line parser; without ``train_options`` the train command's config flags (which import
+    torch through the model and data registries) are left out, so reading runs needs no torch."""
     p = argparse.ArgumentParser(prog="momos", description="Mosaic-of-Motifs training with complexity logging.")
     sub = p.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="train one run and log every estimator every epoch")
     t.add_argument("--out", "-o", required=True, help="run directory")
     t.add_argument("--resume", action="store_true", help="continue the run in --out after its last completed epoch")
     t.add_argument("--overwrite", action="store_true", help="replace whatever --out holds")
-    add_config_arguments(t)
+    if train_options:
+        add_config_arguments(t)
     t.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
 
     t.add_argument("--tensorboard", metavar="DIR", help="also write TensorBoard event files here")
@@ -115,6 +119,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _train(args: argparse.Namespace) -> None:
+    from .config import TrainConfig
     from .trainer import train
 
     if args.resume:
@@ -262,6 +267,7 @@ def _number(v: float) -> str:
 
 def _demo(args: argparse.Namespace) -> None:
     from . import compare
+    from .config import TrainConfig
     from .trainer import train
 
     if args.epochs < 1:
@@ -302,7 +308,9 @@ def _claim_demo_folder(out: Path) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``momos`` console script; returns the exit status."""
-    args = _parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    args = _parser(train_options=command in (None, "train")).parse_args(argv)
     commands = {"train": _train, "compare": _compare, "demo": _demo, "prequential": _prequential,
                 "two-part": _two_part, "sweep": _sweep}
     return run_guarded("momos", commands[args.command], args)

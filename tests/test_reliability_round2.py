@@ -97,3 +97,21 @@ def test_nested_and_dotted_names_that_collide_are_an_error():
 
     with pytest.raises(UnsupportedSourceError, match="'a.b'"):
         kc.score({"a": {"b": np.ones(3)}, "a.b": np.zeros(3)}, "lzma")
+
+
+# ------------------------------------------------------------------ 17. reading runs and sweeps needs no torch
+def test_compare_of_runs_and_sweeps_imports_no_torch(tmp_path):
+    run = tmp_path / "sw" / "seed=0"
+    train(TrainConfig(epochs=1, width=16, estimators=["lzma"]), tmp_path / "run", quiet=True)
+    from momos.sweep import Spec, sweep
+
+    sweep(Spec.from_mapping({"base": {"epochs": 1, "width": 16, "estimators": "lzma"}, "grid": {"seed": [0, 1]}}),
+          tmp_path / "sw", quiet=True)
+    assert (run / "result.json").is_file()
+    code = ("import sys; from momos.cli import main; "
+            f"assert main(['compare', {str(tmp_path / 'run')!r}, '-f', 'json']) == 0; "
+            f"assert main(['compare', {str(tmp_path / 'sw')!r}, '-f', 'json']) == 0; "
+            "print('torch' in sys.modules)")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip().splitlines()[-1] == "False"
