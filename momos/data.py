@@ -198,6 +198,12 @@ def _mnist(data_dir: str | None, download: bool) -> tuple[tuple[np.ndarray, np.n
     return (xtr, np.concatenate([ytr, yva])), (xte.reshape(-1, 1, 28, 28).astype(np.float32), yte)
 
 
+#: the largest idx payload read (MNIST's training images are 47 MB): checked against the header before allocating
+IDX_LIMIT = 1 << 30
+#: (ndim, largest image side) of each MNIST idx file: images are N x rows x cols, labels N
+_IDX_SHAPES = {"xtr": 3, "ytr": 1, "xte": 3, "yte": 1}
+
+
 def _idx_dir(root: Path) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
     names = {"xtr": "train-images-idx3-ubyte", "ytr": "train-labels-idx1-ubyte",
              "xte": "t10k-images-idx3-ubyte", "yte": "t10k-labels-idx1-ubyte"}
@@ -205,24 +211,66 @@ def _idx_dir(root: Path) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
     for key, stem in names.items():
         for candidate in (root / stem, root / f"{stem}.gz", root / "MNIST" / "raw" / stem):
             if candidate.is_file():
-                arrays[key] = _read_idx(candidate)
+                arrays[key] = _read_idx(candidate, _IDX_SHAPES[key])
                 break
         else:
             raise DataError(f"{root} lacks the MNIST file {stem}[.gz]")
+    for x, y in (("xtr", "ytr"), ("xte", "yte")):
+        if len(arrays[x]) != len(arrays[y]):
+            raise DataError(f"{root}: {names[x]} holds {len(arrays[x]):,} images but {names[y]} "
+                            f"{len(arrays[y]):,} labels")
+        if arrays[y].max() > 9:
+            raise DataError(f"{root}: {names[y]} holds label {int(arrays[y].max())}; MNIST labels are 0..9")
+    if arrays["xtr"].shape[1:] != arrays["xte"].shape[1:]:
+        raise DataError(f"{root}: training images are {arrays['xtr'].shape[1:]} but test images "
+                        f"{arrays['xte'].shape[1:]}")
     scale = lambda a: (a.astype(np.float32) / 255.0)[:, None]  # noqa: E731
     return (scale(arrays["xtr"]), arrays["ytr"]), (scale(arrays["xte"]), arrays["yte"])
 
 
-def _read_idx(path: Path) -> np.ndarray:
-    data = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
-    if len(data) < 4 or data[:2] != b"\x00\x00" or data[2] != 0x08:
+def _read_idx(path: Path, ndim_expected: int) -> np.ndarray:
+    """An idx file of unsigned bytes, its header checked against the file before the payload is allocated."""
+    import zlib
+
+    from kcomplexity.fileio import read_bytes
+
+    try:
+        raw = read_bytes(path, limit=IDX_LIMIT, what="idx file")
+    except OSError as exc:
+        raise DataError(f"{path}: {exc}") from None
+    inflater = zlib.decompressobj(wbits=31) if path.suffix == ".gz" else None
+    fed = [False]
+
+    def take(n: int) -> bytes:  # the next n bytes at most of the decompressed stream, never more in memory
+        if inflater is None:
+            return raw[:n]
+        try:
+            out = inflater.decompress(inflater.unconsumed_tail if fed[0] else raw, n)
+        except zlib.error as exc:
+            raise DataError(f"{path} is not a valid gzip file ({exc})") from None
+        fed[0] = True
+        return out
+
+    head = take(4)
+    if len(head) < 4 or head[:2] != b"\x00\x00" or head[2] != 0x08:
         raise DataError(f"{path} is not an idx file of unsigned bytes")
-    ndim = data[3]
-    dims = np.frombuffer(data, dtype=">u4", count=ndim, offset=4).astype(int)
-    body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
-    if body.size != int(np.prod(dims)):
-        raise DataError(f"{path} is truncated")
-    return body.reshape(dims)
+    ndim = head[3]
+    if ndim != ndim_expected:
+        raise DataError(f"{path} has {ndim} dimension(s); this MNIST file needs {ndim_expected}")
+    dims_raw = take(4 * ndim) if inflater is not None else raw[4:4 + 4 * ndim]
+    if len(dims_raw) < 4 * ndim:
+        raise DataError(f"{path} is truncated inside its header")
+    dims = [int(d) for d in np.frombuffer(dims_raw, dtype=">u4")]
+    if dims[0] == 0 or any(d == 0 for d in dims):
+        raise DataError(f"{path} holds no items (dimensions {dims})")
+    size = int(np.prod(dims, dtype=object))
+    if size > IDX_LIMIT:
+        raise DataError(f"{path} claims {size:,} bytes of data, over the {IDX_LIMIT:,}-byte limit")
+    body = take(size + 1) if inflater is not None else raw[4 + 4 * ndim:4 + 4 * ndim + size + 1]
+    if len(body) != size:
+        raise DataError(f"{path} is {'truncated' if len(body) < size else 'longer than its header says'}: "
+                        f"the header claims {size:,} bytes for dimensions {dims}")
+    return np.frombuffer(body, dtype=np.uint8).reshape(dims)
 
 
 def _torchvision(cls_name: str):

@@ -115,3 +115,72 @@ def test_compare_of_runs_and_sweeps_imports_no_torch(tmp_path):
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip().splitlines()[-1] == "False"
+
+
+# ------------------------------------------------------------------ 15. idx headers are checked against the file
+def _idx(dims: list[int], payload: bytes | None = None, ndim: int | None = None) -> bytes:
+    import struct
+
+    body = payload if payload is not None else bytes(int(np.prod(dims)))
+    return b"\x00\x00\x08" + bytes([len(dims) if ndim is None else ndim]) + b"".join(struct.pack(">I", d)
+                                                                                   for d in dims) + body
+
+
+def _mnist_dir(root, **override):
+    import gzip
+
+    files = {"train-images-idx3-ubyte": _idx([20, 28, 28]), "train-labels-idx1-ubyte": _idx([20]),
+             "t10k-images-idx3-ubyte": _idx([10, 28, 28]), "t10k-labels-idx1-ubyte": _idx([10])}
+    files.update(override)
+    root.mkdir()
+    for name, data in files.items():
+        if name.endswith(".gz"):
+            (root / name).write_bytes(gzip.compress(data))
+        else:
+            (root / name).write_bytes(data)
+    return root
+
+
+@pytest.mark.parametrize("override, message", [
+    ({"train-labels-idx1-ubyte": _idx([19])}, "20 images but .* 19 labels"),
+    ({"train-images-idx3-ubyte": _idx([20, 28, 28])[:12]}, "truncated"),
+    ({"train-images-idx3-ubyte": _idx([0, 28, 28])}, "no items"),
+    ({"train-images-idx3-ubyte": _idx([20 * 28 * 28])}, "1 dimension"),
+    ({"train-images-idx3-ubyte": b"\x00\x00\x08\xff" + bytes(64)}, "255 dimension"),
+    ({"train-images-idx3-ubyte": _idx([20, 28, 28], bytes(20 * 28 * 28 + 5))}, "longer than its header"),
+    ({"t10k-labels-idx1-ubyte": _idx([10], bytes([12] * 10))}, "label 12"),
+    ({"train-images-idx3-ubyte": _idx([20, 28, 27])}, "test images"),
+])
+def test_malformed_idx_files_are_one_error(tmp_path, override, message):
+    from momos.data import load
+    from momos.errors import DataError
+
+    root = _mnist_dir(tmp_path / "d", **override)
+    with pytest.raises(DataError, match=message):
+        load("mnist", seed=0, val_fraction=0.1, data_dir=str(root))
+
+
+def test_a_gzip_idx_bomb_is_refused_before_it_is_inflated(tmp_path):
+    import resource
+
+    from momos.data import load
+    from momos.errors import DataError
+
+    import zlib
+
+    del_name = "train-images-idx3-ubyte"
+    root = _mnist_dir(tmp_path / "d", **{del_name: b""})
+    (root / del_name).unlink()
+    # a ~1 MB gzip file whose header claims 47 MB and whose stream inflates to 1 GiB of zeros
+    z = zlib.compressobj(1, zlib.DEFLATED, 31)
+    chunk = bytes(1 << 20)
+    parts = [z.compress(_idx([60000, 28, 28])[:16])] + [z.compress(chunk) for _ in range(1024)] + [z.flush()]
+    (root / (del_name + ".gz")).write_bytes(b"".join(parts))
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(DataError, match="longer than its header"):
+        load("mnist", seed=0, val_fraction=0.1, data_dir=str(root))
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 300 * 1024  # KiB; inflating all: 1 GiB
+    good = _mnist_dir(tmp_path / "ok", **{"train-images-idx3-ubyte.gz": _idx([20, 28, 28])})
+    (good / "train-images-idx3-ubyte").unlink()
+    ds = load("mnist", seed=0, val_fraction=0.1, data_dir=str(good))
+    assert len(ds.test) == 10
