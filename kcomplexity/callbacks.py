@@ -102,6 +102,9 @@ class ComplexityLogger:
         self.path = Path(path) if path is not None else None
         if self.path is not None and not self.path.parent.is_dir():
             raise KComplexityError(f"cannot log to {self.path}: folder {self.path.parent} does not exist")
+        if self.path is not None and self.path.is_dir():
+            raise KComplexityError(f"cannot log to {self.path}: it is a directory; give a file such as "
+                                   f"{self.path / 'complexity.jsonl'}")
         self.whole = whole
         self.loss_fn = loss_fn
         self.records: list[dict[str, Any]] = []

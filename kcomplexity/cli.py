@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 
 from typing import Any
 
+from .checks import seed_arg
 from .errors import EstimatorSettingError, KComplexityError
 
 EXIT_BAD_INPUT = 2
@@ -48,7 +49,7 @@ def _parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="score a small MLP at initialisation and after training on bundled digits")
     d.add_argument("--epochs", type=int, default=40)
-    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--seed", type=seed_arg, default=0)
     d.add_argument("--estimators", "-e", default=None, help="comma-separated estimator names")
     return p
 

@@ -55,6 +55,9 @@ def side_by_side(before: Report, after: Report, labels: Sequence[str] = ("init",
 
 def run(estimators: Sequence[str] = DEMO_ESTIMATORS, epochs: int = 40, seed: int = 0) -> str:
     """Train, score both models and return the printable comparison."""
+    from .checks import seed as check_seed
+
+    check_seed(seed)
     init, trained, acc = train_digits_mlp(epochs=epochs, seed=seed)
     before, after = score(init, estimators), score(trained, estimators)
     table = side_by_side(before, after)

@@ -94,8 +94,15 @@ class NamedArray:
         return self.data.reshape(-1).view(f"u{self.itemsize}")
 
 
+#: the most dimensions a tensor may have (numpy's own limit)
+MAX_DIMS = 64
+
+
 def make_named(name: str, array: Any, allow_nonfinite: bool = False) -> NamedArray:
     """Convert one numpy array or torch tensor into a validated :class:`NamedArray`."""
+    ndim = len(getattr(array, "shape", ()))
+    if ndim > MAX_DIMS:  # numpy stops at 64; no weight tensor comes near
+        raise UnsupportedSourceError(f"tensor '{name}' has {ndim} dimensions; at most {MAX_DIMS} are supported")
     data, dtype = _to_numpy(name, array)
     if data.size == 0:
         raise EmptyTensorError(f"tensor '{name}' is empty (shape {tuple(data.shape)}); empty tensors have no codelength")

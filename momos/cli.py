@@ -12,6 +12,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from kcomplexity.checks import seed_arg
 from kcomplexity.cli import run_guarded
 
 from .errors import MoMosError
@@ -84,7 +85,7 @@ def _parser(train_options: bool = True) -> argparse.ArgumentParser:
     q.add_argument("--switch", help="comma-separated models to switch between chunk by chunk (replaces --model)")
     q.add_argument("--data", default="digits", help="data set (default: %(default)s)")
     q.add_argument("--chunks", help="comma-separated chunk boundaries (default: 64, 128, 256, ... doubling)")
-    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--seed", type=seed_arg, default=0)
     q.add_argument("--calibrate", action="store_true", help="fit a softmax temperature on the held-out labels")
     q.add_argument("--warm-start", action="store_true", help="continue from the previous chunk's model")
     q.add_argument("--anneal", action="store_true",

@@ -37,8 +37,10 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from kcomplexity import label_code
+from kcomplexity.checks import seed as check_seed
 
 from . import data as data_mod, models
+from .config import check_device
 from .errors import PrequentialError
 
 #: every HOLDOUT-th example of the order is held out for early stopping (and calibration)
@@ -221,6 +223,8 @@ def prequential(model: str | Sequence[str] = "mlp", data: str = "digits", chunks
     first ``limit`` of them.
     """
     names = [model] if isinstance(model, str) else list(model)
+    check_seed(seed, PrequentialError)
+    check_device(device)
     x, y, classes = labels_in_order(data, seed, limit, data_dir)
     bounds = check_chunks(default_chunks(len(y)) if chunks is None else chunks, len(y))
     opts = _options(names, max_epochs, patience, lr, batch_size, calibrate, warm_start, anneal, augment, ensemble)

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 import kcomplexity as kc
+from kcomplexity.checks import seed as check_seed
 from kcomplexity.sources import NamedArray
 
 from .errors import MoMosError
@@ -22,12 +23,16 @@ from .projection import project
 
 
 def momos_points(arrays: Sequence[NamedArray], s: int = 2, capacity: Any = (0.01, 0.05, 0.2), seed: int = 0,
-                 force_zero: bool = True) -> list[dict[str, Any]]:
+                 force_zero: bool = True, **unknown: Any) -> list[dict[str, Any]]:
     """One point per capacity: {code, setting, bits, mse, max_abs_err, snr_db} (bits of the mosaic's code).
 
     Only floating-point tensors are projected (as MoMos does in training);
     integer buffers such as position ids are left out of these points.
     """
+    if unknown:
+        raise MoMosError(f"unknown MoMos rd setting(s) {', '.join(sorted(unknown))}; allowed: s, capacity, seed, "
+                         "force_zero")
+    check_seed(seed, MoMosError)
     capacities = [capacity] if isinstance(capacity, (int, float)) else list(capacity)
     if not capacities:
         raise MoMosError("MoMos rate–distortion points need at least one capacity")

@@ -184,3 +184,58 @@ def test_a_gzip_idx_bomb_is_refused_before_it_is_inflated(tmp_path):
     (good / "train-images-idx3-ubyte").unlink()
     ds = load("mnist", seed=0, val_fraction=0.1, data_dir=str(good))
     assert len(ds.test) == 10
+
+
+# ------------------------------------------------------------------ 14. CLI inputs are one line
+@pytest.mark.parametrize("argv", [["demo", "--seed", "-1"], ["demo", "--seed", "99999999999999999999"]])
+def test_bad_seeds_are_usage_errors(argv, capsys):
+    from kcomplexity.cli import main as kc_main
+
+    with pytest.raises(SystemExit) as stop:
+        kc_main(argv)
+    assert stop.value.code == 2 and "0..4294967295" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("extra, message", [(["--seed", "-1"], "0..4294967295"), (["--device", "meta"], "meta"),
+                                            (["--device", "bogus"], "unknown device"),
+                                            (["--device", "cuda"], "not available")])
+def test_prequential_rejects_bad_seeds_and_devices(extra, message, capsys):
+    from momos.cli import main as momos_main
+
+    try:
+        rc = momos_main(["prequential", "--limit", "200", "--quiet", *extra])
+    except SystemExit as stop:
+        rc = stop.code
+    err = capsys.readouterr().err
+    assert rc == 2 and message in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("settings, message", [("s=2:k=5", "unknown MoMos rd setting"),
+                                               ("s=2:memory_mb=1", "unknown MoMos rd setting"),
+                                               ("s=2:seed=999999999999999999999", "0..4294967295"),
+                                               ("bogus", "key=value")])
+def test_rd_momos_settings_are_checked(tmp_path, settings, message, capsys):
+    from safetensors.numpy import save_file
+
+    from kcomplexity.cli import main as kc_main
+
+    save_file({"w": np.random.default_rng(0).standard_normal((16, 16)).astype(np.float32)},
+              str(tmp_path / "w.safetensors"))
+    assert kc_main(["rd", str(tmp_path / "w.safetensors"), "--momos", settings]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_tensor_with_200_dimensions_and_a_logger_path_that_is_a_folder(tmp_path, capsys):
+    import json
+    import struct
+
+    from kcomplexity.callbacks import ComplexityLogger
+    from kcomplexity.cli import main as kc_main
+    from kcomplexity.errors import KComplexityError
+
+    header = json.dumps({"w": {"dtype": "F32", "shape": [1] * 200, "data_offsets": [0, 4]}}).encode()
+    (tmp_path / "d.safetensors").write_bytes(struct.pack("<Q", len(header)) + header + bytes(4))
+    assert kc_main(["score", str(tmp_path / "d.safetensors"), "-q"]) == 2
+    assert "200 dimensions" in capsys.readouterr().err
+    with pytest.raises(KComplexityError, match="is a directory"):
+        ComplexityLogger(path=tmp_path)
