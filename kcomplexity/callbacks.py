@@ -12,6 +12,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,9 @@ def measure_estimates(source: Any, estimators: Any = DEFAULT_ESTIMATORS, whole: 
         except MissingContextError:
             continue
         except NotApplicableError:
+            out[label] = None
+        except NonFiniteError as exc:  # e.g. delta against diverged previous weights: a missing value, not a crash
+            warnings.warn(f"{label}: no estimate this time ({exc})", stacklevel=2)
             out[label] = None
     return out
 

@@ -47,6 +47,22 @@ class Report:
     def total_raw_bits(self) -> int:
         return int(sum(self.raw_bits.values()))
 
+    def excluded(self, est: str) -> list[str]:
+        """Tensors ``est`` could not code (integers for a float code, ...), summed per tensor: they are left
+        out of that estimator's bits *and* of its parameter count, so bits per parameter stays honest."""
+        if self.whole:
+            return []
+        return [n for n in self.names if math.isnan(self.bits[est].get(n, math.nan))]
+
+    def coded_numel(self, est: str) -> int:
+        """Parameters behind ``est``'s total (every tensor but those it could not code)."""
+        out = set(self.excluded(est))
+        return int(sum(v for n, v in self.numel.items() if n not in out))
+
+    def coded_raw_bits(self, est: str) -> int:
+        out = set(self.excluded(est))
+        return int(sum(v for n, v in self.raw_bits.items() if n not in out))
+
     @property
     def lossy(self) -> list[str]:
         """Estimators whose bits buy a distortion (their rows carry ``mse`` and ``max_abs_err``)."""
@@ -79,12 +95,11 @@ class Report:
 
     def summary(self) -> pd.DataFrame:
         """One row per estimator: total bits, bits per parameter, raw/estimated ratio, kind."""
-        n, raw = self.total_numel, self.total_raw_bits
         rows = {
             est: {
                 "bits": b,
-                "bits_per_param": b / n,
-                "ratio": raw / b if b else math.inf,
+                "bits_per_param": b / self.coded_numel(est) if self.coded_numel(est) else math.nan,
+                "ratio": self.coded_raw_bits(est) / b if b else math.inf,
                 "kind": self.kinds[est],
                 **({k: self.total_details.get(est, {}).get(k, math.nan) for k in DISTORTION} if self.lossy else {}),
             }
@@ -111,7 +126,10 @@ class Report:
             "details": {est: _jsonable(d) for est, d in self.total_details.items()},
             "whole": self.whole,
             "numel": self.total_numel,
-            "bits_per_param": {est: _num(b / self.total_numel) for est, b in self.total.items()},
+            "bits_per_param": {est: _num(b / self.coded_numel(est)) if self.coded_numel(est) else None
+                               for est, b in self.total.items()},
+            # tensors an estimator could not code: out of its bits and of the parameters its bits_per_param divides by
+            "excluded": {est: self.excluded(est) for est in self.estimators if self.excluded(est)},
             "settings": self.settings,
             "left_out": self.left_out,
         }
@@ -146,6 +164,13 @@ class Report:
         lines.append(summ.to_string(formatters={
             "bits": lambda v: f"{v:,.0f}", "bits_per_param": lambda v: f"{v:.3f}", "ratio": lambda v: f"{v:.3f}x",
             **{k: (lambda v: f"{v:.3g}") for k in DISTORTION}}))
+        for est in self.estimators:
+            out = self.excluded(est)
+            if out:
+                n = self.total_numel - self.coded_numel(est)
+                shown = ", ".join(f"{t} ({self.dtypes[t]})" for t in out[:5]) + (", ..." if len(out) > 5 else "")
+                lines.append(f"{est} cannot code {len(out)} tensor(s), {n:,} parameter(s): {shown}; they are left "
+                             "out of its bits and of its bits per parameter")
         if self.left_out:
             lines.append(f"left out (not weights): {', '.join(self.left_out)}")
         return "\n".join(lines)

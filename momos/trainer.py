@@ -173,7 +173,7 @@ class _Trainer:
         """
         qat_run = self.cfg.uses_qat
         context = Context(model=copy.deepcopy(self.model) if self.keep_model else None, loss_fn=self.loss_fn,
-                          previous=list(open_source(previous)) if previous is not None else None,
+                          previous=list(open_source(previous, allow_nonfinite=True)) if previous is not None else None,
                           mosaic=None if qat_run else mosaic, q=self.cfg.q if qat_run else None)
         latent = self.latent_snapshot() if qat_run else None
         return lambda: self.complexity(weights, context, latent, Context(mosaic=mosaic, q=self.cfg.q))

@@ -239,3 +239,27 @@ def test_a_tensor_with_200_dimensions_and_a_logger_path_that_is_a_folder(tmp_pat
     assert "200 dimensions" in capsys.readouterr().err
     with pytest.raises(KComplexityError, match="is a directory"):
         ComplexityLogger(path=tmp_path)
+
+
+# ------------------------------------------------------------------ 16. estimators and totals
+def test_mdl_scores_a_checkpoint_with_counters_and_one_element_tensors(tmp_path):
+    import kcomplexity as kc
+    from safetensors.numpy import save_file
+
+    path = tmp_path / "best.safetensors"
+    save_file({"w": np.random.default_rng(0).standard_normal(100).astype(np.float32),
+               "bn.num_batches_tracked": np.array(5, dtype=np.int64), "scale": np.ones(1, np.float32)}, str(path))
+    for est in ("mdl", "mdl-paper"):
+        report = kc.score(path, est, progress=False)
+        assert report.excluded(est) == ["bn.num_batches_tracked"] and report.total[est] > 0
+    report = kc.score(path, "fpc,lzma", progress=False)
+    assert report.coded_numel("fpc") == 101 and report.coded_numel("lzma") == 102  # fpc cannot code the int64
+    summary = report.summary()
+    assert summary.loc["fpc", "bits_per_param"] == pytest.approx(report.total["fpc"] / 101)
+    assert "fpc cannot code 1 tensor(s)" in report.to_table()
+
+
+def test_a_diverging_run_logs_missing_estimates_and_finishes(tmp_path):
+    result = train(TrainConfig(lr=1e30, epochs=2, width=16, estimators=["delta", "lzma"]), tmp_path / "run",
+                   quiet=True)
+    assert result.final["complexity"]["lzma"] is None and (tmp_path / "run" / "result.json").is_file()

@@ -30,7 +30,7 @@ import numpy as np
 
 from .. import level_grid, mosaic_code
 from ..bitio import read_varint, varint
-from ..errors import EstimatorSettingError, MDLError
+from ..errors import EstimatorSettingError, MDLError, NotApplicableError
 from ..sources import NamedArray, make_named, open_source
 from .base import Context, Estimate, Estimator, Setting, register
 
@@ -168,8 +168,8 @@ def _plain(arrays: Sequence[NamedArray], s: int) -> MDL:
 
 def _width(dtype: str) -> int:
     width = mosaic_code.WIDTH.get(dtype)
-    if width is None:
-        raise MDLError(f"mdl codes float16/bfloat16/float32/float64 values, got {dtype}")
+    if width is None:  # an integer or bool tensor (a step counter, position ids): not this code's to take
+        raise MDLNotApplicable(f"mdl codes float16/bfloat16/float32/float64 values, got {dtype}")
     return width
 
 
@@ -278,11 +278,19 @@ def _check_q(q: Any) -> int:
     return int(q)
 
 
+class MDLNotApplicable(MDLError, NotApplicableError):
+    """A tensor the mosaic code does not take (integers, bool): a missing cell in a report, not a failure."""
+
+
+#: a block size up to this pads small tensors (a one-element scale) at no real cost; past it, s must fit a tensor
+PAD_FREE = 4096
+
+
 def check_block_size(s: int, sizes: Sequence[int]) -> None:
-    """MDLError when block size ``s`` exceeds every tensor (each block would be mostly padding, and the
-    padded copy could exhaust memory)."""
+    """MDLError when block size ``s`` exceeds every tensor and PAD_FREE (each block would be mostly padding,
+    and the padded copy could exhaust memory)."""
     largest = max(sizes, default=0)
-    if s > largest:
+    if s > max(largest, PAD_FREE):
         raise MDLError(f"block size s={s} exceeds the largest tensor ({largest:,} values); use s <= {largest:,}")
 
 
