@@ -51,10 +51,15 @@ class LabelDecoder:
     def __init__(self, data: bytes) -> None:
         import constriction
 
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise CorruptFileError(f"a label code is bytes, got {type(data).__name__}")
         if len(data) % 4:
             raise CorruptFileError("corrupt label code: not whole 32-bit words")
         words = np.frombuffer(bytes(data), dtype="<u4").astype(np.uint32)
-        self._coder = constriction.stream.stack.AnsCoder(words)
+        try:
+            self._coder = constriction.stream.stack.AnsCoder(words)
+        except ValueError as exc:  # e.g. a code ending in a zero word, which no encoder writes
+            raise CorruptFileError(f"corrupt label code: {exc}") from None
         self._model = constriction.stream.model.Categorical(perfect=False)
 
     def decode(self, probs: np.ndarray) -> np.ndarray:
@@ -62,6 +67,8 @@ class LabelDecoder:
         probs = _check_probs(probs)
         if not probs.shape[0]:
             return np.zeros(0, dtype=np.int64)
+        if self._coder.is_empty():  # every label costs > 0 bits (no probability is 1), so its code cannot be empty
+            raise CorruptFileError("corrupt label code: it ends before the labels do (truncated?)")
         try:
             out = self._coder.decode(self._model, probs)
         except (KeyboardInterrupt, SystemExit):
@@ -69,6 +76,16 @@ class LabelDecoder:
         except BaseException as exc:  # ValueError, or a Rust panic (a BaseException), on data that is not a code
             raise CorruptFileError(f"corrupt label code: {type(exc).__name__}") from None
         return np.asarray(out, dtype=np.int64)
+
+    def finish(self) -> None:
+        """After the last segment: CorruptFileError unless the code was read exactly to its end.
+
+        ANS decoding of a truncated or altered code still yields labels; it is
+        the coder not returning to its initial state that gives it away.
+        """
+        if not self._coder.is_empty():
+            raise CorruptFileError("corrupt label code: bytes left over after the last label (truncated or "
+                                   "altered)")
 
 
 def _check_probs(probs: np.ndarray) -> np.ndarray:

@@ -151,6 +151,8 @@ def decode_quantized(data: bytes, max_elements: int = MAX_DECODE_ELEMENTS) -> np
     refused before anything is allocated (a constant tensor of any size codes
     to a few bytes, so the claim alone could exhaust memory).
     """
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise CorruptFileError(f"a quantised code is bytes, got {type(data).__name__}")
     buf = memoryview(bytes(data))
     try:
         if bytes(buf[:2]) != MAGIC or buf[2] != VERSION:
@@ -177,12 +179,20 @@ def decode_quantized(data: bytes, max_elements: int = MAX_DECODE_ELEMENTS) -> np
     return _reconstruct(sym, step, dtype).reshape(shape)
 
 
+#: values reconstructed at a time, so no float64 copy of a whole tensor is ever held beside its symbols
+_CHUNK = 1 << 22
+
+
 def _reconstruct(sym: np.ndarray, step: float, dtype: str) -> np.ndarray:
     if dtype == "bool":
         return sym.astype(np.bool_)
     if dtype.startswith(("int", "uint")):
         return sym.astype(dtype)
-    return (sym * step).astype(np.float64 if dtype == "float64" else np.float32)
+    out = np.empty(sym.shape, dtype=np.float64 if dtype == "float64" else np.float32)
+    flat_in, flat_out = sym.reshape(-1), out.reshape(-1)
+    for lo in range(0, flat_in.size, _CHUNK):
+        flat_out[lo:lo + _CHUNK] = flat_in[lo:lo + _CHUNK] * step
+    return out
 
 
 # ---------------------------------------------------------------- entropy codes
@@ -210,6 +220,8 @@ def _entropy_decode(method: str, buf: memoryview, pos: int, n: int) -> np.ndarra
     z, pos = read_varint(buf, pos)
     span, pos = read_varint(buf, pos)
     lo = unzigzag(z)
+    if not -(2 ** 63) <= lo <= lo + span < 2 ** 63:  # symbols are int64: anything else is a damaged code
+        raise CorruptFileError("corrupt quantised code: symbols out of the 64-bit range")
     if method == "const":
         return np.full(n, lo, dtype=np.int64)
     if method == "zstd":

@@ -323,6 +323,7 @@ class _Run:
                     raise PrequentialError("corrupt prequential code: model index out of range")
                 probs = fitted[pick]["probs"]
             y[lo:hi] = torch.from_numpy(decoder.decode(probs))
+        decoder.finish()
         return y.numpy()
 
     def _chunks(self, y: torch.Tensor) -> Any:

@@ -263,3 +263,38 @@ def test_a_diverging_run_logs_missing_estimates_and_finishes(tmp_path):
     result = train(TrainConfig(lr=1e30, epochs=2, width=16, estimators=["delta", "lzma"]), tmp_path / "run",
                    quiet=True)
     assert result.final["complexity"]["lzma"] is None and (tmp_path / "run" / "result.json").is_file()
+
+
+# ------------------------------------------------------------------ 13. codes: damaged input is our error
+def test_quantised_codes_with_impossible_symbols_or_wrong_types_are_corrupt():
+    from kcomplexity.bitio import zigzag
+    from kcomplexity.quantized import decode_quantized, encode_quantized
+
+    good = encode_quantized(np.full(10, 1.0, dtype=np.float32), rel=0.1)
+    head = good[:5 + 2 + 8]  # magic, version, dtype, method, ndim, dim, step
+    for lo, span in ((2 ** 63 - 1, 5), (-(2 ** 63) - 1, 0), (0, 2 ** 63)):
+        with pytest.raises(CorruptFileError):
+            decode_quantized(head + varint(zigzag(lo)) + varint(span))
+    for bad in ("KQ", None, 3):
+        with pytest.raises(CorruptFileError, match="is bytes"):
+            decode_quantized(bad)
+
+
+def test_label_codes_that_are_truncated_empty_or_end_in_a_zero_word_are_detected():
+    from kcomplexity.label_code import LabelDecoder, encode_labels
+
+    rng = np.random.default_rng(0)
+    p = rng.dirichlet(np.ones(10), size=300)
+    y = np.array([rng.choice(10, p=row) for row in p])
+    code = encode_labels([(p[:100], y[:100]), (p[100:], y[100:])])
+    d = LabelDecoder(code)
+    assert (d.decode(p[:100]) == y[:100]).all() and (d.decode(p[100:]) == y[100:]).all()
+    d.finish()
+    for damaged in (code[:-4], code[4:], b""):
+        with pytest.raises(CorruptFileError):
+            d = LabelDecoder(damaged)
+            d.decode(p[:100])
+            d.decode(p[100:])
+            d.finish()
+    with pytest.raises(CorruptFileError, match="zero word"):
+        LabelDecoder(code[:-4] + bytes(4))
