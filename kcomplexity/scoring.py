@@ -1,9 +1,8 @@
 """``score()``: run estimators over every tensor of a source and collect a :class:`Report`."""
 from __future__ import annotations
 
-import os
-
 import math
+import os
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -11,6 +10,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from . import workers
 from .errors import EstimatorSettingError, NotApplicableError
 from .estimators.base import Estimate, Estimator, resolve
 from .report import Report
@@ -149,13 +149,7 @@ def _in_order(pool: Any, calls: Iterable[tuple[Any, tuple[Any, ...]]], in_flight
 
 def _pool(jobs: int, threads: bool) -> Any:
     """Threads for GIL-free work; otherwise processes (forkserver: no fork of a process running torch threads)."""
-    import concurrent.futures as cf
-    import multiprocessing as mp
-
-    if threads:
-        return cf.ThreadPoolExecutor(jobs, thread_name_prefix="kcomplexity-score")
-    method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
-    return cf.ProcessPoolExecutor(jobs, mp_context=mp.get_context(method))
+    return workers.pool(jobs, threads)
 
 
 def _score_one(est: Estimator, a: NamedArray) -> tuple[Estimate, dict[str, float] | None]:

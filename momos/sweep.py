@@ -179,12 +179,13 @@ def _local(out: Path, points: list[Point], jobs: int, trackers: dict[str, Any]) 
         for p in points:
             yield run_point(str(out), p.name, p.config, trackers)
         return
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures import as_completed
     from concurrent.futures.process import BrokenProcessPool
 
+    from kcomplexity import workers
+
     # spawn, not fork: the driver has imported torch, whose thread pools do not survive a fork
-    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init) as pool:
+    with workers.pool(jobs, start_method="spawn", initializer=_worker_init) as pool:
         futures = {pool.submit(run_point, str(out), p.name, p.config, trackers): p for p in points}
         for fut in as_completed(futures):
             try:

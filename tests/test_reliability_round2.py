@@ -298,3 +298,35 @@ def test_label_codes_that_are_truncated_empty_or_end_in_a_zero_word_are_detected
             d.finish()
     with pytest.raises(CorruptFileError, match="zero word"):
         LabelDecoder(code[:-4] + bytes(4))
+
+
+# ------------------------------------------------------------------ 8. a second Ctrl-C ends a pool promptly
+def test_two_interrupts_end_score_with_worker_processes_promptly(tmp_path):
+    import os
+    import signal
+
+    from safetensors.numpy import save_file
+
+    rng = np.random.default_rng(0)
+    save_file({f"t{i}": rng.standard_normal(2_000_000).astype(np.float32) for i in range(20)},
+              str(tmp_path / "w.safetensors"))  # ~1 minute of fpc+mdl work: workers are busy when interrupted
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    code = ("import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+            "from kcomplexity.cli import main; "
+            f"sys.exit(main(['score', {str(tmp_path / 'w.safetensors')!r}, '-e', 'fpc,mdl', '-j', '2']))")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    # wait until scoring is under way (the progress bar has started), then interrupt twice
+    deadline = time.time() + 120
+    seen = b""
+    while time.time() < deadline and b"%" not in seen:
+        seen += proc.stderr.read1(4096)
+    time.sleep(2)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    t = time.perf_counter()
+    try:
+        rc = proc.wait(timeout=30)
+    finally:
+        proc.kill()
+    assert rc != 0 and time.perf_counter() - t < 30
