@@ -23,12 +23,20 @@ def pool(jobs: int, threads: bool = False, start_method: str | None = None,
     else:
         method = start_method or ("forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn")
         executor = cf.ProcessPoolExecutor(jobs, mp_context=mp.get_context(method), initializer=initializer)
+        # start every worker now, from this thread: a worker is started by the thread whose submit needs it, and
+        # one that asked to die with its parent (PR_SET_PDEATHSIG) dies with that *thread*, e.g. a feeder thread
+        for _ in range(jobs):
+            executor.submit(_nothing)
     try:
         yield executor
     except BaseException:
         abandon(executor)
         raise
     executor.shutdown(wait=True)
+
+
+def _nothing() -> None:
+    """A task that makes the pool start a worker."""
 
 
 def abandon(executor: cf.Executor) -> None:

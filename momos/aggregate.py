@@ -8,6 +8,7 @@ sweep needs no torch.
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -77,7 +78,8 @@ def summarise(df: pd.DataFrame, axes: list[str]) -> list[dict[str, Any]]:
     for key, sub in groups:
         key = key if isinstance(key, tuple) else (key,)
         values = sub[metrics].to_numpy(dtype=float)
-        with np.errstate(invalid="ignore"):
+        with np.errstate(invalid="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # a metric no point of the group has (latent:*) is NaN
             mean = np.nanmean(values, axis=0) if len(sub) else np.full(len(metrics), np.nan)
             std = np.nanstd(values, axis=0, ddof=1) if len(sub) > 1 else np.full(len(metrics), np.nan)
         out.append({"group": dict(zip(keys, (_plain(k) for k in key))), "n": int(len(sub)),
@@ -223,15 +225,21 @@ def _signed(v: float, metric: str) -> str:
 
 
 def curves(out: str | Path, estimator: str) -> dict[str, pd.DataFrame]:
-    """Per group: the estimator's value per epoch, one column per seed (for the band plot)."""
+    """Per group: the estimator's value per epoch, one column per seed (for the band plot).
+
+    Groups are labelled by the axes that differ between them (all but ``seed``).
+    """
+    points = point_dirs(Path(out))
+    keys = [k for k in (points[0][1] if points else {}) if k != SEED
+            and len({str(_label(v[k])) for _, v, _ in points}) > 1]
     groups: dict[str, dict[Any, pd.Series]] = {}
-    for name, values, run_dir in point_dirs(Path(out)):
+    for name, values, run_dir in points:
         if not (run_dir / "log.jsonl").is_file():
             continue
         records = read_log(run_dir / "log.jsonl")
         series = pd.Series({r["epoch"]: _num(_mapping(r.get("complexity")).get(estimator)) for r in records},
                            dtype=float)
-        label = group_label({k: _label(v) for k, v in values.items() if k != SEED})
+        label = group_label({k: _label(values[k]) for k in keys})
         groups.setdefault(label, {})[values.get(SEED, name)] = series
     return {k: pd.DataFrame(v) for k, v in groups.items()}
 
@@ -260,8 +268,13 @@ def frontier_plot(summary: list[dict[str, Any]], estimator: str, path: str | Pat
                 label="Pareto-optimal")
     order = np.argsort(bits[best])
     ax.plot(bits[best][order], acc[best][order], "-", color="C3", lw=1.2)
-    for i in np.flatnonzero(best):
-        ax.annotate(group_label(summary[i]["group"]), (bits[i], acc[i]), textcoords="offset points", xytext=(5, 4),
+    varying = [k for k in (summary[0]["group"] if summary else {})
+               if len({str(g["group"][k]) for g in summary}) > 1]
+    middle = np.exp(np.nanmean(np.log(bits[best]))) if best.any() else 1.0
+    for i in np.flatnonzero(best):  # labels name only the axes that differ between groups, and stay inside
+        right = bits[i] > middle
+        ax.annotate(group_label({k: summary[i]["group"][k] for k in varying}), (bits[i], acc[i]),
+                    textcoords="offset points", xytext=(-6 if right else 6, -12), ha="right" if right else "left",
                     fontsize=7)
     ax.set_xscale("log")
     ax.set_xlabel(f"{estimator} (bits, final epoch; mean ± std over seeds)")
@@ -282,16 +295,18 @@ def curves_plot(out: str | Path, estimator: str, path: str | Path) -> Path:
 
     from kcomplexity.rd import save_figure
 
-    fig, ax = plt.subplots(figsize=(7.5, 5))
+    fig, ax = plt.subplots(figsize=(10, 5))
+    styles = ["-", "--", ":", "-."]
     for i, (label, frame) in enumerate(curves(out, estimator).items()):
         mean, std = frame.mean(axis=1), frame.std(axis=1, ddof=1).fillna(0)
-        ax.plot(mean.index, mean, color=f"C{i % 10}", label=label, lw=1.2)
-        ax.fill_between(mean.index, mean - std, mean + std, color=f"C{i % 10}", alpha=0.2, lw=0)
+        color = plt.cm.tab20(i % 20)  # 20 distinct colours, then line styles, so no two groups look alike
+        ax.plot(mean.index, mean, color=color, ls=styles[(i // 20) % 4], label=label, lw=1.3)
+        ax.fill_between(mean.index, mean - std, mean + std, color=color, alpha=0.2, lw=0)
     ax.set_yscale("log")
     ax.set_xlabel("epoch")
-    ax.set_ylabel(f"{estimator} (bits)")
+    ax.set_ylabel(f"{estimator} (bits; mean ± std over seeds)")
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=6, ncol=2)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     fig.tight_layout()
     return save_figure(fig, path)
 

@@ -25,6 +25,7 @@ import json
 import os
 import sys
 import time
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -175,23 +176,68 @@ def _worker_init() -> None:
 
 
 def _local(out: Path, points: list[Point], jobs: int, trackers: dict[str, Any]) -> Iterator[Outcome]:
+    """Points on this machine: the driver trains too, beside ``jobs - 1`` worker processes.
+
+    The driver has torch imported already, so it starts at once while the
+    workers spend their first seconds starting up; the workers are fed from
+    the same queue by a small feeder thread, so none waits for the driver's
+    point to finish before taking the next one.
+    """
+    todo = deque(points)
     if jobs == 1:
-        for p in points:
+        while todo:
+            p = todo.popleft()
             yield run_point(str(out), p.name, p.config, trackers)
         return
-    from concurrent.futures import as_completed
+    import queue
+    import threading
+    from concurrent.futures import FIRST_COMPLETED, wait
     from concurrent.futures.process import BrokenProcessPool
 
     from kcomplexity import workers
 
+    lock, results, stop = threading.Lock(), queue.Queue(), threading.Event()
+
+    def take() -> Point | None:
+        with lock:
+            return todo.popleft() if todo else None
+
     # spawn, not fork: the driver has imported torch, whose thread pools do not survive a fork
-    with workers.pool(jobs, start_method="spawn", initializer=_worker_init) as pool:
-        futures = {pool.submit(run_point, str(out), p.name, p.config, trackers): p for p in points}
-        for fut in as_completed(futures):
-            try:
-                yield fut.result()
-            except BrokenProcessPool as exc:  # a worker was killed (e.g. out of memory)
-                yield Outcome(futures[fut].name, "failed", error=f"worker process died: {exc}")
+    with workers.pool(jobs - 1, start_method="spawn", initializer=_worker_init) as pool:
+        def feed() -> None:  # keeps every worker busy while the driver trains its own points
+            running: dict[Any, Point] = {}
+            while not stop.is_set():
+                while len(running) < jobs - 1 and (p := take()) is not None:
+                    running[pool.submit(run_point, str(out), p.name, p.config, trackers)] = p
+                if not running:
+                    break
+                done, _ = wait(list(running), timeout=0.5, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    p = running.pop(fut)
+                    try:
+                        results.put(fut.result())
+                    except BrokenProcessPool as exc:  # a worker was killed (e.g. out of memory)
+                        results.put(Outcome(p.name, "failed", error=f"worker process died: {exc}"))
+            results.put(None)
+
+        feeder = threading.Thread(target=feed, name="sweep-feeder", daemon=True)
+        feeder.start()
+        fed_all = False
+        try:
+            while (p := take()) is not None:
+                yield run_point(str(out), p.name, p.config, trackers)
+                while not results.empty():
+                    r = results.get()
+                    fed_all = fed_all or r is None
+                    if r is not None:
+                        yield r
+            while not fed_all:
+                r = results.get()
+                fed_all = r is None
+                if r is not None:
+                    yield r
+        finally:
+            stop.set()
 
 
 def _connect_ray(address: str | None) -> Any:
