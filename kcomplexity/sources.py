@@ -509,6 +509,8 @@ def _npy_claim(fh: Any, where: str) -> tuple[int, int]:
         raise CorruptFileError(f"{where}: damaged .npy header ({_one_line(exc)})") from None
     if dtype.hasobject:
         raise UnsafeCheckpointError(f"{where}: holds pickled objects, which are not loaded")
+    if any(int(d) < 0 for d in shape):
+        raise CorruptFileError(f"{where}: damaged .npy header (negative dimension in shape {tuple(shape)})")
     return int(np.prod(shape, dtype=object)) * dtype.itemsize, fh.tell()
 
 
@@ -524,12 +526,13 @@ def _check_claimed_sizes(path: Path) -> None:
     try:
         with zipfile.ZipFile(path) as archive:
             for info in archive.infolist():
-                if not info.filename.endswith(".npy"):
-                    continue
+                # every member, whatever its name: numpy loads a member without the .npy suffix all the same
                 if info.file_size > MAX_NPZ_EXPANSION * max(info.compress_size, 1) and info.file_size > 1 << 28:
                     raise CorruptFileError(
                         f"{path}: member {info.filename} would expand {info.compress_size:,} bytes to "
                         f"{info.file_size:,} (over {MAX_NPZ_EXPANSION}x and 256 MiB); refusing a likely zip bomb")
+                if not info.filename.endswith(".npy"):
+                    continue
                 with archive.open(info) as fh:
                     claim, header = _npy_claim(fh, f"{path}: {info.filename}")
                 if claim != info.file_size - header:

@@ -330,3 +330,25 @@ def test_two_interrupts_end_score_with_worker_processes_promptly(tmp_path):
     finally:
         proc.kill()
     assert rc != 0 and time.perf_counter() - t < 30
+
+
+# ------------------------------------------------------------------ 10/16. .npz members of any name, negative shapes
+def test_npz_bomb_in_a_member_of_any_name_and_negative_npy_shapes(tmp_path):
+    import zipfile
+
+    import kcomplexity as kc
+
+    bomb = tmp_path / "bomb.npz"
+    with zipfile.ZipFile(bomb, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        with archive.open("weights", "w", force_zip64=True) as fh:  # no .npy suffix: the old guard skipped it
+            chunk = bytes(1 << 20)
+            for _ in range(300):
+                fh.write(chunk)
+    assert bomb.stat().st_size < 1 << 20
+    with pytest.raises(CorruptFileError, match="zip bomb"):
+        kc.score(bomb, "lzma", progress=False)
+    header = b"{'descr': '<f4', 'fortran_order': False, 'shape': (-3, 4), }"
+    header += b" " * (118 - len(header)) + b"\n"
+    (tmp_path / "neg.npy").write_bytes(b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header + bytes(48))
+    with pytest.raises(CorruptFileError, match="negative dimension"):
+        kc.score(tmp_path / "neg.npy", "lzma", progress=False)
