@@ -207,8 +207,8 @@ def test_estimator_settings_as_keywords_and_bad_estimator_lists():
     (["--lr", "-1"], "lr must be > 0"), (["--lr", "nan"], "lr must be > 0"),
     (["--weight-decay", "-1"], "weight_decay must be"), (["--device", "cuda:7"], "device 'cuda:7'"),
     (["--device", "bogus"], "unknown device"), (["--device", "meta"], "cannot train on device 'meta'"),
-    (["--limit", "0"], "limit must be >= 1"), (["--width", "-1"], "width must be >= 1"),
-    (["--width", "0"], "width must be >= 1"), (["--seed", "-1"], "seed must be in"),
+    (["--limit", "0"], "limit must be >= 1"), (["--width", "-1"], "width must be in 1..16384"),
+    (["--width", "0"], "width must be in 1..16384"), (["--seed", "-1"], "seed must be in"),
     (["--seed", str(2**70)], "seed must be in"), (["-e", "zstd:level=1.5"], "integer"),
 ])
 def test_train_cli_rejects_bad_numbers_and_writes_nothing(argv, needle, tmp_path, capsys):
