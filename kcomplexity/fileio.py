@@ -96,6 +96,8 @@ def write_atomic(path: str | os.PathLike, data: str | bytes) -> None:
     symlink a user left at any name is never opened; ``os.replace`` swaps a
     symlink at ``path`` itself for our file rather than writing through it.
     """
+    if "\0" in str(path):
+        raise FileTypeError(f"cannot write {str(path)!r}: the path holds a NUL byte")
     path = Path(path)
     if path.is_dir() and not path.is_symlink():
         raise FileTypeError(f"cannot write {path}: it is a directory")
@@ -130,9 +132,11 @@ def refuse_output_into(output: str | os.PathLike | None, inputs: Iterable[str | 
     """
     if output is None:
         return
+    if "\0" in str(output):  # no file can have that name: the writer refuses it with its own message
+        return
     out = resolved(output)
     for item in inputs:
-        if item is None:
+        if item is None or "\0" in str(item):  # no file has that name: reading it fails with its own error
             continue
         src = resolved(item)
         if out == src or (src.is_dir() and src in out.parents):

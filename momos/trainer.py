@@ -14,7 +14,9 @@ import random
 import sys
 import time
 import warnings
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -74,8 +76,6 @@ class _Trainer:
         self.trackers = list(trackers or []) if self.ranks.main else []
         self.cfg, self.run_dir, self.quiet = cfg, run_dir, quiet or not self.ranks.main
         self.device = torch.device(distributed.rank_device(cfg.device, self.ranks.rank))
-        if cfg.threads is not None and self.ranks.world == 1:
-            torch.set_num_threads(cfg.threads)
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
         np.random.seed(cfg.seed)
@@ -400,10 +400,25 @@ def train(config: TrainConfig | dict[str, Any], run_dir: str | Path, resume: boo
         return _train_ranks(cfg, run_dir, resume, overwrite, quiet, model, trackers)
     # the lock first, so a second process is refused at once; then data, model and settings are checked
     # (failing before any write), then the folder is prepared
-    with rundir.locked(run_dir):
+    with rundir.locked(run_dir), _threads(cfg.threads):
         trainer = _Trainer(cfg, run_dir, quiet, model, trackers)
         resume = rundir.prepare(run_dir, cfg.to_json(), versions(), resume, overwrite)
         return trainer.run(resume)
+
+
+@contextmanager
+def _threads(n: int | None) -> Iterator[None]:
+    """torch's intra-op thread count set to the run's own for its duration, then put back: the setting is
+    process-wide, and a run must not change the numbers of whatever the caller trains next."""
+    if n is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _train_ranks(cfg: TrainConfig, run_dir: Path, resume: bool, overwrite: bool, quiet: bool,

@@ -277,3 +277,14 @@ def test_tensorboard_and_mlflow_receive_every_epoch(tmp_path, monkeypatch):
     assert sorted(m.step for m in history) == [0, 1, 2] and history[-1].value == logged["complexity"]["lzma"]
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"result.json", "curves.png"} <= artifacts
+
+
+def test_a_runs_thread_count_is_its_own_and_put_back(tmp_path):
+    import torch
+
+    from momos.config import TrainConfig
+    from momos.trainer import train
+
+    before = torch.get_num_threads()
+    train(TrainConfig(epochs=1, width=16, estimators=[], threads=1), tmp_path / "r", quiet=True)
+    assert torch.get_num_threads() == before  # what the caller trains next is not changed by this run
