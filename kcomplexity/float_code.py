@@ -62,6 +62,8 @@ MIN_ROWS_FOR_CLASSES = 16
 #: by default refuse codes that claim more values than this: a damaged header must not allocate the machine
 #: away, while a legitimate code of a constant tensor can be tiny for any size (pass max_values to go beyond)
 MAX_DECODE_VALUES = 1 << 28
+#: the most dimensions a code may have, the same for the encoder and the decoder (numpy's own limit)
+MAX_NDIM = 64
 
 
 def encode(x: Any) -> bytes:
@@ -71,7 +73,11 @@ def encode(x: Any) -> bytes:
     if fmt is None:
         raise NotApplicableError(f"fpc codes float32, float16 and bfloat16 tensors, not {dtype}")
     bits = np.ascontiguousarray(data).reshape(-1).view(fmt.uint)
-    shape = tuple(data.shape)
+    # the caller's own shape: a 0-d tensor stays 0-d (our array conversion makes it 1-d)
+    given = tuple(int(d) for d in getattr(x, "shape", data.shape))
+    shape = given if int(np.prod(given, dtype=object)) == bits.size else tuple(data.shape)
+    if len(shape) > MAX_NDIM:
+        raise NotApplicableError(f"fpc codes tensors of at most {MAX_NDIM} dimensions, not {len(shape)}")
     header = MAGIC + bytes([fmt.code]) + varint(len(shape)) + b"".join(varint(int(s)) for s in shape)
     if bits.size == 0:
         return header
@@ -106,7 +112,7 @@ def decode(data: bytes, max_values: int = MAX_DECODE_VALUES) -> Any:
             raise CorruptFileError("not an fpc code (bad magic or dtype)")
         fmt = _BY_CODE[buf[4]]
         ndim, pos = read_varint(buf, 5)
-        if ndim > 32:
+        if ndim > MAX_NDIM:
             raise CorruptFileError("corrupt fpc code: bad shape")
         shape = []
         for _ in range(ndim):

@@ -352,3 +352,13 @@ def test_npz_bomb_in_a_member_of_any_name_and_negative_npy_shapes(tmp_path):
     (tmp_path / "neg.npy").write_bytes(b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header + bytes(48))
     with pytest.raises(CorruptFileError, match="negative dimension"):
         kc.score(tmp_path / "neg.npy", "lzma", progress=False)
+
+
+def test_fpc_keeps_0_d_shapes_and_decodes_every_shape_it_encodes():
+    from kcomplexity import float_code
+
+    scalar = np.float32(3.5).reshape(())
+    out = float_code.decode(float_code.encode(scalar))
+    assert out.shape == () and out == scalar
+    deep = np.arange(2, dtype=np.float32).reshape([2] + [1] * 39)  # 40 dimensions: encoded, so decoded
+    assert (float_code.decode(float_code.encode(deep)) == deep).all()
