@@ -222,8 +222,8 @@ def _entropy_decode(method: str, buf: memoryview, pos: int, n: int) -> np.ndarra
     lo = unzigzag(z)
     if not -(2 ** 63) <= lo <= lo + span < 2 ** 63:  # symbols are int64: anything else is a damaged code
         raise CorruptFileError("corrupt quantised code: symbols out of the 64-bit range")
-    if method == "const":
-        return np.full(n, lo, dtype=np.int64)
+    if method == "const":  # a read-only view of one value: the output is the only allocation of a constant
+        return np.broadcast_to(np.int64(lo), (n,))
     if method == "zstd":
         return _zstd_decode(buf[pos:], span, n) + lo
     if method == "order0":

@@ -362,3 +362,21 @@ def test_fpc_keeps_0_d_shapes_and_decodes_every_shape_it_encodes():
     assert out.shape == () and out == scalar
     deep = np.arange(2, dtype=np.float32).reshape([2] + [1] * 39)  # 40 dimensions: encoded, so decoded
     assert (float_code.decode(float_code.encode(deep)) == deep).all()
+
+
+# ------------------------------------------------------------------ 10. a 21-byte constant code decodes within 1 GiB
+def test_a_tiny_constant_code_of_the_largest_allowed_size_decodes_within_its_output():
+    code = (
+        "import resource; import numpy as np\n"
+        "from kcomplexity.bitio import read_varint, varint\n"
+        "from kcomplexity.quantized import encode_quantized, decode_quantized\n"
+        "c = encode_quantized(np.full(1000, 2.0, np.float32), rel=0.1)\n"
+        "_, p = read_varint(c, 5); _, p = read_varint(c, p)\n"
+        "big = c[:5] + varint(1) + varint(2 ** 28) + c[p:]\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "out = decode_quantized(big)\n"
+        "print(len(big), out.size, (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 2 ** 20)\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    size, n, growth_gib = res.stdout.split()
+    assert int(size) <= 21 and int(n) == 2 ** 28
+    assert float(growth_gib) < 1.2  # the float32 output is 1 GiB; it was 5-6 GiB of int64/float64 temporaries
