@@ -172,7 +172,9 @@ class Report:
                 lines.append(f"{est} cannot code {len(out)} tensor(s), {n:,} parameter(s): {shown}; they are left "
                              "out of its bits and of its bits per parameter")
         if self.left_out:
-            lines.append(f"left out (not weights): {', '.join(self.left_out)}")
+            # what sat beside the nested weights that were scored; it may hold tensors too (optimizer moments, a
+            # second copy), so it is named, not judged
+            lines.append(f"left out (entries beside the weights that were scored): {', '.join(self.left_out)}")
         return "\n".join(lines)
 
 

@@ -380,3 +380,12 @@ def test_a_tiny_constant_code_of_the_largest_allowed_size_decodes_within_its_out
     size, n, growth_gib = res.stdout.split()
     assert int(size) <= 21 and int(n) == 2 ** 28
     assert float(growth_gib) < 1.2  # the float32 output is 1 GiB; it was 5-6 GiB of int64/float64 temporaries
+
+
+def test_a_large_tensor_beside_nested_weights_is_named_not_judged():
+    import kcomplexity as kc
+
+    report = kc.score({"model": {"w": np.ones(4, np.float32)}, "big.weight": np.ones((300, 300), np.float32)},
+                      "lzma", progress=False)
+    table = report.to_table()
+    assert "not weights" not in table and "big.weight" in table
