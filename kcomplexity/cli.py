@@ -170,6 +170,10 @@ def run_guarded(prog: str, handler: Callable[[argparse.Namespace], None], args: 
     except RecursionError:
         print(f"{prog}: error: an input is nested too deeply to read", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except MemoryError:
+        print(f"{prog}: error: out of memory (an input larger than this machine can hold; without --whole "
+              "tensors are read one at a time)", file=sys.stderr)
+        return EXIT_BAD_INPUT
     except OSError as exc:  # the file system said no (a name too long, no space, no permission): one line
         where = f": {str(exc.filename)[:200]}" if exc.filename else ""
         print(f"{prog}: error: {exc.strerror or exc}{where}", file=sys.stderr)

@@ -525,6 +525,12 @@ def _check_claimed_sizes(path: Path) -> None:
         return
     try:
         with zipfile.ZipFile(path) as archive:
+            # the whole archive too: many members each under the per-member bound still expand without bound
+            total = sum(info.file_size for info in archive.infolist())
+            packed = sum(max(info.compress_size, 1) for info in archive.infolist())
+            if total > MAX_NPZ_EXPANSION * packed and total > 1 << 28:
+                raise CorruptFileError(f"{path}: its members would expand {packed:,} bytes to {total:,} (over "
+                                       f"{MAX_NPZ_EXPANSION}x and 256 MiB); refusing a likely zip bomb")
             for info in archive.infolist():
                 # every member, whatever its name: numpy loads a member without the .npy suffix all the same
                 if info.file_size > MAX_NPZ_EXPANSION * max(info.compress_size, 1) and info.file_size > 1 << 28:

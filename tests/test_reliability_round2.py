@@ -389,3 +389,18 @@ def test_a_large_tensor_beside_nested_weights_is_named_not_judged():
                       "lzma", progress=False)
     table = report.to_table()
     assert "not weights" not in table and "big.weight" in table
+
+
+def test_many_members_each_under_the_bound_are_one_bomb(tmp_path):
+    import zipfile
+
+    import kcomplexity as kc
+
+    bomb = tmp_path / "many.npz"
+    with zipfile.ZipFile(bomb, "w", compression=zipfile.ZIP_BZIP2) as archive:
+        for i in range(3):  # each 120 MiB (under the per-member 256 MiB), 360 MiB in all
+            with archive.open(f"m{i}.npy", "w", force_zip64=True) as fh:
+                for _ in range(120):
+                    fh.write(bytes(1 << 20))
+    with pytest.raises(CorruptFileError, match="members would expand"):
+        kc.score(bomb, "lzma", whole=True, progress=False)
