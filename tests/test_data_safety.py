@@ -301,3 +301,23 @@ def test_the_lock_is_taken_before_the_data_is_loaded(tmp_path):
     with rundir.locked(run):  # another holder; the data below does not exist, so loading first would fail first
         with pytest.raises(RunError, match="in use by another training process"):
             train(TrainConfig(data="mnist", data_dir=str(tmp_path / "nowhere"), **FAST), run, quiet=True)
+
+
+def test_a_hugging_face_cache_is_never_an_output(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("huggingface_hub")
+    cache = tmp_path / "hub"
+    repo = cache / "models--org--x"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "blobs").mkdir()
+    (repo / "snapshots" / "abc").mkdir(parents=True)
+    save_file({"w": np.ones((4, 4), dtype=np.float32)}, str(repo / "blobs" / "0123abcd"))
+    (repo / "snapshots" / "abc" / "model.safetensors").symlink_to("../../blobs/0123abcd")
+    (repo / "refs" / "main").write_text("abc")
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    before = _tree(cache)
+    for out in (repo / "snapshots" / "abc" / "model.safetensors", repo / "blobs" / "0123abcd",
+                repo / "snapshots" / "abc" / "report.txt"):
+        assert kc_main(["score", "org/x", "-o", str(out), "-q"]) == 2
+        assert "input" in capsys.readouterr().err
+    assert _tree(cache) == before
+    assert kc_main(["score", "org/x", "-o", str(tmp_path / "report.txt"), "-q"]) == 0

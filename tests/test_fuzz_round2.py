@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import shutil
 import struct
 import time
@@ -87,6 +88,7 @@ def test_damaged_codes_decode_or_fail_cleanly_in_linear_time(name):
         return time.perf_counter() - t
 
     valid = max(timed(seed), 1e-3)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
     @FEW
     @given(damaged(seed))
@@ -95,6 +97,7 @@ def test_damaged_codes_decode_or_fail_cleanly_in_linear_time(name):
         assert timed(data) < 200 * valid + 1e-5 * len(data) + 0.5
 
     check()
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 512 * 1024  # KiB: no decoder blew up
 
 
 # ------------------------------------------------------------------ run directories
