@@ -42,10 +42,13 @@ SEEDS = _seed_files()
 
 
 @st.composite
-def mutated(draw, seed: bytes) -> bytes:
+def mutated(draw, seed: bytes, header_varints: bool = False) -> bytes:
+    """A seed with flips, set bytes, cuts, inserts or a truncation; with ``header_varints`` also runs of up to
+    200,000 varint continuation bytes near the start, where headers keep their varints."""
     data = bytearray(seed)
+    ops = ["flip", "set", "cut", "insert", "truncate"] + (["varint"] if header_varints else [])
     for _ in range(draw(st.integers(1, 4))):
-        op = draw(st.sampled_from(["flip", "set", "cut", "insert", "truncate"]))
+        op = draw(st.sampled_from(ops))
         pos = draw(st.integers(0, max(len(data) - 1, 0)))
         if op == "flip" and data:
             data[pos] ^= 1 << draw(st.integers(0, 7))
@@ -55,7 +58,10 @@ def mutated(draw, seed: bytes) -> bytes:
             del data[pos:pos + draw(st.integers(1, 16))]
         elif op == "insert":
             data[pos:pos] = draw(st.binary(min_size=1, max_size=16))
-        else:
+        elif op == "varint":  # quadratic to read before varints were bounded to 64 bits
+            at = draw(st.integers(0, min(len(data), 24)))
+            data[at:at] = b"\xff" * draw(st.integers(8, 200_000))
+        elif op == "truncate":
             del data[pos:]
     return bytes(data)
 

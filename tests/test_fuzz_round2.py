@@ -19,6 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from kcomplexity.errors import KComplexityError
+from test_fuzz import mutated
 
 FEW = settings(max_examples=40, deadline=None, derandomize=True, database=None,
                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
@@ -26,25 +27,9 @@ MANY = settings(max_examples=300, deadline=None, derandomize=True, database=None
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
 
-@st.composite
-def damaged(draw, seed: bytes) -> bytes:
-    """A seed with flips, cuts, inserted bytes, a truncation or a run of varint continuation bytes."""
-    data = bytearray(seed)
-    for _ in range(draw(st.integers(1, 3))):
-        op = draw(st.sampled_from(["flip", "cut", "insert", "truncate", "varint"]))
-        pos = draw(st.integers(0, max(len(data) - 1, 0)))
-        if op == "flip" and data:
-            data[pos] ^= 1 << draw(st.integers(0, 7))
-        elif op == "cut":
-            del data[pos:pos + draw(st.integers(1, 16))]
-        elif op == "insert":
-            data[pos:pos] = draw(st.binary(min_size=1, max_size=16))
-        elif op == "varint":  # in the header, where the varints are: quadratic to read before the 64-bit bound
-            at = draw(st.integers(0, min(len(data), 24)))
-            data[at:at] = b"\xff" * draw(st.integers(8, 200_000))
-        else:
-            del data[pos:]
-    return bytes(data)
+def damaged(seed: bytes) -> st.SearchStrategy[bytes]:
+    """test_fuzz's mutations plus long varint runs in the header."""
+    return mutated(seed, header_varints=True)
 
 
 # ------------------------------------------------------------------ decoders: our error or a result, in linear time
