@@ -103,7 +103,8 @@ def _scored(arrays: Iterable[NamedArray], ests: Mapping[str, Estimator], jobs: i
         for a in arrays:
             yield a, _score_all(ests, a)
         return
-    with _pool(jobs, all(est.thread_parallel for est in ests.values())) as pool:
+    # threads for GIL-free work; otherwise processes (forkserver: no fork of a process running torch threads)
+    with workers.pool(jobs, all(est.thread_parallel for est in ests.values())) as pool:
         yield from _in_order(pool, ((a, (_score_all, ests, a)) for a in arrays), 2 * jobs)
 
 
@@ -126,7 +127,7 @@ def _read_and_score(path: str, name: str, allow_nonfinite: bool, ests: Mapping[s
 
 def _scored_in_workers(src: Source, ests: Mapping[str, Estimator], jobs: int) -> Iterator[tuple[_Scored, Any]]:
     """Worker processes read the tensors from their files themselves: the parent only collects results."""
-    with _pool(jobs, False) as pool:
+    with workers.pool(jobs, False) as pool:
         calls = ((None, (_read_and_score, path, name, src.allow_nonfinite, ests))
                  for name, path in zip(src.names, src.files))
         for _, result in _in_order(pool, calls, 2 * jobs):
@@ -145,11 +146,6 @@ def _in_order(pool: Any, calls: Iterable[tuple[Any, tuple[Any, ...]]], in_flight
     while pending:
         tag, future = pending.popleft()
         yield tag, future.result()
-
-
-def _pool(jobs: int, threads: bool) -> Any:
-    """Threads for GIL-free work; otherwise processes (forkserver: no fork of a process running torch threads)."""
-    return workers.pool(jobs, threads)
 
 
 def _score_one(est: Estimator, a: NamedArray) -> tuple[Estimate, dict[str, float] | None]:

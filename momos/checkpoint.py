@@ -66,10 +66,9 @@ def _save_weights(tensors: dict[str, torch.Tensor]) -> bytes:
 def load(root: Path, model: torch.nn.Module) -> tuple[int, dict[str, Any], Path]:
     """Load the latest checkpoint into ``model``; returns (epoch, state, its folder). RunError says what is wrong."""
     try:
-        pointer = json.loads(read_bytes(root / LATEST, what="checkpoint pointer"))
-        if not (isinstance(pointer, dict) and isinstance(pointer.get("epoch"), int)
-                and isinstance(pointer.get("folder"), str)):
-            raise RunError(f"{root / LATEST} is not a checkpoint pointer (it needs an integer epoch and a folder)")
+        pointer = rundir.read_pointer(root)
+        if pointer is None:
+            raise RunError(f"no checkpoint to resume in {root} ({root / LATEST} is missing)")
         folder = root / pointer["folder"]
         if not (CHECKPOINT_FOLDER.fullmatch(pointer["folder"]) and folder.resolve().parent == root.resolve()):
             raise RunError(f"checkpoint pointer {root / LATEST} points outside {root}: {pointer['folder']!r}")

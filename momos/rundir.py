@@ -103,19 +103,33 @@ def is_run(run_dir: Path) -> bool:
     return data.get("format") == FORMAT and isinstance(data.get("format_version"), int)
 
 
-def checkpoint_epoch(run_dir: Path) -> int | None:
-    """The epoch ``checkpoints/latest.json`` points at; None when there is none; RunError when unreadable."""
-    path = Path(run_dir) / CHECKPOINTS / LATEST
+def _load_optional_json(path: Path, what: str) -> Any | None:
+    """A JSON file of a run, or None when there is nothing at ``path``; RunError for anything unusable."""
     if not os.path.lexists(path):
         return None
     try:
-        pointer = _load_json(path, "checkpoint pointer")
+        return _load_json(path, what)
     except FileNotFoundError:
+        return None
+
+
+def read_pointer(root: Path) -> dict[str, Any] | None:
+    """``root/latest.json`` (root: a run's ``checkpoints/``) as {"epoch": int, "folder": str}; None when absent,
+    RunError when it is not such a pointer."""
+    path = Path(root) / LATEST
+    pointer = _load_optional_json(path, "checkpoint pointer")
+    if pointer is None:
         return None
     if not isinstance(pointer, dict) or not isinstance(pointer.get("epoch"), int) or \
             not isinstance(pointer.get("folder"), str):
         raise RunError(f"{path} is not a checkpoint pointer (it needs an integer epoch and a folder)")
-    return pointer["epoch"]
+    return pointer
+
+
+def checkpoint_epoch(run_dir: Path) -> int | None:
+    """The epoch ``checkpoints/latest.json`` points at; None when there is none; RunError when unreadable."""
+    pointer = read_pointer(Path(run_dir) / CHECKPOINTS)
+    return None if pointer is None else pointer["epoch"]
 
 
 def _progress(run_dir: Path) -> str | None:
@@ -368,11 +382,8 @@ def write_result(run_dir: Path, result: dict[str, Any]) -> None:
 def read_result(run_dir: Path, name: str = RESULT) -> dict[str, Any] | None:
     """A run's ``result.json`` (or another record it wrote, such as ``two_part.json``), None when absent."""
     path = Path(run_dir) / name
-    if not os.path.lexists(path):
-        return None
-    try:
-        data = _load_json(path, "result record")
-    except FileNotFoundError:
+    data = _load_optional_json(path, "result record")
+    if data is None:
         return None
     if not isinstance(data, dict):
         raise RunError(f"{path} is not a result record")

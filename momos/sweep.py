@@ -144,10 +144,10 @@ def run_point(out: str, name: str, config: dict[str, Any], trackers: dict[str, A
         from .trainer import train
 
         tracker_list = _trackers(trackers or {}, Path(out).name, name)
-        done = rundir.is_run(run_dir) and rundir.read_result(run_dir) is not None
         same = rundir.is_run(run_dir) and rundir.stored_config(run_dir) == config
-        if done and same:
-            status, result = "skipped", rundir.read_result(run_dir)
+        finished = rundir.read_result(run_dir) if same else None
+        if finished is not None:
+            status, result = "skipped", finished
         elif same and rundir.checkpoint_epoch(run_dir) is not None:
             status, result = "resumed", train({}, run_dir, resume=True, quiet=True, trackers=tracker_list).to_json()
         else:  # new, or a start that failed before its first epoch; train() refuses anything else
