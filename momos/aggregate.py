@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from kcomplexity.report import DISTORTION
+
 from .errors import MoMosError
 from .rundir import read_log, read_result
 from .sweep import point_dirs
@@ -44,6 +46,9 @@ def load_points(out: str | Path) -> tuple[pd.DataFrame, list[str]]:
                                "test_acc": _num(result.get("test_acc"))}
         row.update({k: _num(v) for k, v in _mapping(last.get("complexity")).items()})
         row.update({f"latent:{k}": _num(v) for k, v in _mapping(last.get("complexity_latent")).items()})
+        # a lossy code's bits travel with the distortion they buy
+        row.update({f"{est}:{k}": _num(d[k]) for est, d in _mapping(last.get("details")).items()
+                    if isinstance(d, dict) for k in DISTORTION if k in d})
         two = read_result(run_dir, "two_part.json")
         if two:
             row["two_part"] = _num(two.get("total_bits"))
@@ -205,6 +210,8 @@ def to_frame(summary: list[dict[str, Any]], fmt: str = "table") -> pd.DataFrame:
 def _fmt(v: float, metric: str) -> str:
     if math.isnan(v):
         return "nan"
+    if metric.endswith(DISTORTION):
+        return f"{v:.3g}"
     return f"{v:.4f}" if metric == "test_acc" else f"{v:,.0f}"
 
 
@@ -221,6 +228,8 @@ def _ci(d: dict[str, float], metric: str) -> str:
 
 
 def _signed(v: float, metric: str) -> str:
+    if metric.endswith(DISTORTION):
+        return f"{v:+.3g}"
     return f"{v:+.4f}" if metric == "test_acc" else f"{v:+,.0f}"
 
 

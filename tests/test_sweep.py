@@ -197,7 +197,8 @@ def _synthetic_sweep(root: Path, accs: dict[str, list[float]], bits: dict[str, l
         run = root / name
         run.mkdir()
         i = axes["seed"]
-        final = {"epoch": 1, "complexity": {"lzma": bits[axes["method"]][i]}}
+        final = {"epoch": 1, "complexity": {"lzma": bits[axes["method"]][i]},
+                 "details": {"lzma": {"mse": 1e-6 * (i + 1)}}}
         (run / "config.json").write_text(json.dumps({"format": "momos-run", "format_version": 1,
                                                      "config": {"method": axes["method"], "seed": i}}))
         (run / "log.jsonl").write_text(json.dumps({"epoch": 0, "complexity": {"lzma": 1e6}}) + "\n"
@@ -214,6 +215,7 @@ def test_aggregation_and_confidence_interval_match_a_hand_computation(tmp_path, 
     mo = groups["momos"]
     assert mo["n"] == 3 and mo["mean"]["test_acc"] == pytest.approx((0.91 + 0.90 + 0.93) / 3)
     assert mo["std"]["lzma"] == pytest.approx(100.0)  # sample std of 500, 600, 400
+    assert mo["mean"]["lzma:mse"] == pytest.approx(2e-6)  # a lossy figure's distortion travels with its bits
     # paired differences 0.01, -0.02, 0.02: mean 1/300, sample sd sqrt(7/3)/100, t(0.975, 2) = 4.302652729911275
     d = [0.01, -0.02, 0.02]
     mean = sum(d) / 3
