@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import sys
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -20,7 +19,7 @@ from typing import Any
 from .errors import KComplexityError, MissingContextError, NonFiniteError, NotApplicableError
 from .estimators.base import Context, Estimate, Estimator, resolve
 from .scoring import score
-from .sources import NamedArray, open_source
+from .sources import NamedArray, is_module, open_source
 
 DEFAULT_ESTIMATORS = ("lzma", "zstd", "bdm", "mdl")
 
@@ -125,7 +124,7 @@ class ComplexityLogger:
             arrays: list[NamedArray] | None = [NamedArray(a.name, a.data.copy(), a.dtype) for a in open_source(model)]
         except NonFiniteError:  # diverged weights: every estimate is missing, the loop goes on
             arrays = None
-        context = Context(model=model if _is_module(model) else None, loss_fn=self.loss_fn, previous=self._previous)
+        context = Context(model=model if is_module(model) else None, loss_fn=self.loss_fn, previous=self._previous)
         estimates = (measure_estimates(arrays, self.estimators, whole=self.whole, context=context)
                      if arrays is not None else {label: None for label in self.estimators})
         bits, details = split_estimates(estimates)
@@ -136,11 +135,6 @@ class ComplexityLogger:
         self.records.append(record)
         self._previous = arrays
         return record
-
-
-def _is_module(obj: Any) -> bool:
-    torch = sys.modules.get("torch")
-    return torch is not None and isinstance(obj, torch.nn.Module)
 
 
 def framework_metrics(record: dict[str, Any]) -> dict[str, float]:

@@ -34,6 +34,9 @@ class Report:
     total_details: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: what the source held besides the weights and was not scored (a checkpoint's optimizer state, step, ...)
     left_out: list[str] = field(default_factory=list)
+    #: estimators measured only on all tensors together (they need a model, loss or previous weights): their
+    #: per-tensor cells are missing but their total covers every tensor
+    whole_only: list[str] = field(default_factory=list)
 
     @property
     def estimators(self) -> list[str]:
@@ -50,7 +53,7 @@ class Report:
     def excluded(self, est: str) -> list[str]:
         """Tensors ``est`` could not code (integers for a float code, ...), summed per tensor: they are left
         out of that estimator's bits *and* of its parameter count, so bits per parameter stays honest."""
-        if self.whole:
+        if self.whole or est in self.whole_only:
             return []
         return [n for n in self.names if math.isnan(self.bits[est].get(n, math.nan))]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 import os
 from collections import deque
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,9 +12,9 @@ from tqdm.auto import tqdm
 
 from . import workers
 from .errors import EstimatorSettingError, NotApplicableError
-from .estimators.base import Estimate, Estimator, resolve
+from .estimators.base import Context, Estimate, Estimator, resolve
 from .report import Report
-from .sources import NamedArray, Source, open_source, read_safetensors_tensor
+from .sources import NamedArray, Source, is_module, open_source, read_safetensors_tensor
 
 DEFAULT_ESTIMATORS = ("lzma", "zstd")
 
@@ -31,6 +31,9 @@ def score(
     allow_nonfinite: bool = False,
     progress: bool = False,
     jobs: int = 1,
+    model: Any = None,
+    loss_fn: Callable[[Any], float] | None = None,
+    previous: Any = None,
 ) -> Report:
     """Estimate the description length of every tensor in ``source``, in bits.
 
@@ -42,12 +45,22 @@ def score(
     once, holding at most ``2 * jobs``: on threads when every estimator
     releases the GIL (the compressors), else in worker processes. The
     report is identical to ``jobs=1``.
+
+    ``model``, ``loss_fn`` and ``previous`` are the context some estimators
+    need (``intrinsic``: the ``nn.Module`` and ``loss_fn(model) -> float``;
+    ``delta``: the previous weights, any source with the same names). A
+    module given as ``source`` is also the context's model. Such estimators
+    are measured on all tensors together: their total covers every tensor
+    and their per-tensor cells are missing; without their context their
+    total is missing too.
     """
     if isinstance(jobs, bool) or not isinstance(jobs, int) or not 1 <= jobs <= MAX_JOBS:
         # each job holds tensors in flight (and a process for some codes): more than cores only costs memory
         raise EstimatorSettingError(f"jobs must be a whole number in 1..{MAX_JOBS} (this machine's cores), "
                                     f"got {jobs!r}")
     ests = resolve(estimators)
+    context = _context(source, model, loss_fn, previous, allow_nonfinite)
+    whole_only = [label for label, est in ests.items() if est.needs]
     src = open_source(source, include_buffers=include_buffers, allow_nonfinite=allow_nonfinite)
     names: list[str] = []
     numel: dict[str, int] = {}
@@ -69,13 +82,13 @@ def score(
             bits[label][a.name] = estimate.bits
             if extra is not None:
                 breakdown.setdefault(label, {})[a.name] = extra
-        if whole:
+        if whole or whole_only:
             kept.append(a)
         del a, results  # keep few tensors alive while the next ones are read
     totals = {}
     for label, est in ests.items():
-        if whole:
-            totals[label] = _try(lambda: est.estimate_whole(kept))
+        if whole or label in whole_only:
+            totals[label] = _try(lambda: est.estimate_whole(kept, context))
         else:
             parts = [(e, numel[name]) for name, e in estimates[label].items() if not math.isnan(e.bits)]
             totals[label] = est.combine([e for e, _ in parts], [k for _, k in parts]) if parts else Estimate(math.nan)
@@ -84,12 +97,24 @@ def score(
     return Report(
         names=names, numel=numel, dtypes=dtypes, raw_bits=raw_bits, bits=bits,
         total={label: t.bits for label, t in totals.items()}, whole=whole,
-        settings={label: {"name": est.name, **est.settings()} for label, est in ests.items()},
+        settings={label: {"name": est.name, **est.settings(), **({"facts": est.facts()} if est.facts() else {})}
+                  for label, est in ests.items()},
         kinds={label: est.kind for label, est in ests.items()}, breakdown=breakdown,
         details={label: col for label, col in details.items() if col},
         total_details={label: dict(t.details) for label, t in totals.items() if t.details},
-        left_out=list(src.left_out),
+        left_out=list(src.left_out), whole_only=whole_only,
     )
+
+
+def _context(source: Any, model: Any, loss_fn: Callable[[Any], float] | None, previous: Any,
+             allow_nonfinite: bool) -> Context:
+    """The context ``score`` passes to estimators that need one; the model defaults to a module source."""
+    if model is None and is_module(source):
+        model = source
+    if loss_fn is not None and not callable(loss_fn):
+        raise EstimatorSettingError(f"loss_fn must be callable as loss_fn(model) -> float, got {type(loss_fn).__name__}")
+    prev = list(open_source(previous, allow_nonfinite=allow_nonfinite)) if previous is not None else None
+    return Context(model=model, loss_fn=loss_fn, previous=prev)
 
 
 def _score_all(ests: Mapping[str, Estimator], a: NamedArray) -> dict[str, tuple[Estimate, dict[str, float] | None]]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import sys
 import zipfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -194,6 +195,12 @@ class Source:
             del item
             yield named
             del named
+
+
+def is_module(obj: Any) -> bool:
+    """True for a torch ``nn.Module`` (without importing torch when the caller has not)."""
+    torch = sys.modules.get("torch")  # an nn.Module exists only once torch is imported
+    return torch is not None and isinstance(obj, torch.nn.Module)
 
 
 def open_source(source: Any, include_buffers: bool = False, allow_nonfinite: bool = False) -> Source:

@@ -174,9 +174,9 @@ class _Trainer:
         qat_run = self.cfg.uses_qat
         context = Context(model=copy.deepcopy(self.model) if self.keep_model else None, loss_fn=self.loss_fn,
                           previous=list(open_source(previous, allow_nonfinite=True)) if previous is not None else None,
-                          mosaic=None if qat_run else mosaic, q=self.cfg.q if qat_run else None)
+                          extra={"q": self.cfg.q} if qat_run else {"mosaic": mosaic})
         latent = self.latent_snapshot() if qat_run else None
-        return lambda: self.complexity(weights, context, latent, Context(mosaic=mosaic, q=self.cfg.q))
+        return lambda: self.complexity(weights, context, latent, Context(extra={"mosaic": mosaic, "q": self.cfg.q}))
 
     def complexity(self, weights: dict[str, torch.Tensor], context: Context,
                    latent: dict[str, torch.Tensor] | None = None, latent_context: Context | None = None

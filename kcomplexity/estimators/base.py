@@ -30,8 +30,12 @@ class Estimate:
 class Context:
     """What some estimators need beyond the weights, given explicitly by the caller.
 
-    An estimator lists the fields it cannot do without in ``needs``; when one
-    is missing it is skipped (the trainer and logger leave its key out).
+    The core knows three fields: the model, a loss closure and the previous
+    weights. Anything else an estimator reads (MoMos' mosaic and q, say) goes
+    in ``extra`` under a name the estimator declares in ``reads``, so the core
+    names no method's concepts. An estimator lists what it cannot do without
+    in ``needs``; when one is missing it is skipped (the trainer and logger
+    leave its key out).
     """
 
     #: the ``nn.Module`` the weights belong to (``intrinsic`` quantises and evaluates it, then restores it)
@@ -40,14 +44,17 @@ class Context:
     loss_fn: Callable[[Any], float] | None = None
     #: the weights at the previous logged step, same names and shapes (``delta``)
     previous: Sequence[NamedArray] | None = None
-    #: the MoMos mosaic the weights were projected to (``mdl`` scores it without re-blocking)
-    mosaic: Any = None
-    #: bits per stored value when the weights are q-bit quantised (``mdl``)
-    q: int | None = None
+    #: fields estimators declare in ``reads`` (e.g. ``{"mosaic": ..., "q": 4}`` for ``mdl``)
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def get(self, name: str) -> Any:
+        """A core field or an extra one by name; None when absent."""
+        if name in ("model", "loss_fn", "previous"):
+            return getattr(self, name)
+        return self.extra.get(name)
 
     def missing(self, needs: Sequence[str]) -> list[str]:
-        known = {f.name for f in fields(self)}
-        return [n for n in needs if n not in known or getattr(self, n) is None]
+        return [n for n in needs if self.get(n) is None]
 
 
 class Estimator(ABC):
@@ -67,13 +74,36 @@ class Estimator(ABC):
     description: str = ""
     #: :class:`Context` fields this estimator cannot work without
     needs: tuple[str, ...] = ()
+    #: extra :class:`Context` fields (``Context.extra``) it reads when given, beyond the core three
+    reads: tuple[str, ...] = ()
+    #: every setting the constructor takes, with its type and allowed values; ``settings()`` returns
+    #: exactly these keys, so ``get(name, **est.settings())`` rebuilds an equal estimator
+    SETTINGS: Mapping[str, "Setting"] = {}
     #: True when its work releases the GIL (the standard library's and zstandard's compressors), so
     #: ``score(jobs=N)`` may run it on threads; otherwise tensors go to worker processes
     thread_parallel: bool = False
 
     def settings(self) -> dict[str, Any]:
-        """The settings that change this estimator's numbers."""
+        """The declared settings' values: ``get(self.name, **self.settings())`` rebuilds an equal estimator.
+
+        Default: the attribute of each declared setting's name.
+        """
+        return {k: getattr(self, k) for k in self.SETTINGS}
+
+    def facts(self) -> dict[str, Any]:
+        """Fixed properties of the code that no setting changes (container format, view), for reports."""
         return {}
+
+    def _validated(self, **values: Any) -> dict[str, Any]:
+        """``values`` checked against ``SETTINGS``: the one place settings are validated, whether they came
+        from a spec string, keywords or the constructor (EstimatorSettingError naming what is allowed)."""
+        return {k: _checked(self.name, self.SETTINGS, k, v, from_text=False) for k, v in values.items()}
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and other.name == self.name and other.settings() == self.settings()
+
+    def __hash__(self) -> int:
+        return hash((type(self), self.name, tuple(sorted(self.settings().items()))))
 
     def check_sizes(self, sizes: Sequence[int]) -> None:
         """Refuse settings that tensors of these element counts cannot take, before any work is written.
@@ -244,23 +274,38 @@ def get(spec: str | Estimator, **settings: Any) -> Estimator:
     for key, value in settings.items():
         if key in values:
             raise EstimatorSettingError(f"setting '{key}' is given both in '{spec}' and as a keyword")
-        values[key] = _checked(name, decl, key, value, from_text=False)
+        _checked(name, decl, key, None, from_text=None)  # an unknown key is named with what is allowed
+        values[key] = value  # the constructor validates it (Estimator._validated), as for every other path
     try:
         return _REGISTRY[name](**values)
     except TypeError as exc:
         raise EstimatorSettingError(f"bad settings for estimator '{name}': {exc}") from None
 
 
-def _checked(name: str, decl: Mapping[str, Setting], key: str, value: Any, from_text: bool) -> Any:
+def _checked(name: str, decl: Mapping[str, Setting], key: str, value: Any, from_text: bool | None) -> Any:
+    """``value`` parsed (``from_text``) and checked against ``decl[key]``; ``from_text=None`` checks the key only."""
     allowed = "; ".join(f"{k} ({s.describe()})" for k, s in decl.items()) or "none"
     if key not in decl:
         raise EstimatorSettingError(f"estimator '{name}' has no setting '{key}'; allowed: {allowed}")
     setting = decl[key]
+    if from_text is None:
+        return None
     try:
         return setting.check(setting.from_text(value) if from_text else value)
     except (ValueError, OverflowError) as exc:
         raise EstimatorSettingError(f"{name}: setting {key}={value!r} is invalid ({exc}); "
                                     f"{key} takes {setting.describe()}") from None
+
+
+def rebuild(record: Mapping[str, Any]) -> Estimator:
+    """The estimator a report or run logged as ``{"name": ..., **settings}`` (other keys such as ``facts`` ignored
+    only when they are not settings: an unknown setting is an error)."""
+    record = dict(record)
+    name = record.pop("name", None)
+    record.pop("facts", None)
+    if not isinstance(name, str):
+        raise UnknownEstimatorError(f"a logged estimator needs a 'name', got {name!r}")
+    return get(name, **record)
 
 
 def _none_given() -> Any:

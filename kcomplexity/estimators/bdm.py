@@ -266,12 +266,11 @@ class BDMSigns(Estimator):
     description = "1-D binary BDM of the signs w > 0 (the MoMos paper's metric)"
 
     def __init__(self, block: int = 12, partition: str = "ignore") -> None:
-        if partition not in PARTITIONS:
-            raise EstimatorSettingError(f"unknown partition '{partition}'; allowed: {', '.join(PARTITIONS)}")
-        self.block, self.partition = int(_block_side(1, block)), partition
+        v = self._validated(block=block, partition=partition)
+        self.block, self.partition = v["block"], v["partition"]
 
-    def settings(self) -> dict[str, Any]:
-        return {"view": "sign w>0", "block": self.block, "partition": self.partition}
+    def facts(self) -> dict[str, Any]:
+        return {"view": "sign w>0"}
 
     def _bits(self, a: NamedArray) -> float:
         return _bdm_1d_any_length(sign_bits(a.values()).reshape(-1), 2, self.block, self.partition)
@@ -295,15 +294,14 @@ class BDMPlanes(Estimator):
     description = "2-D BDM of every bit-plane of a uniform b-bit quantisation (QuBD's metric)"
 
     def __init__(self, bits: int = 8, clip: float | None = None, block: int = 4, partition: str = "ignore") -> None:
-        if not 1 <= int(bits) <= 16:
-            raise EstimatorSettingError(f"bits must be in 1..16, got {bits}")
-        if partition not in PARTITIONS:
-            raise EstimatorSettingError(f"unknown partition '{partition}'; allowed: {', '.join(PARTITIONS)}")
-        self.nbits, self.clip, self.block, self.partition = int(bits), clip, int(_block_side(2, block)), partition
+        v = self._validated(bits=bits, clip=clip, block=block, partition=partition)
+        self.nbits, self.clip, self.block, self.partition = v["bits"], v["clip"], v["block"], v["partition"]
 
     def settings(self) -> dict[str, Any]:
-        return {"view": "bit-planes", "bits": self.nbits, "clip": self.clip, "block": self.block,
-                "partition": self.partition}
+        return {"bits": self.nbits, "clip": self.clip, "block": self.block, "partition": self.partition}
+
+    def facts(self) -> dict[str, Any]:
+        return {"view": "bit-planes"}
 
     def planes(self, x: Any) -> np.ndarray:
         """BDM of each bit-plane (most significant first), in bits."""
@@ -348,14 +346,11 @@ class BDMK(Estimator):
     description = "1-D BDM of the values quantised to k equal-width bins (k in 4, 5, 6, 9)"
 
     def __init__(self, k: int = 4, block: int = 12, partition: str = "ignore") -> None:
-        if int(k) not in (4, 5, 6, 9):
-            raise EstimatorSettingError(f"bdm-k needs k in 4, 5, 6 or 9 (CTM tables exist for those), got {k}")
-        if partition not in PARTITIONS:
-            raise EstimatorSettingError(f"unknown partition '{partition}'; allowed: {', '.join(PARTITIONS)}")
-        self.k, self.block, self.partition = int(k), int(_block_side(1, block)), partition
+        v = self._validated(k=k, block=block, partition=partition)
+        self.k, self.block, self.partition = v["k"], v["block"], v["partition"]
 
-    def settings(self) -> dict[str, Any]:
-        return {"view": f"{self.k}-symbol quantisation", "k": self.k, "block": self.block, "partition": self.partition}
+    def facts(self) -> dict[str, Any]:
+        return {"view": f"{self.k}-symbol quantisation"}
 
     def _bits(self, a: NamedArray) -> float:
         return _bdm_1d_any_length(quantise_k(a.values(), self.k).reshape(-1), self.k, self.block, self.partition)

@@ -51,18 +51,15 @@ class LZMA(Compressor):
 
     def __init__(self, preset: int = 9, extreme: bool = False, lc: int | None = None,
                  lp: int | None = None, pb: int | None = None) -> None:
-        if not 0 <= int(preset) <= 9:
-            raise EstimatorSettingError(f"lzma preset must be 0..9, got {preset}")
-        self.preset, self.extreme, self.lc, self.lp, self.pb = int(preset), bool(extreme), lc, lp, pb
+        v = self._validated(preset=preset, extreme=extreme, lc=lc, lp=lp, pb=pb)
+        self.preset, self.extreme, self.lc, self.lp, self.pb = (v[k] for k in ("preset", "extreme", "lc", "lp", "pb"))
         filt: dict[str, Any] = {"id": lzma.FILTER_LZMA2,
                                 "preset": self.preset | (lzma.PRESET_EXTREME if self.extreme else 0)}
-        filt.update({k: int(v) for k, v in (("lc", lc), ("lp", lp), ("pb", pb)) if v is not None})
+        filt.update({k: v[k] for k in ("lc", "lp", "pb") if v[k] is not None})
         self._filters = [filt]
 
-    def settings(self) -> dict[str, Any]:
-        out = {"preset": self.preset, "extreme": self.extreme, "format": "raw"}
-        out.update({k: v for k, v in (("lc", self.lc), ("lp", self.lp), ("pb", self.pb)) if v is not None})
-        return out
+    def facts(self) -> dict[str, Any]:
+        return {"format": "raw LZMA2"}
 
     def compress(self, data: Any) -> bytes:
         try:
@@ -78,9 +75,8 @@ class Zstd(Compressor):
     description = "zstandard, level 19 (22 = ultra), multi-threaded above 4 MiB"
 
     def __init__(self, level: int = 19, threads: int = -1) -> None:
-        if not 1 <= int(level) <= 22:
-            raise EstimatorSettingError(f"zstd level must be 1..22, got {level}")
-        self.level, self.threads = int(level), int(threads)
+        v = self._validated(level=level, threads=threads)
+        self.level, self.threads = v["level"], v["threads"]
         # a ZstdCompressor must not be shared between threads (score(jobs=N)): one pair per thread
         self._local = threading.local()
 
@@ -105,9 +101,8 @@ class Zstd(Compressor):
                 local.multi = zstandard.ZstdCompressor(compression_params=params)
         return local.single, local.multi
 
-    def settings(self) -> dict[str, Any]:
-        return {"level": self.level, "threads": self.threads, "mt_threshold_bytes": ZSTD_MT_THRESHOLD,
-                "job_bytes": ZSTD_JOB_SIZE}
+    def facts(self) -> dict[str, Any]:
+        return {"mt_threshold_bytes": ZSTD_MT_THRESHOLD, "job_bytes": ZSTD_JOB_SIZE}
 
     def compress(self, data: Any) -> bytes:
         single, multi = self._engines()
@@ -121,12 +116,10 @@ class Gzip(Compressor):
     description = "DEFLATE level 9 as a raw stream (gzip without its 18-byte header/trailer)"
 
     def __init__(self, level: int = 9) -> None:
-        if not 0 <= int(level) <= 9:
-            raise EstimatorSettingError(f"gzip level must be 0..9, got {level}")
-        self.level = int(level)
+        self.level = self._validated(level=level)["level"]
 
-    def settings(self) -> dict[str, Any]:
-        return {"level": self.level, "format": "raw deflate"}
+    def facts(self) -> dict[str, Any]:
+        return {"format": "raw deflate"}
 
     def compress(self, data: Any) -> bytes:
         c = zlib.compressobj(self.level, zlib.DEFLATED, -15, 9)
@@ -139,12 +132,7 @@ class BZ2(Compressor):
     description = "bzip2 level 9"
 
     def __init__(self, level: int = 9) -> None:
-        if not 1 <= int(level) <= 9:
-            raise EstimatorSettingError(f"bz2 level must be 1..9, got {level}")
-        self.level = int(level)
-
-    def settings(self) -> dict[str, Any]:
-        return {"level": self.level}
+        self.level = self._validated(level=level)["level"]
 
     def compress(self, data: Any) -> bytes:
         return bz2.compress(data, self.level)
@@ -165,7 +153,10 @@ class ByteGrouped(Estimator):
         self.description = f"byte planes, each compressed with {inner.name}"
 
     def settings(self) -> dict[str, Any]:
-        return {"inner": self.inner.name, **self.inner.settings(), "grouping": "byte planes"}
+        return self.inner.settings()
+
+    def facts(self) -> dict[str, Any]:
+        return {"inner": self.inner.name, **self.inner.facts(), "grouping": "byte planes"}
 
     def _bits(self, a: NamedArray) -> float:
         return float(sum(self.breakdown(a).values()))
@@ -184,10 +175,7 @@ class Pco(Estimator):
     description = "pcodec (numeric codec), level 8 (0..12); bfloat16 as its 16-bit patterns, 8-bit types widened"
 
     def __init__(self, level: int = 8) -> None:
-        self.level = int(level)
-
-    def settings(self) -> dict[str, Any]:
-        return {"level": self.level}
+        self.level = self._validated(level=level)["level"]
 
     def compress(self, a: NamedArray) -> bytes:
         """The pcodec stream of one tensor (flat); ``pcodec.standalone.simple_decompress`` inverts it."""

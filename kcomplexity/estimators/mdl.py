@@ -319,21 +319,20 @@ class MDLEstimator(Estimator):
     """Registered as ``mdl`` (the real code, default) and ``mdl-paper`` (the paper's bound)."""
 
     kind = "code length"
+    #: the mosaic the weights were projected to (scored as it is), and q-bit weights' q
+    reads = ("mosaic", "q")
 
     def __init__(self, s: int = 2, q: int | None = None, code: str = "coded") -> None:
         if code not in ("coded", "paper"):
             raise EstimatorSettingError(f"mdl code must be 'coded' or 'paper', got {code!r}")
-        try:
-            self.s = _check_s(s)
-        except MDLError as exc:
-            raise EstimatorSettingError(str(exc)) from None
-        self.q, self.code = q, code
         self.name = "mdl" if code == "coded" else "mdl-paper"
+        v = self._validated(s=s, q=q)
+        self.s, self.q, self.code = v["s"], v["q"], code
         self.description = ("mosaic of exact s-blocks: motif table + usage-adaptive code of the block indices"
                             if code == "coded" else "mosaic of exact s-blocks, the paper's bound min(k*s*q + m*ceil(log2 k), n*q)")
 
-    def settings(self) -> dict[str, Any]:
-        return {"s": self.s, "q": self.q if self.q is not None else "dtype width", "code": self.code}
+    def facts(self) -> dict[str, Any]:
+        return {"code": self.code}
 
     def _pick(self, result: MDL) -> float:
         return float(result.coded_bits if self.code == "coded" else result.paper_bits)
@@ -349,14 +348,14 @@ class MDLEstimator(Estimator):
         return self._pick(mdl(list(arrays), self.s, self.q))
 
     def estimate_whole(self, arrays: Sequence[NamedArray], context: Context | None = None) -> Estimate:
-        """As :meth:`bits_whole`, scoring ``context.mosaic`` itself when its block size is ``s``.
+        """As :meth:`bits_whole`, scoring ``context.extra["mosaic"]`` itself when its block size is ``s``.
 
-        ``context.q`` (q-bit weights) applies unless this estimator fixes q;
+        ``context.extra["q"]`` (q-bit weights) applies unless this estimator fixes q;
         details hold the paper's ``rac`` and ``paper_bits``.
         """
         context = context or Context()
-        q = self.q if self.q is not None else context.q
-        mosaic = context.mosaic
+        q = self.q if self.q is not None else context.get("q")
+        mosaic = context.get("mosaic")
         result = (mdl(mosaic, q=q) if mosaic is not None and int(mosaic.s) == self.s
                   else mdl(list(arrays), self.s, q))
         return Estimate(self._pick(result), {"rac": result.rac, "paper_bits": result.paper_bits, "q": result.q})
@@ -364,5 +363,6 @@ class MDLEstimator(Estimator):
 
 _MDL_SETTINGS = {"s": Setting(int, ">= 1", lambda v: v >= 1),
                  "q": Setting(int, "1..64 (default: the dtype width)", lambda v: 1 <= v <= 64, optional=True)}
+MDLEstimator.SETTINGS = _MDL_SETTINGS
 register("mdl", lambda **kw: MDLEstimator(code="coded", **kw), _MDL_SETTINGS)
 register("mdl-paper", lambda **kw: MDLEstimator(code="paper", **kw), _MDL_SETTINGS)

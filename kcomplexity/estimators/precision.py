@@ -53,7 +53,8 @@ class Quant(Estimator):
     def __init__(self, rel: float | None = None, delta: float | None = None) -> None:
         if rel is None and delta is None:
             rel = DEFAULT_REL
-        self.rel, self.delta = check_precision(rel, delta)
+        v = self._validated(rel=rel, delta=delta)
+        self.rel, self.delta = check_precision(v["rel"], v["delta"])
         self.description = ("uniform quantisation per tensor (step = rel x RMS, or delta) + the shortest of "
                             "order-0 / Gaussian / Laplace ANS codes and zstd; details: mse, max_abs_err")
 
@@ -94,12 +95,9 @@ class Delta(Estimator):
     needs = ("previous",)
 
     def __init__(self, rel: float = DEFAULT_REL) -> None:
-        self.rel, _ = check_precision(rel, None)
+        self.rel = self._validated(rel=rel)["rel"]
         self.description = ("information per step: quantised code of w_t - w_(t-1) on quant's grid for w_t "
                             "(step = rel x RMS of w_t); needs the previous weights")
-
-    def settings(self) -> dict[str, Any]:
-        return {"rel": self.rel}
 
     def _bits(self, a: NamedArray) -> float:  # pragma: no cover - estimate() refuses first
         raise MissingContextError("delta needs the previous weights")
@@ -130,15 +128,13 @@ class Intrinsic(Estimator):
         from ..errors import IntrinsicError
         from ..intrinsic import check_budget
 
+        v = self._validated(eps=eps, relative=relative, max_evals=max_evals)
         try:
-            self.eps, self.relative, self.max_evals = check_budget(eps, relative, max_evals)
+            self.eps, self.relative, self.max_evals = check_budget(v["eps"], v["relative"], v["max_evals"])
         except IntrinsicError as exc:
             raise EstimatorSettingError(f"intrinsic: {exc}") from None
         self.description = ("quant's code at the coarsest global rel whose loss stays within loss + eps "
                             "(DeMoss et al. 2024); needs a model and a loss closure")
-
-    def settings(self) -> dict[str, Any]:
-        return {"eps": self.eps, "relative": self.relative, "max_evals": self.max_evals}
 
     def _bits(self, a: NamedArray) -> float:  # pragma: no cover - estimate() refuses first
         raise MissingContextError("intrinsic needs a model and a loss closure")
