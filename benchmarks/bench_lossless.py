@@ -96,7 +96,7 @@ def floor(path: Path) -> None:
     length, a code would need structure between values."""
     from safetensors.numpy import load_file
 
-    from kcomplexity import float_code as fc
+    from kcomplexity.codecs import fpc as fc
 
     h = fc.FORMATS["float32"].head
     fpc_bits = head_bits = model_bits = best = low_bits = ent = ent_n = n = 0.0

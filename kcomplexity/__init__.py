@@ -6,7 +6,7 @@ from .errors import KComplexityError
 from .estimators.bdm import bdm, block_entropy, nbdm
 from .estimators.mdl import MDL, mdl
 from .intrinsic import Intrinsic, intrinsic
-from .quantized import decode_quantized, encode_quantized
+from .codecs.quant import decode_quantized, encode_quantized
 from .rd import RDCurve, rd
 from .report import Report
 from .scoring import score

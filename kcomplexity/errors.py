@@ -81,3 +81,7 @@ class CTMTableError(KComplexityError, LookupError):
 
 class MDLError(KComplexityError, ValueError):
     """Invalid input to the mosaic description length or its codec."""
+
+
+class CorruptMosaicError(MDLError, CorruptFileError):
+    """A damaged mosaic code: a :class:`CorruptFileError` like every damaged code, and an :class:`MDLError`."""

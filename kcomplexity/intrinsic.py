@@ -4,7 +4,7 @@ The coarsest uniform precision at which the model still does its job: one
 global ``rel`` (step = rel x RMS, per tensor) applied to every trainable
 parameter, found by bisection in log(rel) so that the loss stays within
 ``loss_before + eps`` (or ``loss_before * (1 + eps)``), and the length of
-the quantised code (:mod:`kcomplexity.quantized`) at that precision. The
+the quantised code (:mod:`kcomplexity.codecs.quant`) at that precision. The
 model is restored bit for bit afterwards, also when the loss raises.
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from .errors import IntrinsicError, NonFiniteLossError
-from .quantized import code_quantized, reconstruct
+from .codecs.quant import code_quantized, reconstruct
 
 #: the search interval for rel: at REL_MAX (step = 16 RMS) nearly every weight rounds to zero;
 #: REL_MIN is finer than any budget we have seen need

@@ -1,6 +1,6 @@
 """Rate–distortion curve of a model: bits of the quantised code against the distortion it buys.
 
-For each relative step ``rel`` every tensor is coded by :mod:`kcomplexity.quantized`
+For each relative step ``rel`` every tensor is coded by :mod:`kcomplexity.codecs.quant`
 (step = rel x its RMS); a point is the total code length with the MSE over
 all values, the largest absolute error and the signal-to-noise ratio. Other
 families of lossy codes add their own points through the entry-point group
@@ -22,7 +22,7 @@ import pandas as pd
 from .errors import EstimatorSettingError, KComplexityError
 from .fileio import write_atomic
 from .estimators.precision import summarise
-from .quantized import check_precision, code_quantized
+from .codecs.quant import check_precision, code_quantized
 from .sources import NamedArray, open_source
 
 DEFAULT_RELS = (1.0, 0.3, 0.1, 0.03, 0.01, 0.003)

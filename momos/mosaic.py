@@ -61,7 +61,7 @@ class Mosaic:
         return out
 
     def encode(self) -> bytes:
-        """Lossless code of the weights (see :mod:`kcomplexity.mosaic_code`); its length is ``mdl(self).coded_bits``."""
+        """Lossless code of the weights (see :mod:`kcomplexity.codecs.mosaic`); its length is ``mdl(self).coded_bits``."""
         return mdl(self).encode()
 
     @classmethod

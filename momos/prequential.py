@@ -4,7 +4,7 @@ The labels are sent in chunks [t_0 = 0, t_1), [t_1, t_2), ..., [t_(K-1), N).
 The first chunk is coded uniformly (log2 C bits a label). Every later chunk
 is coded with the predictions of a network trained only on the labels
 already sent; both sides can train it, so the network itself is never
-transmitted. The code is real: one ANS stream (:mod:`kcomplexity.label_code`)
+transmitted. The code is real: one ANS stream (:mod:`kcomplexity.codecs.labels`)
 that :func:`decode` turns back into the labels by retraining the same
 networks in the same order (same seeds, same machine and library versions:
 training must repeat bit for bit).
@@ -36,7 +36,7 @@ import torch
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from kcomplexity import label_code
+from kcomplexity.codecs import labels as label_code
 from kcomplexity.checks import seed as check_seed
 
 from . import data as data_mod, models

@@ -3,7 +3,7 @@
 Part one is the quantised code of every trainable tensor (:func:`kcomplexity.encode_quantized`,
 step ``rel`` x the tensor's RMS) plus floating-point buffers (batch-norm
 statistics) at their stored width. Part two codes the training labels with
-the predictions of the model rebuilt from part one (:mod:`kcomplexity.label_code`).
+the predictions of the model rebuilt from part one (:mod:`kcomplexity.codecs.labels`).
 Both are real codes; their sum is the two-part description length in bits,
 with the distortion part one bought (MSE, and the quantised model's test
 accuracy) beside it.
@@ -21,9 +21,9 @@ import torch
 from torch.nn.utils import parametrize
 
 import kcomplexity as kc
-from kcomplexity import label_code
+from kcomplexity.codecs import labels as label_code
 from kcomplexity.errors import NonFiniteLossError
-from kcomplexity.quantized import check_precision
+from kcomplexity.codecs.quant import check_precision
 
 from . import data as data_mod
 from .prequential import batched_logits, probabilities

@@ -34,10 +34,10 @@ def damaged(seed: bytes) -> st.SearchStrategy[bytes]:
 
 # ------------------------------------------------------------------ decoders: our error or a result, in linear time
 def _codes() -> dict[str, tuple[bytes, object]]:
-    from kcomplexity import float_code
+    from kcomplexity.codecs import fpc as float_code
     from kcomplexity.estimators import mdl
-    from kcomplexity.label_code import LabelDecoder, encode_labels
-    from kcomplexity.quantized import decode_quantized, encode_quantized
+    from kcomplexity.codecs.labels import LabelDecoder, encode_labels
+    from kcomplexity.codecs.quant import decode_quantized, encode_quantized
 
     rng = np.random.default_rng(0)
     w = rng.standard_normal((32, 24)).astype(np.float32)

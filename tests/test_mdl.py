@@ -10,7 +10,7 @@ import torch
 import kcomplexity as kc
 from kcomplexity.errors import EstimatorSettingError, MDLError
 from kcomplexity.estimators.mdl import decode, paper_bits
-from kcomplexity.mosaic_code import huffman_lengths
+from kcomplexity.codecs.mosaic import huffman_lengths
 
 HEADER_BITS = 8 * 12  # a few varints; the code is never longer than paper + this
 

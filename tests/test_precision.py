@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import kcomplexity as kc
-from kcomplexity import quantized
+from kcomplexity.codecs import quant as quantized
 from kcomplexity.callbacks import ComplexityLogger
 from kcomplexity.cli import main as kc_main
 from kcomplexity.errors import CorruptFileError, EstimatorSettingError, IntrinsicError
@@ -180,7 +180,7 @@ def test_intrinsic_leaves_the_model_bit_identical_and_respects_the_budget():
     probe.load_state_dict(before)
     with torch.no_grad():
         for _, p in probe.named_parameters():
-            p.copy_(torch.from_numpy(kc.quantized.reconstruct(p.detach(), rel=r.rel)))
+            p.copy_(torch.from_numpy(kc.codecs.quant.reconstruct(p.detach(), rel=r.rel)))
     assert loss_fn(probe) == pytest.approx(r.loss_after, rel=1e-6)
     expected = sum(len(kc.encode_quantized(p.detach(), rel=r.rel)) * 8 for p in model.parameters())
     assert r.bits == expected

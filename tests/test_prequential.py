@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from kcomplexity import label_code
+from kcomplexity.codecs import labels as label_code
 from kcomplexity.errors import CorruptFileError
 from momos import data, models
 from momos.cli import main

@@ -311,8 +311,8 @@ def test_claimed_sizes_are_checked_before_allocating(tmp_path):
     with pytest.raises(kc.errors.CorruptFileError, match="header"):
         kc.score(str(tmp_path / "dmg.npy"))
     big_const = kc.encode_quantized(np.zeros(1000, np.float32), rel=0.1)
-    with pytest.raises(kc.errors.CorruptFileError, match="max_elements"):
-        kc.decode_quantized(big_const, max_elements=999)
+    with pytest.raises(kc.errors.CorruptFileError, match="max_values"):
+        kc.decode_quantized(big_const, max_values=999)
 
 
 def test_a_damaged_pt_entry_fails_its_crc(tmp_path):

@@ -188,7 +188,7 @@ class Pco(Estimator):
 
 
 class FloatCode(Estimator):
-    """Registered as ``fpc``: the float-aware code of :mod:`kcomplexity.float_code` (float32/float16/bfloat16)."""
+    """Registered as ``fpc``: the float-aware code of :mod:`kcomplexity.codecs.fpc` (float32/float16/bfloat16)."""
 
     name = "fpc"
     kind = "code length"
@@ -197,13 +197,13 @@ class FloatCode(Estimator):
 
     def encode(self, x: Any) -> bytes:
         """The code of one array or tensor (numpy, torch; bfloat16 as a torch tensor); ``len * 8`` bits."""
-        from .. import float_code
+        from ..codecs import fpc as float_code
 
         return float_code.encode(x)
 
     def decode(self, data: bytes) -> Any:
         """The array back, bit for bit (a torch tensor for bfloat16, numpy otherwise)."""
-        from .. import float_code
+        from ..codecs import fpc as float_code
 
         return float_code.decode(data)
 

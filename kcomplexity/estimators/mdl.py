@@ -7,7 +7,7 @@ For n values in m blocks of size s built from k motifs at q bits a value:
   being the bound's O(1)); relative algorithmic compression RAC = n*q / L,
   so RAC >= 1 for any tensor.
 * ``coded``: the length of a real lossless code of the same weights that
-  adapts to motif usage (:mod:`kcomplexity.mosaic_code`): never more than
+  adapts to motif usage (:mod:`kcomplexity.codecs.mosaic`): never more than
   ``paper`` plus a header of about ten bytes, much less when usage is skewed.
 
 Any tensor can be scored: its distinct blocks of size s are found exactly
@@ -28,9 +28,10 @@ from typing import Any
 
 import numpy as np
 
-from .. import level_grid, mosaic_code
-from ..bitio import read_varint, varint
-from ..errors import EstimatorSettingError, MDLError, NotApplicableError
+from .. import level_grid
+from ..codecs import mosaic as mosaic_code
+from ..codecs.bits import read_varint, varint
+from ..errors import CorruptMosaicError, EstimatorSettingError, MDLError, NotApplicableError
 from ..sources import NamedArray, make_named, open_source
 from .base import Context, Estimate, Estimator, Setting, register
 
@@ -224,23 +225,23 @@ def _decode_mixed(data: bytes, sizes: list[int]) -> list[np.ndarray]:
         kinds = list(buf[pos:pos + count])
         pos += count
         if len(kinds) != count or any(k not in (_FLOAT, *_SCALE_DTYPE) for k in kinds):
-            raise MDLError("corrupt mosaic code: bad tensor kinds")
+            raise CorruptMosaicError("corrupt mosaic code: bad tensor kinds")
         scales = []
         for kind in kinds:
             if kind != _FLOAT:
                 size = _SCALE_DTYPE[kind].itemsize
                 if pos + size > len(buf):
-                    raise MDLError("corrupt mosaic code: truncated scales")
+                    raise CorruptMosaicError("corrupt mosaic code: truncated scales")
                 scales.append(np.frombuffer(buf[pos:pos + size], dtype=_SCALE_DTYPE[kind])[0])
                 pos += size
         grid_len, pos = read_varint(buf, pos)
     except IndexError:
-        raise MDLError("corrupt mosaic code: truncated header") from None
+        raise CorruptMosaicError("corrupt mosaic code: truncated header") from None
     if pos + grid_len > len(buf):
-        raise MDLError("corrupt mosaic code: truncated level mosaic")
+        raise CorruptMosaicError("corrupt mosaic code: truncated level mosaic")
     patterns, index, s, dtype = mosaic_code.decode(buf[pos:pos + grid_len])
     if not dtype.startswith("levels"):
-        raise MDLError("corrupt mosaic code: the grid part does not hold levels")
+        raise CorruptMosaicError("corrupt mosaic code: the grid part does not hold levels")
     grid_sizes = [n for n, k in zip(sizes, kinds) if k != _FLOAT]
     float_sizes = [n for n, k in zip(sizes, kinds) if k == _FLOAT]
     levels = iter(_split(_values(patterns[index].reshape(-1), dtype), grid_sizes, s))

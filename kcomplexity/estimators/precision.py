@@ -1,7 +1,7 @@
 """Estimators at a stated precision: lossy code lengths that carry the distortion they buy.
 
 * ``quant``: each tensor uniformly quantised (step = ``rel`` x its RMS, or
-  ``delta``) and entropy-coded (:mod:`kcomplexity.quantized`); bits are
+  ``delta``) and entropy-coded (:mod:`kcomplexity.codecs.quant`); bits are
   ``len(code) * 8`` and details hold ``mse`` and ``max_abs_err``.
 * ``delta``: information per step, the conditional code of the weights
   given the previous logged weights: each tensor's difference
@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import EstimatorSettingError, MissingContextError
-from ..quantized import QuantizedCode, check_precision, code_quantized
+from ..codecs.quant import QuantizedCode, check_precision, code_quantized
 from ..sources import NamedArray
 from .base import Context, Estimate, Estimator, Setting, register
 

@@ -31,8 +31,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .bitio import from_bits as _from_bits, read_varint, to_bits as _to_bits, varint as _varint
-from .errors import MDLError
+from .bits import from_bits as _from_bits, read_varint, to_bits as _to_bits, varint as _varint
+from ..errors import CorruptMosaicError, MDLError
 
 #: value dtypes a motif table can be stored in exactly, by code
 DTYPES = {0: "float32", 1: "float16", 2: "bfloat16", 3: "float64"}
@@ -248,26 +248,26 @@ def decode(data: bytes) -> tuple[np.ndarray, np.ndarray, int, str]:
         elif dcode in DTYPES:
             dtype = DTYPES[dcode]
         else:
-            raise MDLError("corrupt mosaic code: bad value type")
+            raise CorruptMosaicError("corrupt mosaic code: bad value type")
         if s < 1 or k < 1 or mode not in (0, 1, 2) or (mode == 2 and k != m) \
                 or max(m, s, k) >= 1 << 40 \
                 or k * s > 8 * len(buf) or m > 8 * len(buf) * 64:
-            raise MDLError("corrupt mosaic code: bad header")
+            raise CorruptMosaicError("corrupt mosaic code: bad header")
         hist = []
         if mode == 1:
             lmax, pos = read_varint(buf, pos)
             if lmax > MAX_CODEWORD:
-                raise MDLError("corrupt mosaic code: bad code-length histogram")
+                raise CorruptMosaicError("corrupt mosaic code: bad code-length histogram")
             for _ in range(lmax):
                 c, pos = read_varint(buf, pos)
                 hist.append(c)
     except IndexError:
-        raise MDLError("corrupt mosaic code: truncated header") from None
+        raise CorruptMosaicError("corrupt mosaic code: truncated header") from None
     q = width(dtype)
     bits = np.unpackbits(np.frombuffer(buf[pos:], dtype=np.uint8))
     tbits = k * s * q
     if bits.size < tbits:
-        raise MDLError("corrupt mosaic code: truncated motif table")
+        raise CorruptMosaicError("corrupt mosaic code: truncated motif table")
     patterns = _from_bits(bits[:tbits], q).reshape(k, s)
     rest = bits[tbits:]
     if mode == 2:
@@ -275,15 +275,15 @@ def decode(data: bytes) -> tuple[np.ndarray, np.ndarray, int, str]:
     if mode == 0:
         w = index_width(k)
         if rest.size < m * w:
-            raise MDLError("corrupt mosaic code: truncated mosaic")
+            raise CorruptMosaicError("corrupt mosaic code: truncated mosaic")
         index = _from_bits(rest[: m * w], w).astype(np.int64) if w else np.zeros(m, dtype=np.int64)
     else:
         lengths = np.repeat(np.arange(1, len(hist) + 1), hist)
         if lengths.size != k:
-            raise MDLError("corrupt mosaic code: code-length histogram does not match k")
+            raise CorruptMosaicError("corrupt mosaic code: code-length histogram does not match k")
         index = _huffman_decode(rest, lengths, m)
     if index.size and index.max() >= k:
-        raise MDLError("corrupt mosaic code: motif index out of range")
+        raise CorruptMosaicError("corrupt mosaic code: motif index out of range")
     return patterns, index, s, dtype
 
 
@@ -325,5 +325,5 @@ def _huffman_decode(bits: np.ndarray, lengths: np.ndarray, m: int) -> np.ndarray
         jump = jump[jump]
         bit += 1
     if m and (pos[-1] >= size or pos[-1] + lengths[sym_at[pos[-1]]] > size):
-        raise MDLError("corrupt mosaic code: truncated mosaic")
+        raise CorruptMosaicError("corrupt mosaic code: truncated mosaic")
     return sym_at[pos]

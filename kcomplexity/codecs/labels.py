@@ -14,7 +14,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .errors import CorruptFileError, KComplexityError
+from ..errors import CorruptFileError, KComplexityError
+from . import ans
 
 
 class LabelCodeError(KComplexityError):
@@ -34,58 +35,30 @@ def uniform(n: int, classes: int) -> np.ndarray:
 
 def encode_labels(segments: Sequence[tuple[np.ndarray, np.ndarray]]) -> bytes:
     """One ANS code of every segment's labels under its probabilities; ``len(result) * 8`` bits."""
-    import constriction
-
-    model = constriction.stream.model.Categorical(perfect=False)
-    coder = constriction.stream.stack.AnsCoder()
     checked = [_check(p, y) for p, y in segments]
-    for probs, labels in reversed(checked):  # a stack: the last segment in is the first decoded
-        if labels.size:
-            coder.encode_reverse(labels.astype(np.int32), model, probs)
-    return coder.get_compressed().astype("<u4").tobytes()
+    return ans.encode([(ans.per_row(), labels, probs) for probs, labels in checked])
 
 
 class LabelDecoder:
     """Decode :func:`encode_labels` output one segment at a time: ``decoder.decode(probs) -> labels``."""
 
     def __init__(self, data: bytes) -> None:
-        import constriction
-
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise CorruptFileError(f"a label code is bytes, got {type(data).__name__}")
-        if len(data) % 4:
-            raise CorruptFileError("corrupt label code: not whole 32-bit words")
-        words = np.frombuffer(bytes(data), dtype="<u4").astype(np.uint32)
-        try:
-            self._coder = constriction.stream.stack.AnsCoder(words)
-        except ValueError as exc:  # e.g. a code ending in a zero word, which no encoder writes
-            raise CorruptFileError(f"corrupt label code: {exc}") from None
-        self._model = constriction.stream.model.Categorical(perfect=False)
+        self._decoder = ans.Decoder(data, "label code")
 
     def decode(self, probs: np.ndarray) -> np.ndarray:
         """The next segment's labels, given the same probabilities the encoder used (n x C)."""
         probs = _check_probs(probs)
         if not probs.shape[0]:
             return np.zeros(0, dtype=np.int64)
-        if self._coder.is_empty():  # every label costs > 0 bits (no probability is 1), so its code cannot be empty
+        if self._decoder.is_empty():  # every label costs > 0 bits (no probability is 1), so its code cannot be empty
             raise CorruptFileError("corrupt label code: it ends before the labels do (truncated?)")
-        try:
-            out = self._coder.decode(self._model, probs)
-        except (KeyboardInterrupt, SystemExit):
-            raise
-        except BaseException as exc:  # ValueError, or a Rust panic (a BaseException), on data that is not a code
-            raise CorruptFileError(f"corrupt label code: {type(exc).__name__}") from None
-        return np.asarray(out, dtype=np.int64)
+        return self._decoder.decode(ans.per_row(), probs.shape[0], probs)
 
     def finish(self) -> None:
-        """After the last segment: CorruptFileError unless the code was read exactly to its end.
-
-        ANS decoding of a truncated or altered code still yields labels; it is
-        the coder not returning to its initial state that gives it away.
-        """
-        if not self._coder.is_empty():
-            raise CorruptFileError("corrupt label code: bytes left over after the last label (truncated or "
-                                   "altered)")
+        """After the last segment: CorruptFileError unless the code was read exactly to its end."""
+        self._decoder.finish()
 
 
 def _check_probs(probs: np.ndarray) -> np.ndarray:

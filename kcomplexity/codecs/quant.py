@@ -17,10 +17,10 @@ shortest for this tensor (the header says which):
 * ``zstd``      zstd of the symbols as fixed-width little-endian integers
                 (wins on tiled or repetitive tensors, which order-0 codes miss).
 
-Layout (integers as LEB128 varints; ``zz`` = zig-zag signed)::
+Layout (integers as LEB128 varints; ``zz`` = zig-zag signed): the
+container header (:mod:`kcomplexity.codecs.container`), then::
 
-    b"KQ" version dtype-code method ndim dims... step(float64 LE)
-    zz(lo) (hi - lo) [method fields] payload
+    method step(float64 LE) zz(lo) (hi - lo) [method fields] payload
 
 :func:`encode_quantized` returns the bytes and :func:`decode_quantized`
 inverts them; ``len(data) * 8`` is the code length in bits.
@@ -34,22 +34,17 @@ from typing import Any
 
 import numpy as np
 
-from .bitio import read_varint, unzigzag, varint, zigzag
-from .errors import CorruptFileError, EstimatorSettingError
-from .sources import NamedArray, as_named
+from ..errors import CorruptFileError, EstimatorSettingError
+from ..sources import NamedArray, as_named
+from . import ans
+from .bits import pack_tables, read_varint, unpack_tables, unzigzag, varint, zigzag
+from .container import MAX_VALUES, Header, read_header
 
-MAGIC = b"KQ"
 VERSION = 1
-#: dtypes we can restore, by code; floats decode to float32 (float64 stays float64)
-DTYPES = ("float32", "float16", "bfloat16", "float64", "int8", "int16", "int32", "int64",
-          "uint8", "uint16", "uint32", "uint64", "bool")
 METHODS = ("const", "order0", "gaussian", "laplace", "zstd")
-#: ANS models need symbols inside int32 and an alphabet the 24-bit fixed-point
-#: probabilities can cover; wider alphabets fall back to zstd
-MAX_ANS_ALPHABET = 1 << 20
+#: wider alphabets than the ANS models take fall back to zstd
+MAX_ANS_ALPHABET = ans.MAX_ALPHABET
 ZSTD_LEVEL = 3
-#: decode_quantized refuses codes claiming more values than this (1 GiB of float32) unless told otherwise
-MAX_DECODE_ELEMENTS = 1 << 28
 
 
 @dataclass(frozen=True)
@@ -123,12 +118,9 @@ def code_quantized(x: Any, rel: float | None = None, delta: float | None = None)
     rel, delta = check_precision(rel, delta)
     a = as_named(x)
     sym, step, orig = quantize(a, rel, delta)
-    head = bytearray(MAGIC) + bytes([VERSION, DTYPES.index(a.dtype)])
-    shape = bytearray(varint(len(a.shape)))
-    for d in a.shape:
-        shape += varint(int(d))
     method, body = _entropy_code(sym)
-    data = bytes(head + bytes([METHODS.index(method)]) + shape + struct.pack("<d", step) + body)
+    head = Header("quant", VERSION, a.dtype, tuple(int(d) for d in a.shape)).to_bytes()
+    data = head + bytes([METHODS.index(method)]) + struct.pack("<d", step) + body
     rec = _reconstruct(sym, step, a.dtype).reshape(-1).astype(np.float64)
     err = rec - orig
     return QuantizedCode(data=data, step=step, method=method, numel=int(sym.size), sse=float(np.dot(err, err)),
@@ -143,40 +135,29 @@ def reconstruct(x: Any, rel: float | None = None, delta: float | None = None) ->
     return _reconstruct(sym, step, a.dtype).reshape(a.shape)
 
 
-def decode_quantized(data: bytes, max_elements: int = MAX_DECODE_ELEMENTS) -> np.ndarray:
+def decode_quantized(data: bytes, max_values: int = MAX_VALUES) -> np.ndarray:
     """Inverse of :func:`encode_quantized`: float32 values in the original shape.
 
     float64 tensors come back as float64 and integer/bool tensors exactly in
-    their own dtype. A code claiming more than ``max_elements`` values is
-    refused before anything is allocated (a constant tensor of any size codes
-    to a few bytes, so the claim alone could exhaust memory).
+    their own dtype. A code claiming more than ``max_values`` values is
+    refused before anything is allocated (CorruptFileError).
     """
-    if not isinstance(data, (bytes, bytearray, memoryview)):
-        raise CorruptFileError(f"a quantised code is bytes, got {type(data).__name__}")
+    head, pos = read_header(data, "quant", (VERSION,), max_values)
     buf = memoryview(bytes(data))
+    n = head.numel
     try:
-        if bytes(buf[:2]) != MAGIC or buf[2] != VERSION:
-            raise CorruptFileError("not a quantised code (bad magic or version)")
-        if buf[3] >= len(DTYPES) or buf[4] >= len(METHODS):
-            raise CorruptFileError("corrupt quantised code: unknown dtype or method")
-        dtype, method = DTYPES[buf[3]], METHODS[buf[4]]
-        ndim, pos = read_varint(buf, 5)
-        shape = []
-        for _ in range(ndim):
-            d, pos = read_varint(buf, pos)
-            shape.append(d)
-        (step,) = struct.unpack_from("<d", buf, pos)
-        n = math.prod(shape)
-        if ndim > 64 or n == 0:
-            raise CorruptFileError("corrupt quantised code: bad shape")
-        if n > max_elements:
-            raise CorruptFileError(f"quantised code claims {n:,} values, more than max_elements={max_elements:,}")
+        if n == 0:
+            raise CorruptFileError("corrupt quant code: bad shape")
+        if buf[pos] >= len(METHODS):
+            raise CorruptFileError("corrupt quant code: unknown method")
+        method = METHODS[buf[pos]]
+        (step,) = struct.unpack_from("<d", buf, pos + 1)
         if not math.isfinite(step) or step <= 0:
-            raise CorruptFileError("corrupt quantised code: bad step")
-        sym = _entropy_decode(method, buf, pos + 8, n)
+            raise CorruptFileError("corrupt quant code: bad step")
+        sym = _entropy_decode(method, buf, pos + 9, n)
     except (IndexError, struct.error):
-        raise CorruptFileError("corrupt quantised code: truncated") from None
-    return _reconstruct(sym, step, dtype).reshape(shape)
+        raise CorruptFileError("corrupt quant code: truncated") from None
+    return _reconstruct(sym, step, head.dtype).reshape(head.shape)
 
 
 #: values reconstructed at a time, so no float64 copy of a whole tensor is ever held beside its symbols
@@ -221,19 +202,19 @@ def _entropy_decode(method: str, buf: memoryview, pos: int, n: int) -> np.ndarra
     span, pos = read_varint(buf, pos)
     lo = unzigzag(z)
     if not -(2 ** 63) <= lo <= lo + span < 2 ** 63:  # symbols are int64: anything else is a damaged code
-        raise CorruptFileError("corrupt quantised code: symbols out of the 64-bit range")
+        raise CorruptFileError("corrupt quant code: symbols out of the 64-bit range")
     if method == "const":  # a read-only view of one value: the output is the only allocation of a constant
         return np.broadcast_to(np.int64(lo), (n,))
     if method == "zstd":
         return _zstd_decode(buf[pos:], span, n) + lo
     if method == "order0":
         if span >= MAX_ANS_ALPHABET:
-            raise CorruptFileError("corrupt quantised code: symbol table too large")
+            raise CorruptFileError("corrupt quant code: symbol table too large")
         return _order0_decode(buf, pos, n, span) + lo
     params = struct.unpack_from("<dd", buf, pos)
     if span < 1 or span >= MAX_ANS_ALPHABET or not (math.isfinite(params[0]) and math.isfinite(params[1])) \
             or params[1] <= 0 or not -(2 ** 31) <= lo < 2 ** 31 - span:
-        raise CorruptFileError("corrupt quantised code: bad model parameters")
+        raise CorruptFileError("corrupt quant code: bad model parameters")
     return _ans_decode(_model(method, lo, lo + span, params), buf[pos + 16:], n)
 
 
@@ -254,41 +235,23 @@ def _zstd_decode(payload: memoryview, span: int, n: int) -> np.ndarray:
     try:
         raw = zstandard.ZstdDecompressor().decompress(bytes(payload), max_output_size=n * width)
     except zstandard.ZstdError as exc:
-        raise CorruptFileError(f"corrupt quantised code: {exc}") from None
+        raise CorruptFileError(f"corrupt quant code: {exc}") from None
     if len(raw) != n * width:
-        raise CorruptFileError("corrupt quantised code: wrong number of symbols")
+        raise CorruptFileError("corrupt quant code: wrong number of symbols")
     return np.frombuffer(raw, dtype=f"<u{width}").astype(np.int64)
 
 
 def _order0_code(offsets: np.ndarray, counts: np.ndarray) -> bytes:
-    import zstandard
-
-    table = zstandard.ZstdCompressor(level=19).compress(counts.astype(f"<u{_width(int(counts.max()))}").tobytes())
-    head = bytes([_width(int(counts.max()))]) + varint(len(table)) + table
-    return head + _ans_encode(_categorical(counts), offsets)
+    table = pack_tables([counts])
+    return varint(len(table)) + table + ans.encode([(ans.categorical(counts), offsets, None)])
 
 
 def _order0_decode(buf: memoryview, pos: int, n: int, span: int) -> np.ndarray:
-    import zstandard
-
-    width = buf[pos]
-    size, pos = read_varint(buf, pos + 1)
-    try:
-        raw = zstandard.ZstdDecompressor().decompress(bytes(buf[pos:pos + size]), max_output_size=(span + 1) * 8)
-    except zstandard.ZstdError as exc:
-        raise CorruptFileError(f"corrupt quantised code: {exc}") from None
-    if width not in (1, 2, 4, 8) or len(raw) != (span + 1) * width:
-        raise CorruptFileError("corrupt quantised code: bad symbol table")
-    counts = np.frombuffer(raw, dtype=f"<u{width}").astype(np.int64)
-    if counts.sum() != n:
-        raise CorruptFileError("corrupt quantised code: symbol table does not match the shape")
-    return _ans_decode(_categorical(counts), buf[pos + size:], n)
-
-
-def _categorical(counts: np.ndarray) -> Any:
-    import constriction
-
-    return constriction.stream.model.Categorical(counts.astype(np.float64), perfect=False)
+    size, pos = read_varint(buf, pos)
+    (counts,) = unpack_tables(buf[pos:pos + size], 1, span + 1, "quant code")
+    if counts.size != span + 1 or counts.sum() != n:
+        raise CorruptFileError("corrupt quant code: symbol table does not match the shape")
+    return _ans_decode(ans.categorical(counts), buf[pos + size:], n)
 
 
 def _fit(name: str, sym: np.ndarray, counts: np.ndarray, lo: int) -> tuple[float, float]:
@@ -317,39 +280,19 @@ def _predicted_bytes(name: str, params: tuple[float, float], counts: np.ndarray,
     return float(-np.dot(counts[used], np.log2(mass[used]))) / 8 + 16
 
 
-def _model(name: str, lo: int, hi: int, params: tuple[float, float]) -> Any:
-    import constriction
-
-    cls = constriction.stream.model.QuantizedGaussian if name == "gaussian" else constriction.stream.model.QuantizedLaplace
-    return cls(lo, hi, params[0], params[1])
+def _model(name: str, lo: int, hi: int, params: tuple[float, float]) -> object:
+    return ans.quantized(name, lo, hi, params[0], params[1])
 
 
 def _parametric_code(name: str, sym: np.ndarray, lo: int, hi: int, params: tuple[float, float]) -> bytes:
-    return struct.pack("<dd", *params) + _ans_encode(_model(name, lo, hi, params), sym)
+    return struct.pack("<dd", *params) + ans.encode([(_model(name, lo, hi, params), sym, None)])
 
 
-def _ans_encode(model: Any, symbols: np.ndarray) -> bytes:
-    import constriction
-
-    coder = constriction.stream.stack.AnsCoder()
-    coder.encode_reverse(symbols.astype(np.int32), model)
-    return coder.get_compressed().astype("<u4").tobytes()
-
-
-def _ans_decode(model: Any, payload: memoryview, n: int) -> np.ndarray:
-    import constriction
-
-    if len(payload) % 4:
-        raise CorruptFileError("corrupt quantised code: ANS payload is not whole 32-bit words")
-    words = np.frombuffer(bytes(payload), dtype="<u4").astype(np.uint32)
-    try:
-        coder = constriction.stream.stack.AnsCoder(words)
-        out = coder.decode(model, n)
-    except (KeyboardInterrupt, SystemExit):
-        raise
-    except BaseException as exc:  # constriction raises ValueError, or a Rust panic (a BaseException), on bad data
-        raise CorruptFileError(f"corrupt quantised code: {type(exc).__name__}") from None
-    return np.asarray(out, dtype=np.int64)
+def _ans_decode(model: object, payload: memoryview, n: int) -> np.ndarray:
+    decoder = ans.Decoder(payload, "quant code")
+    out = decoder.decode(model, n)
+    decoder.finish()
+    return out
 
 
 __all__ = ["encode_quantized", "decode_quantized", "code_quantized", "reconstruct", "QuantizedCode", "check_precision", "quantize"]

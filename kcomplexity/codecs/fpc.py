@@ -20,9 +20,10 @@ fields are moved. Supported: float32, float16 and bfloat16 (bfloat16 as a
 torch tensor, or a :class:`~kcomplexity.sources.NamedArray` of its 16-bit
 patterns).
 
-Layout: magic ``b"FPC1"``, dtype code, ndim and shape (varints), then
+Layout: the container header (:mod:`kcomplexity.codecs.container`), then
 sections (varint length + bytes): row info (zstd of tz and class per row),
-head table (zstd), ANS words, raw low bits.
+head tables (:func:`~kcomplexity.codecs.bits.pack_tables`), ANS words, raw
+low bits.
 """
 from __future__ import annotations
 
@@ -31,17 +32,18 @@ from typing import Any
 
 import numpy as np
 
-from .bitio import read_varint, varint
-from .errors import CorruptFileError, NotApplicableError
-from .sources import NamedArray, array_and_dtype
+from ..errors import CorruptFileError, NotApplicableError
+from ..sources import NamedArray, array_and_dtype
+from . import ans
+from .bits import pack_fixed, pack_tables, packed_size, read_varint, unpack_fixed, unpack_tables, varint
+from .container import MAX_NDIM, MAX_VALUES, Header, read_header
 
-MAGIC = b"FPC1"
+VERSION = 1
 
 
 @dataclass(frozen=True)
 class _Format:
     name: str
-    code: int
     exponent: int      #: exponent bits
     mantissa: int      #: mantissa bits
     head: int          #: mantissa bits kept in the head symbol
@@ -52,18 +54,12 @@ class _Format:
         return 1 + self.exponent + self.mantissa
 
 
-FORMATS = {f.name: f for f in (_Format("float32", 0, 8, 23, 3, np.uint32), _Format("float16", 1, 5, 10, 4, np.uint16),
-                                _Format("bfloat16", 2, 8, 7, 4, np.uint16))}
-_BY_CODE = {f.code: f for f in FORMATS.values()}
+FORMATS = {f.name: f for f in (_Format("float32", 8, 23, 3, np.uint32), _Format("float16", 5, 10, 4, np.uint16),
+                                _Format("bfloat16", 8, 7, 4, np.uint16))}
 #: rows of a matrix get a scale class (own head histogram) per this many values, at most MAX_CLASSES
 VALUES_PER_CLASS = 100_000
 MAX_CLASSES = 8
 MIN_ROWS_FOR_CLASSES = 16
-#: by default refuse codes that claim more values than this: a damaged header must not allocate the machine
-#: away, while a legitimate code of a constant tensor can be tiny for any size (pass max_values to go beyond)
-MAX_DECODE_VALUES = 1 << 28
-#: the most dimensions a code may have, the same for the encoder and the decoder (numpy's own limit)
-MAX_NDIM = 64
 
 
 def encode(x: Any) -> bytes:
@@ -78,7 +74,7 @@ def encode(x: Any) -> bytes:
     shape = given if int(np.prod(given, dtype=object)) == bits.size else tuple(data.shape)
     if len(shape) > MAX_NDIM:
         raise NotApplicableError(f"fpc codes tensors of at most {MAX_NDIM} dimensions, not {len(shape)}")
-    header = MAGIC + bytes([fmt.code]) + varint(len(shape)) + b"".join(varint(int(s)) for s in shape)
+    header = Header("fpc", VERSION, fmt.name, tuple(int(d) for d in shape)).to_bytes()
     if bits.size == 0:
         return header
     rows = _rows(shape)
@@ -95,36 +91,27 @@ def encode(x: Any) -> bytes:
         counts = np.bincount(sym)
         tables.append((c, lo, counts))
         symbols.append((sym, counts))
-    table = _pack_tables(tables)
-    ans = _ans_encode(symbols)
+    table = pack_tables([a for c, lo, counts in tables for a in (np.array([c, lo]), counts)])
+    stream = ans.encode([(ans.categorical(counts), sym, None) for sym, counts in symbols
+                         if (counts > 0).sum() > 1])  # a constant head costs nothing in the stream
     low = _pack_low(u, tz, fmt)
     info = _zstd(np.stack([tz, cls]).astype(np.uint8).tobytes())
-    return header + b"".join(varint(len(s)) + s for s in (info, table, ans, low))
+    return header + b"".join(varint(len(s)) + s for s in (info, table, stream, low))
 
 
-def decode(data: bytes, max_values: int = MAX_DECODE_VALUES) -> Any:
+def decode(data: bytes, max_values: int = MAX_VALUES) -> Any:
     """Inverse of :func:`encode`: a numpy array (float32/float16), or a torch bfloat16 tensor.
 
     Codes claiming more than ``max_values`` values are refused (CorruptFileError)."""
+    head, pos = read_header(data, "fpc", (VERSION,), max_values)
+    if head.dtype not in FORMATS:
+        raise CorruptFileError(f"corrupt fpc code: dtype {head.dtype}")
+    fmt, shape, n = FORMATS[head.dtype], list(head.shape), head.numel
     buf = memoryview(bytes(data))
+    if n == 0:
+        return _output(np.zeros(0, dtype=fmt.uint), fmt, tuple(shape))
+    sections = []
     try:
-        if bytes(buf[:4]) != MAGIC or buf[4] not in _BY_CODE:
-            raise CorruptFileError("not an fpc code (bad magic or dtype)")
-        fmt = _BY_CODE[buf[4]]
-        ndim, pos = read_varint(buf, 5)
-        if ndim > MAX_NDIM:
-            raise CorruptFileError("corrupt fpc code: bad shape")
-        shape = []
-        for _ in range(ndim):
-            s, pos = read_varint(buf, pos)
-            shape.append(s)
-        n = int(np.prod(shape, dtype=object)) if shape else 1
-        if n > max_values:
-            raise CorruptFileError(f"fpc code claims {n:,} values, over the limit of {max_values:,} "
-                                   "(pass max_values to decode more)")
-        if n == 0:
-            return _output(np.zeros(0, dtype=fmt.uint), fmt, tuple(shape))
-        sections = []
         for _ in range(4):
             size, pos = read_varint(buf, pos)
             if pos + size > len(buf):
@@ -140,7 +127,10 @@ def decode(data: bytes, max_values: int = MAX_DECODE_VALUES) -> Any:
     if (tz > fmt.mantissa).any():
         raise CorruptFileError("corrupt fpc code: bad row precision")
     groups = _class_groups(cls)
-    tables = _unpack_tables(sections[1], len(groups))
+    flat = unpack_tables(sections[1], 2 * len(groups), 1 << 20, "fpc code")
+    if any(flat[i].size != 2 for i in range(0, len(flat), 2)):
+        raise CorruptFileError("corrupt fpc code: bad head table")
+    tables = [(int(flat[i][0]), int(flat[i][1]), flat[i + 1]) for i in range(0, len(flat), 2)]
     head = np.zeros((rows, cols), dtype=np.int64)
     decoded = _ans_decode(sections[2], [(counts, row_idx.size * cols) for (_, _, counts), (_, row_idx) in
                                         zip(tables, groups)])
@@ -196,52 +186,8 @@ def _class_groups(cls: np.ndarray) -> list[tuple[int, np.ndarray]]:
     return [(int(v), order[s:e]) for v, s, e in zip(values, starts, bounds)]
 
 
-def _pack_tables(tables: list[tuple[int, int, np.ndarray]]) -> bytes:
-    out = bytearray()
-    for c, lo, counts in tables:
-        out += varint(c) + varint(lo) + varint(counts.size)
-        for v in counts.tolist():
-            out += varint(v)
-    return _zstd(bytes(out))
-
-
-def _unpack_tables(section: memoryview, count: int) -> list[tuple[int, int, np.ndarray]]:
-    raw = memoryview(_unzstd(section, None))
-    pos, out = 0, []
-    try:
-        for _ in range(count):
-            c, pos = read_varint(raw, pos)
-            lo, pos = read_varint(raw, pos)
-            size, pos = read_varint(raw, pos)
-            if size > 1 << 20:
-                raise CorruptFileError("corrupt fpc code: bad head table")
-            counts = []
-            for _ in range(size):
-                v, pos = read_varint(raw, pos)
-                counts.append(v)
-            out.append((c, lo, np.array(counts, dtype=np.int64)))
-    except IndexError:
-        raise CorruptFileError("corrupt fpc code: truncated head table") from None
-    return out
-
-
-def _ans_encode(groups: list[tuple[np.ndarray, np.ndarray]]) -> bytes:
-    import constriction
-
-    coder = constriction.stream.stack.AnsCoder()
-    for sym, counts in reversed(groups):  # a stack: the first class is decoded first
-        if (counts > 0).sum() > 1:
-            model = constriction.stream.model.Categorical(counts.astype(np.float64), perfect=False)
-            coder.encode_reverse(sym.astype(np.int32), model)
-    return coder.get_compressed().astype("<u4").tobytes()
-
-
 def _ans_decode(section: memoryview, groups: list[tuple[np.ndarray, int]]) -> list[np.ndarray]:
-    import constriction
-
-    if len(section) % 4:
-        raise CorruptFileError("corrupt fpc code: ANS section is not whole 32-bit words")
-    coder = constriction.stream.stack.AnsCoder(np.frombuffer(bytes(section), dtype="<u4").astype(np.uint32))
+    decoder = ans.Decoder(section, "fpc code")
     out = []
     for counts, n in groups:
         used = np.flatnonzero(counts)
@@ -249,14 +195,9 @@ def _ans_decode(section: memoryview, groups: list[tuple[np.ndarray, int]]) -> li
             raise CorruptFileError("corrupt fpc code: head table does not match the shape")
         if used.size == 1:  # a constant head costs nothing in the stream
             out.append(np.full(n, used[0], dtype=np.int64))
-            continue
-        try:
-            model = constriction.stream.model.Categorical(counts.astype(np.float64), perfect=False)
-            out.append(np.asarray(coder.decode(model, n), dtype=np.int64))
-        except (KeyboardInterrupt, SystemExit):
-            raise
-        except BaseException as exc:  # ValueError, or a Rust panic (a BaseException), on damaged data
-            raise CorruptFileError(f"corrupt fpc code: {type(exc).__name__}") from None
+        else:
+            out.append(decoder.decode(ans.categorical(counts), n))
+    decoder.finish()
     return out
 
 
@@ -276,7 +217,7 @@ def _pack_low(u: np.ndarray, tz: np.ndarray, fmt: _Format) -> bytes:
         part = u if rows.size == u.shape[0] else u[rows]
         shift = fmt.mantissa - fmt.head - int(w)
         vals = ((part >> fmt.uint(shift)) & fmt.uint((1 << int(w)) - 1)).reshape(-1)
-        parts.append(_pack_bits(vals, int(w)))
+        parts.append(pack_fixed(vals, int(w)))
     return b"".join(parts)
 
 
@@ -289,63 +230,16 @@ def _unpack_low(section: memoryview, head: np.ndarray, tz: np.ndarray, fmt: _For
             continue
         rows = np.flatnonzero(widths == w)
         n = rows.size * cols
-        size = _packed_size(n, int(w))
+        size = packed_size(n, int(w))
         if pos + size > len(section):
             raise CorruptFileError("corrupt fpc code: truncated low bits")
-        vals = _unpack_bits(section[pos:pos + size], n, int(w))
+        vals = unpack_fixed(section[pos:pos + size], n, int(w))
         pos += size
         shift = fmt.mantissa - fmt.head - int(w)
         u[rows] |= vals.reshape(rows.size, cols) << shift
     if pos != len(section):
         raise CorruptFileError("corrupt fpc code: trailing low bits")
     return u
-
-
-def _pack_bits(vals: np.ndarray, w: int) -> bytes:
-    """w-bit values as whole byte planes (low bytes) plus a packed remainder of w % 8 bits each."""
-    planes = vals.view(np.uint8).reshape(-1, vals.itemsize)  # little-endian bytes of each value
-    out = [np.ascontiguousarray(planes[:, j]).tobytes() for j in range(w // 8)]
-    rest = w % 8
-    if rest:
-        top = planes[:, w // 8]
-        if 8 % rest == 0:  # 1, 2 or 4 bits: several values per byte by shifts, no bit matrix
-            per = 8 // rest
-            padded = np.zeros(-(-top.size // per) * per, dtype=np.uint8)
-            padded[:top.size] = top
-            grid = padded.reshape(-1, per)
-            packed = np.zeros(grid.shape[0], dtype=np.uint8)
-            for j in range(per):
-                packed |= grid[:, j] << np.uint8(rest * (per - 1 - j))
-            out.append(packed.tobytes())
-        else:
-            bits = np.unpackbits(top[:, None], axis=1)[:, 8 - rest:]
-            out.append(np.packbits(bits.reshape(-1)).tobytes())
-    return b"".join(out)
-
-
-def _packed_size(n: int, w: int) -> int:
-    return n * (w // 8) + (n * (w % 8) + 7) // 8
-
-
-def _unpack_bits(data: memoryview, n: int, w: int) -> np.ndarray:
-    raw = np.frombuffer(bytes(data), dtype=np.uint8)
-    vals = np.zeros(n, dtype=np.int64)
-    for j in range(w // 8):
-        vals |= raw[j * n:(j + 1) * n].astype(np.int64) << (8 * j)
-    rest = w % 8
-    if rest:
-        tail = raw[(w // 8) * n:]
-        if 8 % rest == 0:
-            per = 8 // rest
-            grid = np.stack([(tail >> np.uint8(rest * (per - 1 - j))) & np.uint8((1 << rest) - 1)
-                             for j in range(per)], axis=1)
-            top = grid.reshape(-1)[:n]
-        else:
-            bits = np.unpackbits(tail)[: n * rest].reshape(n, rest)
-            top = np.packbits(np.concatenate([np.zeros((n, 8 - rest), dtype=np.uint8), bits], axis=1),
-                              axis=1).reshape(-1)
-        vals |= top.astype(np.int64) << (8 * (w // 8))
-    return vals
 
 
 def _zstd(data: bytes) -> bytes:

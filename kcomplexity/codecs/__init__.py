@@ -1,0 +1,262 @@
+"""The codec layer: every real code of a tensor, each a small class on one container.
+
+A :class:`Codec` turns one tensor into bytes (``encode``), back
+(``decode``), and says what it costs (``bits`` = 8 x the code's length).
+Every code starts with the container header (:mod:`.container`: magic,
+codec id, version, dtype, shape); entropy coding goes through :mod:`.ans`
+(the one module importing constriction) and count tables and bit packing
+through :mod:`.bits`. Damaged input raises
+:class:`~kcomplexity.errors.CorruptFileError` in every decoder.
+
+:func:`for_estimator` gives the codec behind an estimator spec (``fpc``,
+``pco``, ``zstd``, ``mdl:s=2``, ``quant:rel=0.1``); :func:`decode` reads
+any of our codes, whichever codec wrote it.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any
+
+import numpy as np
+
+from ..errors import CorruptFileError, EstimatorSettingError, NotApplicableError
+from ..sources import NamedArray, as_named
+from .bits import read_varint, varint
+from .container import MAX_VALUES, Header, codec_of, read_header
+
+FLOATS = ("float32", "float16", "bfloat16", "float64")
+_NUMPY = {"bfloat16": np.uint16, "bool": np.bool_}
+
+
+class Codec(ABC):
+    """One real code of a tensor: ``decode(encode(a))`` gives ``a`` back (exactly, or within ``bound``)."""
+
+    name: str = ""
+    lossless: bool = True
+
+    def takes(self, dtype: str) -> bool:
+        """Whether this code applies to tensors of ``dtype`` (else a caller uses a lossless fallback)."""
+        return True
+
+    @abstractmethod
+    def encode(self, x: Any) -> bytes:
+        """The code of one array or tensor; ``8 * len(result)`` bits."""
+
+    @abstractmethod
+    def decode(self, data: bytes, max_values: int = MAX_VALUES) -> NamedArray:
+        """The tensor back in its own dtype (bfloat16 as its uint16 patterns); refuses codes claiming more
+        than ``max_values`` values."""
+
+    def bits(self, x: Any) -> int:
+        """Length of :meth:`encode` of ``x``, in bits."""
+        return 8 * len(self.encode(x))
+
+    def spec(self) -> str:
+        """The estimator spec this codec stands for (``quant:rel=0.1``)."""
+        return self.name
+
+
+def storage(values: Any, dtype: str) -> np.ndarray:
+    """Decoded values (numpy, or a torch bfloat16 tensor) as ``dtype``'s storage array (bfloat16: uint16
+    patterns, rounded to nearest even from float32)."""
+    if dtype == "bfloat16":
+        if type(values).__module__.startswith("torch"):
+            import torch
+
+            return values.to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
+        u = np.ascontiguousarray(values, dtype=np.float32).view(np.uint32)
+        return ((u + np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16)).astype(np.uint16)
+    return np.asarray(values).astype(_NUMPY.get(dtype, dtype), copy=False)
+
+
+class FpcCodec(Codec):
+    """The float-aware lossless code of :mod:`.fpc` (float32, float16, bfloat16)."""
+
+    name = "fpc"
+
+    def takes(self, dtype: str) -> bool:
+        return dtype in ("float32", "float16", "bfloat16")
+
+    def encode(self, x: Any) -> bytes:
+        from . import fpc
+
+        return fpc.encode(x)
+
+    def decode(self, data: bytes, max_values: int = MAX_VALUES) -> NamedArray:
+        from . import fpc
+
+        head, _ = read_header(data, "fpc", (fpc.VERSION,), max_values)
+        return NamedArray("tensor", storage(fpc.decode(data, max_values), head.dtype), head.dtype)
+
+
+class QuantCodec(Codec):
+    """Uniform quantisation + entropy code (:mod:`.quant`): every value back within ``step / 2``."""
+
+    name = "quant"
+    lossless = False
+
+    def __init__(self, rel: float | None = None, delta: float | None = None) -> None:
+        from .quant import check_precision
+
+        self.rel, self.delta = check_precision(rel, delta)
+
+    def encode(self, x: Any) -> bytes:
+        from .quant import encode_quantized
+
+        return encode_quantized(x, rel=self.rel, delta=self.delta)
+
+    def decode(self, data: bytes, max_values: int = MAX_VALUES) -> NamedArray:
+        from .quant import VERSION, decode_quantized
+
+        head, _ = read_header(data, "quant", (VERSION,), max_values)
+        return NamedArray("tensor", storage(decode_quantized(data, max_values), head.dtype), head.dtype)
+
+    def spec(self) -> str:
+        return f"quant:rel={self.rel!r}" if self.rel is not None else f"quant:delta={self.delta!r}"
+
+
+class ZstdCodec(Codec):
+    """zstd of the tensor's bytes: the general lossless code, for any dtype (the fallback of other codes)."""
+
+    name = "zstd"
+    VERSION = 1
+
+    def __init__(self, level: int = 19) -> None:
+        self.level = int(level)
+
+    def encode(self, x: Any) -> bytes:
+        import zstandard
+
+        a = as_named(x)
+        head = Header("zstd", self.VERSION, a.dtype, a.shape).to_bytes()
+        return head + zstandard.ZstdCompressor(level=self.level).compress(a.raw())
+
+    def decode(self, data: bytes, max_values: int = MAX_VALUES) -> NamedArray:
+        import zstandard
+
+        head, pos = read_header(data, "zstd", (self.VERSION,), max_values)
+        dtype = np.dtype(_NUMPY.get(head.dtype, head.dtype))
+        size = head.numel * dtype.itemsize
+        try:
+            raw = zstandard.ZstdDecompressor().decompress(bytes(data[pos:]), max_output_size=size)
+        except zstandard.ZstdError as exc:
+            raise CorruptFileError(f"corrupt zstd code: {exc}") from None
+        if len(raw) != size:
+            raise CorruptFileError("corrupt zstd code: its bytes do not fill the shape")
+        return NamedArray("tensor", np.frombuffer(raw, dtype=dtype).reshape(head.shape).copy(), head.dtype)
+
+    def spec(self) -> str:
+        return f"zstd:level={self.level}"
+
+
+class PcoCodec(Codec):
+    """pcodec (numeric codec) of the flat values; bfloat16 as its 16-bit patterns, 8-bit types widened."""
+
+    name = "pco"
+    VERSION = 1
+
+    def __init__(self, level: int = 8) -> None:
+        self.level = int(level)
+
+    def takes(self, dtype: str) -> bool:
+        return dtype != "bool"
+
+    def encode(self, x: Any) -> bytes:
+        from ..estimators.compression import Pco
+
+        a = as_named(x)
+        if not self.takes(a.dtype):
+            raise NotApplicableError(f"pco codes numbers, not {a.dtype}")
+        return Header("pco", self.VERSION, a.dtype, a.shape).to_bytes() + Pco(self.level).compress(a)
+
+    def decode(self, data: bytes, max_values: int = MAX_VALUES) -> NamedArray:
+        import pcodec
+
+        head, pos = read_header(data, "pco", (self.VERSION,), max_values)
+        try:
+            flat = pcodec.standalone.simple_decompress(bytes(data[pos:]))
+        except Exception as exc:  # pcodec raises RuntimeError on damaged streams
+            raise CorruptFileError(f"corrupt pco code: {exc}") from None
+        if flat.size != head.numel:
+            raise CorruptFileError("corrupt pco code: its values do not fill the shape")
+        values = flat.astype(_NUMPY.get(head.dtype, head.dtype))  # bfloat16 was coded as its patterns
+        return NamedArray("tensor", values.reshape(head.shape), head.dtype)
+
+    def spec(self) -> str:
+        return f"pco:level={self.level}"
+
+
+class MosaicCodec(Codec):
+    """The exact mosaic code of ``mdl`` (motif table + block indices) of one float tensor."""
+
+    name = "mosaic"
+    VERSION = 1
+
+    def __init__(self, s: int = 2) -> None:
+        self.s = int(s)
+
+    def takes(self, dtype: str) -> bool:
+        return dtype in FLOATS
+
+    def encode(self, x: Any) -> bytes:
+        from ..estimators.mdl import mdl
+
+        a = as_named(x)
+        return (Header("mosaic", self.VERSION, a.dtype, a.shape).to_bytes() + varint(self.s)
+                + mdl(a, self.s).encode())
+
+    def decode(self, data: bytes, max_values: int = MAX_VALUES) -> NamedArray:
+        from ..estimators.mdl import decode
+
+        head, pos = read_header(data, "mosaic", (self.VERSION,), max_values)
+        try:
+            s, pos = read_varint(data, pos)
+        except IndexError:
+            raise CorruptFileError("corrupt mosaic code: truncated") from None
+        if head.dtype not in FLOATS or not 1 <= s <= max(head.numel, 1):
+            raise CorruptFileError("corrupt mosaic code: bad block size or dtype")
+        (flat,) = decode(bytes(data[pos:]), sizes=[head.numel])
+        if head.dtype == "bfloat16":  # the mosaic decoder widens bfloat16 exactly to float32
+            values = (np.ascontiguousarray(flat, dtype=np.float32).view(np.uint32) >> np.uint32(16)).astype(np.uint16)
+        else:
+            values = storage(flat, head.dtype)
+        return NamedArray("tensor", values.reshape(head.shape), head.dtype)
+
+    def spec(self) -> str:
+        return f"mdl:s={self.s}"
+
+
+_DECODERS: dict[str, type[Codec]] = {"fpc": FpcCodec, "zstd": ZstdCodec, "pco": PcoCodec, "mosaic": MosaicCodec}
+
+
+def decode(data: bytes, max_values: int = MAX_VALUES) -> NamedArray:
+    """Any of our codes back to its tensor, whichever codec wrote it (the header says)."""
+    name = codec_of(data)
+    if name == "quant":
+        return QuantCodec(rel=1.0).decode(data, max_values)  # the step is in the code, not the codec
+    return _DECODERS[name]().decode(data, max_values)
+
+
+def for_estimator(spec: Any) -> Codec:
+    """The codec behind an estimator spec: ``fpc``, ``pco[:level=L]``, ``zstd[:level=L]``, ``mdl[:s=S]`` or
+    ``quant[:rel=R | :delta=D]`` (EstimatorSettingError for estimators that are not one codec)."""
+    from ..estimators.base import get
+
+    est = get(spec)
+    settings = est.settings()
+    if est.name == "fpc":
+        return FpcCodec()
+    if est.name == "quant":
+        return QuantCodec(**settings)
+    if est.name == "zstd":
+        return ZstdCodec(settings["level"])
+    if est.name == "pco":
+        return PcoCodec(settings["level"])
+    if est.name == "mdl" and settings["q"] is None:
+        return MosaicCodec(settings["s"])
+    raise EstimatorSettingError(f"'{spec}' is not one codec of a tensor; pack codes with fpc, pco, zstd, mdl (without "
+                                "q) or quant")
+
+
+__all__ = ["Codec", "FpcCodec", "QuantCodec", "ZstdCodec", "PcoCodec", "MosaicCodec", "decode", "for_estimator",
+           "storage", "MAX_VALUES"]
