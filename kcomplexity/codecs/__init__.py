@@ -22,10 +22,9 @@ import numpy as np
 from ..errors import CorruptFileError, EstimatorSettingError, NotApplicableError
 from ..sources import NamedArray, as_named
 from .bits import read_varint, varint
-from .container import MAX_VALUES, Header, codec_of, read_header
+from .container import MAX_VALUES, NUMPY, Header, codec_of, read_header, storage
 
 FLOATS = ("float32", "float16", "bfloat16", "float64")
-_NUMPY = {"bfloat16": np.uint16, "bool": np.bool_}
 
 
 class Codec(ABC):
@@ -54,19 +53,6 @@ class Codec(ABC):
     def spec(self) -> str:
         """The estimator spec this codec stands for (``quant:rel=0.1``)."""
         return self.name
-
-
-def storage(values: Any, dtype: str) -> np.ndarray:
-    """Decoded values (numpy, or a torch bfloat16 tensor) as ``dtype``'s storage array (bfloat16: uint16
-    patterns, rounded to nearest even from float32)."""
-    if dtype == "bfloat16":
-        if type(values).__module__.startswith("torch"):
-            import torch
-
-            return values.to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
-        u = np.ascontiguousarray(values, dtype=np.float32).view(np.uint32)
-        return ((u + np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16)).astype(np.uint16)
-    return np.asarray(values).astype(_NUMPY.get(dtype, dtype), copy=False)
 
 
 class FpcCodec(Codec):
@@ -135,7 +121,7 @@ class ZstdCodec(Codec):
         import zstandard
 
         head, pos = read_header(data, "zstd", (self.VERSION,), max_values)
-        dtype = np.dtype(_NUMPY.get(head.dtype, head.dtype))
+        dtype = np.dtype(NUMPY.get(head.dtype, head.dtype))
         size = head.numel * dtype.itemsize
         try:
             raw = zstandard.ZstdDecompressor().decompress(bytes(data[pos:]), max_output_size=size)
@@ -179,7 +165,7 @@ class PcoCodec(Codec):
             raise CorruptFileError(f"corrupt pco code: {exc}") from None
         if flat.size != head.numel:
             raise CorruptFileError("corrupt pco code: its values do not fill the shape")
-        values = flat.astype(_NUMPY.get(head.dtype, head.dtype))  # bfloat16 was coded as its patterns
+        values = flat.astype(NUMPY.get(head.dtype, head.dtype))  # bfloat16 was coded as its patterns
         return NamedArray("tensor", values.reshape(head.shape), head.dtype)
 
     def spec(self) -> str:

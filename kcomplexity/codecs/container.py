@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
 
 from ..errors import CorruptFileError
 from .bits import read_varint, varint
@@ -28,6 +31,23 @@ CODECS = ("quant", "fpc", "mosaic", "zstd", "pco")
 MAX_VALUES = 1 << 28
 #: the most dimensions a code may have (numpy's own limit), the same for encoders and decoders
 MAX_NDIM = 64
+
+
+#: numpy storage of the dtypes numpy lacks or names differently (bfloat16 as its 16-bit patterns)
+NUMPY = {"bfloat16": np.uint16, "bool": np.bool_}
+
+
+def storage(values: Any, dtype: str) -> np.ndarray:
+    """Decoded values (numpy, or a torch bfloat16 tensor) as ``dtype``'s storage array (bfloat16: uint16
+    patterns, rounded to nearest even from float32)."""
+    if dtype == "bfloat16":
+        if type(values).__module__.startswith("torch"):
+            import torch
+
+            return values.to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
+        u = np.ascontiguousarray(values, dtype=np.float32).view(np.uint32)
+        return ((u + np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16)).astype(np.uint16)
+    return np.asarray(values).astype(NUMPY.get(dtype, dtype), copy=False)
 
 
 @dataclass(frozen=True)
@@ -87,4 +107,4 @@ def codec_of(data: bytes | memoryview) -> str:
     return CODECS[data[2]]
 
 
-__all__ = ["Header", "read_header", "codec_of", "DTYPES", "CODECS", "MAX_VALUES", "MAX_NDIM"]
+__all__ = ["Header", "read_header", "codec_of", "storage", "NUMPY", "DTYPES", "CODECS", "MAX_VALUES", "MAX_NDIM"]

@@ -38,7 +38,7 @@ from ..errors import CorruptFileError, EstimatorSettingError
 from ..sources import NamedArray, as_named
 from . import ans
 from .bits import pack_tables, read_varint, unpack_tables, unzigzag, varint, zigzag
-from .container import MAX_VALUES, Header, read_header
+from .container import MAX_VALUES, Header, read_header, storage
 
 VERSION = 1
 METHODS = ("const", "order0", "gaussian", "laplace", "zstd")
@@ -121,8 +121,10 @@ def code_quantized(x: Any, rel: float | None = None, delta: float | None = None)
     method, body = _entropy_code(sym)
     head = Header("quant", VERSION, a.dtype, tuple(int(d) for d in a.shape)).to_bytes()
     data = head + bytes([METHODS.index(method)]) + struct.pack("<d", step) + body
-    rec = _reconstruct(sym, step, a.dtype).reshape(-1).astype(np.float64)
-    err = rec - orig
+    rec = _reconstruct(sym, step, a.dtype).reshape(-1)
+    if a.dtype in ("float16", "bfloat16"):  # the distortion of the values as restored in their own dtype
+        rec = NamedArray(a.name, storage(rec, a.dtype), a.dtype).values()
+    err = rec.astype(np.float64) - orig
     return QuantizedCode(data=data, step=step, method=method, numel=int(sym.size), sse=float(np.dot(err, err)),
                          max_abs_err=float(np.abs(err).max()), signal=float(np.dot(orig, orig)))
 

@@ -150,6 +150,17 @@ class Estimator(ABC):
         """The total of per-tensor estimates (bits add up; subclasses add their details)."""
         return Estimate(math.fsum(p.bits for p in parts if not math.isnan(p.bits)))
 
+    def encode(self, a: NamedArray) -> bytes:
+        """The code of one tensor whose length is :meth:`bits` (``8 * len == bits``), for estimators whose
+        kind is a code length; NotImplementedError for proxies and references, which write no code."""
+        raise NotImplementedError(f"{self.name} is a {self.kind}: it writes no code")
+
+    def decode(self, data: bytes, like: NamedArray) -> NamedArray:
+        """Inverse of :meth:`encode`. ``like`` supplies only the side information the code documents as
+        known to its decoder (dtype and shape for the compressors' headerless streams); container codes
+        read everything from ``data``. Lossy codes return values within their stated bound."""
+        raise NotImplementedError(f"{self.name} is a {self.kind}: it writes no code")
+
     def breakdown(self, x: NamedArray) -> dict[str, float] | None:
         """Optional parts of :meth:`bits` for one tensor (e.g. bits per bit-plane), or None.
 
@@ -234,6 +245,13 @@ def register(name: str, factory: Callable[..., Estimator], settings: Mapping[str
         raise ValueError(f"estimator '{name}' is already registered")
     _REGISTRY[name] = factory
     _SETTINGS[name] = dict(settings if settings is not None else getattr(factory, "SETTINGS", {}))
+
+
+def unregister(name: str) -> None:
+    """Remove estimator ``name`` from the registry (for plug-ins and tests that registered their own)."""
+    if name not in _REGISTRY:
+        raise UnknownEstimatorError(f"estimator '{name}' is not registered")
+    del _REGISTRY[name], _SETTINGS[name]
 
 
 def available() -> list[str]:

@@ -13,7 +13,9 @@ import zlib
 from typing import Any
 
 
-from ..errors import EstimatorSettingError
+import numpy as np
+
+from ..errors import CorruptFileError, EstimatorSettingError
 from ..sources import NamedArray
 from ..views import byte_planes
 from .base import Estimator, Setting, register
@@ -39,6 +41,32 @@ class Compressor(Estimator):
     def compress(self, data: Any) -> bytes:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def decompressor(self) -> Any:
+        """A one-shot streaming decompressor (``decompress``, ``unused_data``): a stream ends where its own
+        end marker says, so streams laid end to end (byte planes) decode one after another."""
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    def decompress(self, data: bytes, max_size: int) -> tuple[bytes, bytes]:
+        """(the bytes of the first stream in ``data``, what follows it); CorruptFileError on damage."""
+        d = self.decompressor()
+        try:
+            out = d.decompress(bytes(data), max_size + 1)  # one byte over says "longer than the tensor"
+        except Exception as exc:  # lzma.LZMAError, zlib.error, OSError, zstandard.ZstdError
+            raise CorruptFileError(f"corrupt {self.name} stream: {exc}") from None
+        if not d.eof or len(out) > max_size:
+            raise CorruptFileError(f"corrupt {self.name} stream: truncated (or longer than the tensor)")
+        return out, d.unused_data
+
+    def encode(self, a: NamedArray) -> bytes:
+        """The raw stream of the tensor's bytes (no dtype or shape: they are the decoder's side information)."""
+        return self.compress(a.raw())
+
+    def decode(self, data: bytes, like: NamedArray) -> NamedArray:
+        out, rest = self.decompress(data, like.data.nbytes)
+        if rest or len(out) != like.data.nbytes:
+            raise CorruptFileError(f"corrupt {self.name} stream: its bytes do not fill the tensor")
+        return NamedArray(like.name, np.frombuffer(out, like.data.dtype).reshape(like.shape).copy(), like.dtype)
+
     def _bits(self, a: NamedArray) -> float:
         return 8.0 * len(self.compress(a.raw()))
 
@@ -60,6 +88,9 @@ class LZMA(Compressor):
 
     def facts(self) -> dict[str, Any]:
         return {"format": "raw LZMA2"}
+
+    def decompressor(self) -> Any:
+        return lzma.LZMADecompressor(format=lzma.FORMAT_RAW, filters=self._filters)
 
     def compress(self, data: Any) -> bytes:
         try:
@@ -104,6 +135,9 @@ class Zstd(Compressor):
     def facts(self) -> dict[str, Any]:
         return {"mt_threshold_bytes": ZSTD_MT_THRESHOLD, "job_bytes": ZSTD_JOB_SIZE}
 
+    def decompressor(self) -> Any:
+        return _ZstdFrames()
+
     def compress(self, data: Any) -> bytes:
         single, multi = self._engines()
         engine = multi if multi is not None and memoryview(data).nbytes >= ZSTD_MT_THRESHOLD else single
@@ -121,6 +155,9 @@ class Gzip(Compressor):
     def facts(self) -> dict[str, Any]:
         return {"format": "raw deflate"}
 
+    def decompressor(self) -> Any:
+        return _Inflate()
+
     def compress(self, data: Any) -> bytes:
         c = zlib.compressobj(self.level, zlib.DEFLATED, -15, 9)
         return c.compress(data) + c.flush()
@@ -137,6 +174,9 @@ class BZ2(Compressor):
     def compress(self, data: Any) -> bytes:
         return bz2.compress(data, self.level)
 
+    def decompressor(self) -> Any:
+        return bz2.BZ2Decompressor()
+
 
 class ByteGrouped(Estimator):
     """Split each value into its byte planes and compress every plane on its own (ZipNN's trick).
@@ -152,6 +192,10 @@ class ByteGrouped(Estimator):
         self.thread_parallel = inner.thread_parallel
         self.description = f"byte planes, each compressed with {inner.name}"
 
+    @property
+    def SETTINGS(self) -> Any:  # type: ignore[override]  # its settings are the inner compressor's
+        return self.inner.SETTINGS
+
     def settings(self) -> dict[str, Any]:
         return self.inner.settings()
 
@@ -164,6 +208,25 @@ class ByteGrouped(Estimator):
     def breakdown(self, a: NamedArray) -> dict[str, float]:
         planes = byte_planes(a)
         return {f"byte{j}": 8.0 * len(self.inner.compress(planes[j])) for j in range(planes.shape[0])}
+
+    def encode(self, a: NamedArray) -> bytes:
+        """Each byte plane's stream, laid end to end (each ends at its own end marker)."""
+        planes = byte_planes(a)
+        return b"".join(self.inner.compress(planes[j]) for j in range(planes.shape[0]))
+
+    def decode(self, data: bytes, like: NamedArray) -> NamedArray:
+        width, n = like.itemsize, like.numel
+        planes, rest = [], bytes(data)
+        for _ in range(width):
+            plane, rest = self.inner.decompress(rest, n)
+            if len(plane) != n:
+                raise CorruptFileError(f"corrupt {self.name} code: a byte plane of the wrong length")
+            planes.append(np.frombuffer(plane, np.uint8))
+        if rest:
+            raise CorruptFileError(f"corrupt {self.name} code: bytes after the last plane")
+        # byte_planes takes the little-endian bytes of each value, least significant first
+        values = np.stack(planes, axis=1).copy().view(like.data.dtype.newbyteorder("<")).reshape(like.shape)
+        return NamedArray(like.name, values.astype(like.data.dtype), like.dtype)
 
 
 class Pco(Estimator):
@@ -186,6 +249,21 @@ class Pco(Estimator):
     def _bits(self, a: NamedArray) -> float:
         return 8.0 * len(self.compress(a))
 
+    def encode(self, a: NamedArray) -> bytes:
+        """The pcodec stream of the flat values (the shape is the decoder's side information)."""
+        return self.compress(a)
+
+    def decode(self, data: bytes, like: NamedArray) -> NamedArray:
+        import pcodec
+
+        try:
+            flat = pcodec.standalone.simple_decompress(bytes(data))
+        except Exception as exc:  # pcodec raises RuntimeError on damaged streams
+            raise CorruptFileError(f"corrupt pco stream: {exc}") from None
+        if flat.size != like.numel:
+            raise CorruptFileError("corrupt pco stream: its values do not fill the tensor")
+        return NamedArray(like.name, flat.astype(like.data.dtype).reshape(like.shape), like.dtype)
+
 
 class FloatCode(Estimator):
     """Registered as ``fpc``: the float-aware code of :mod:`kcomplexity.codecs.fpc` (float32/float16/bfloat16)."""
@@ -197,15 +275,15 @@ class FloatCode(Estimator):
 
     def encode(self, x: Any) -> bytes:
         """The code of one array or tensor (numpy, torch; bfloat16 as a torch tensor); ``len * 8`` bits."""
-        from ..codecs import fpc as float_code
+        from ..codecs import FpcCodec
 
-        return float_code.encode(x)
+        return FpcCodec().encode(x)
 
-    def decode(self, data: bytes) -> Any:
-        """The array back, bit for bit (a torch tensor for bfloat16, numpy otherwise)."""
-        from ..codecs import fpc as float_code
+    def decode(self, data: bytes, like: NamedArray | None = None) -> NamedArray:
+        """The tensor back, bit for bit (its container header holds dtype and shape; ``like`` is unused)."""
+        from ..codecs import FpcCodec
 
-        return float_code.decode(data)
+        return FpcCodec().decode(data)
 
     def _bits(self, a: NamedArray) -> float:
         return 8.0 * len(self.encode(a))
@@ -233,3 +311,41 @@ register("pco", Pco)
 register("fpc", FloatCode)
 
 __all__ = ["LZMA", "Zstd", "Gzip", "BZ2", "ByteGrouped", "Compressor", "Pco", "ZSTD_MT_THRESHOLD"]
+
+
+class _ZstdFrames:
+    """One zstd frame, decompressed with the interface of lzma/bz2 decompressors (eof, unused_data)."""
+
+    def __init__(self) -> None:
+        import zstandard
+
+        self._d = zstandard.ZstdDecompressor().decompressobj()
+
+    def decompress(self, data: bytes, max_size: int) -> bytes:
+        return self._d.decompress(data)
+
+    @property
+    def eof(self) -> bool:
+        return bool(self._d.eof)
+
+    @property
+    def unused_data(self) -> bytes:
+        return self._d.unused_data
+
+
+class _Inflate:
+    """A raw DEFLATE stream with the interface of lzma/bz2 decompressors."""
+
+    def __init__(self) -> None:
+        self._d = zlib.decompressobj(-15)
+
+    def decompress(self, data: bytes, max_size: int) -> bytes:
+        return self._d.decompress(data, max_size)
+
+    @property
+    def eof(self) -> bool:
+        return self._d.eof
+
+    @property
+    def unused_data(self) -> bytes:
+        return self._d.unused_data

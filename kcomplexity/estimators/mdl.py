@@ -327,6 +327,8 @@ class MDLEstimator(Estimator):
         if code not in ("coded", "paper"):
             raise EstimatorSettingError(f"mdl code must be 'coded' or 'paper', got {code!r}")
         self.name = "mdl" if code == "coded" else "mdl-paper"
+        # the paper's bound leaves out the header a decoder needs (k, s, the raw flag): a reference, not a code
+        self.kind = "code length" if code == "coded" else "reference"
         v = self._validated(s=s, q=q)
         self.s, self.q, self.code = v["s"], v["q"], code
         self.description = ("mosaic of exact s-blocks: motif table + usage-adaptive code of the block indices"
@@ -343,6 +345,23 @@ class MDLEstimator(Estimator):
 
     def _bits(self, a: NamedArray) -> float:
         return self._pick(mdl(a, self.s, self.q))
+
+    def encode(self, a: NamedArray) -> bytes:
+        """The mosaic code of one tensor (``mdl`` only; the paper's bound writes no code)."""
+        if self.code != "coded":
+            return super().encode(a)
+        return mdl(a, self.s, self.q).encode()
+
+    def decode(self, data: bytes, like: NamedArray) -> NamedArray:
+        """The tensor back bit for bit; its element count and dtype are the decoder's side information."""
+        if self.code != "coded":
+            return super().decode(data, like)
+        (flat,) = decode(data, sizes=[like.numel])
+        if like.dtype == "bfloat16":  # decoded exactly as float32: the top 16 bits are the pattern
+            values = (np.ascontiguousarray(flat, np.float32).view(np.uint32) >> np.uint32(16)).astype(np.uint16)
+        else:
+            values = np.asarray(flat).astype(like.data.dtype)
+        return NamedArray(like.name, values.reshape(like.shape), like.dtype)
 
     def bits_whole(self, arrays: Sequence[NamedArray]) -> float:
         """All tensors as one mosaic, each padded on its own (as the MoMos projection does)."""

@@ -72,6 +72,15 @@ class Quant(Estimator):
     def _bits(self, a: NamedArray) -> float:
         return float(self.code(a).bits)
 
+    def encode(self, a: NamedArray) -> bytes:
+        return self.code(a).data
+
+    def decode(self, data: bytes, like: NamedArray | None = None) -> NamedArray:
+        """Every value within step/2 of the original (its container header holds dtype and shape)."""
+        from ..codecs import QuantCodec
+
+        return QuantCodec(rel=1.0).decode(data)  # the step is read from the code
+
     def combine(self, parts: Sequence[Estimate], numels: Sequence[int]) -> Estimate:
         n = sum(numels)
         mse = math.fsum(p.details["mse"] * k for p, k in zip(parts, numels)) / n
