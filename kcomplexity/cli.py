@@ -1,4 +1,4 @@
-"""``kcomplexity`` command line: ``score``, ``estimators``, ``demo``.
+"""``kcomplexity`` command line: ``score``, ``rd``, ``pack``, ``unpack``, ``estimators``, ``demo``.
 
 Bad input ends with one line on stderr and exit status 2, never a traceback.
 """
@@ -45,6 +45,23 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--format", "-f", choices=("table", "json", "csv"), default="table")
     r.add_argument("--output", "-o", help="write to this file instead of stdout")
 
+    k = sub.add_parser("pack", help="code every tensor of a checkpoint into one file (the bits, as a file)")
+    k.add_argument("path", help="weights file, model folder, sharded index or cached model name (as for score)")
+    k.add_argument("--estimator", "-e", default="fpc",
+                   help="the code: fpc, pco[:level=L], zstd[:level=L], mdl[:s=S], quant:rel=R or quant:delta=D "
+                        "(default: fpc); tensors it cannot take go through zstd")
+    k.add_argument("--output", "-o", required=True, help="the pack file to write")
+    k.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    k.add_argument("--jobs", "-j", type=int, default=1, help="tensors coded at once in worker processes (default: 1)")
+    k.add_argument("--allow-nonfinite", action="store_true", help="pack tensors holding NaN/Inf")
+
+    u = sub.add_parser("unpack", help="a pack file back to a safetensors file")
+    u.add_argument("path", help="the pack file")
+    u.add_argument("--output", "-o", required=True, help="the safetensors file to write")
+    u.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    u.add_argument("--max-values", type=int, default=None,
+                   help="refuse tensors claiming more values than this (default: 2**28, 1 GiB of float32)")
+
     sub.add_parser("estimators", help="list the registered estimators and their default settings")
 
     d = sub.add_parser("demo", help="score a small MLP at initialisation and after training on bundled digits")
@@ -81,6 +98,26 @@ def _rd(args: argparse.Namespace) -> None:
     _emit(text, args.output)
     if args.plot:
         print(f"plot: {curve.plot(args.plot)}", file=sys.stderr)
+
+
+def _pack(args: argparse.Namespace) -> None:
+    from .pack import pack
+
+    result = pack(args.path, args.output, args.estimator, overwrite=args.overwrite, jobs=args.jobs,
+                  allow_nonfinite=args.allow_nonfinite)
+    print(result.summary())
+
+
+def _unpack(args: argparse.Namespace) -> None:
+    from .codecs.container import MAX_VALUES
+    from .pack import unpack
+
+    limit = MAX_VALUES if args.max_values is None else args.max_values
+    if limit < 1:
+        raise KComplexityError(f"--max-values must be >= 1, got {limit}")
+    packed = unpack(args.path, args.output, overwrite=args.overwrite, max_values=limit)
+    print(f"{args.output}: {len(packed.tensors)} tensors, {sum(t['numel'] for t in packed.tensors):,} parameters "
+          f"({packed.codec})")
 
 
 def _floats(text: str, flag: str) -> list[float]:
@@ -189,7 +226,8 @@ def run_guarded(prog: str, handler: Callable[[argparse.Namespace], None], args: 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``kcomplexity`` console script; returns the exit status."""
     args = _parser().parse_args(argv)
-    return run_guarded("kcomplexity", {"score": _score, "rd": _rd, "estimators": _estimators, "demo": _demo}[args.command], args)
+    return run_guarded("kcomplexity", {"score": _score, "rd": _rd, "pack": _pack, "unpack": _unpack,
+                                          "estimators": _estimators, "demo": _demo}[args.command], args)
 
 
 if __name__ == "__main__":

@@ -19,8 +19,10 @@ import errno
 import os
 import stat
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 from .errors import KComplexityError
 
@@ -90,7 +92,16 @@ def read_text(path: str | os.PathLike, limit: int = TEXT_LIMIT, what: str = "fil
 
 
 def write_atomic(path: str | os.PathLike, data: str | bytes) -> None:
-    """Replace ``path`` with ``data``: readers see the old file or the new one, never a mix or a half.
+    """Replace ``path`` with ``data``: readers see the old file or the new one, never a mix or a half."""
+    raw = data.encode("utf-8") if isinstance(data, str) else data
+    with atomic_writer(path) as fh:
+        fh.write(raw)
+
+
+@contextmanager
+def atomic_writer(path: str | os.PathLike) -> Iterator[BinaryIO]:
+    """A binary file that becomes ``path`` only when the block ends without an exception (streamed writes of
+    any size; an error or interrupt removes the partial file and leaves ``path`` as it was).
 
     The temporary file is created with ``O_EXCL`` (``mkstemp``), so a file or
     symlink a user left at any name is never opened; ``os.replace`` swaps a
@@ -101,12 +112,11 @@ def write_atomic(path: str | os.PathLike, data: str | bytes) -> None:
     path = Path(path)
     if path.is_dir() and not path.is_symlink():
         raise FileTypeError(f"cannot write {path}: it is a directory")
-    raw = data.encode("utf-8") if isinstance(data, str) else data
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:64]}.", suffix=".tmp", dir=path.parent)
     try:
         os.fchmod(fd, 0o666 & ~_UMASK)
         with os.fdopen(fd, "wb") as fh:
-            fh.write(raw)
+            yield fh
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)

@@ -1,0 +1,272 @@
+"""One file per checkpoint: every tensor's code, framed, with an index (``kc.pack`` / ``kc.unpack``).
+
+Layout::
+
+    b"KCPK" version
+    code of tensor 1 | code of tensor 2 | ...      (each a container code: it names its own codec,
+                                                   dtype and shape, so each decodes on its own)
+    index (zstd of JSON)                           names, dtypes, shapes, codec per tensor, framing
+                                                   (offset, length, CRC-32), distortion of lossy codes
+    index length (uint64 little-endian)
+
+The index comes last so a checkpoint of any size is written in one
+streaming pass, one tensor in memory at a time; a reader finds it from the
+last 8 bytes. ``8 * file size`` = the codes' bits + the container overhead
+(magic, version, index, its length), which :class:`PackResult` reports.
+
+Tensors the chosen code cannot take (integers and bool for ``fpc``, say)
+are coded by the general lossless code (zstd of their bytes) and the index
+says so: a pack never leaves a tensor out.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import struct
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import workers
+from .codecs import Codec, ZstdCodec, decode, for_estimator
+from .codecs.container import MAX_VALUES, NUMPY
+from .errors import CorruptFileError, EstimatorSettingError, KComplexityError
+from .fileio import atomic_writer, open_regular, refuse_output_into
+from .sources import NamedArray, input_paths, open_source, read_safetensors_tensor
+
+MAGIC = b"KCPK"
+VERSION = 1
+FORMAT = "kcomplexity-pack"
+#: the general lossless code of tensors the chosen code cannot take
+FALLBACK = ZstdCodec(level=19)
+#: the most a pack's index may hold: far beyond any checkpoint's names and shapes, far below memory
+MAX_INDEX_BYTES = 256 << 20
+SAFETENSORS_DTYPES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16", "float64": "F64", "int8": "I8",
+                      "int16": "I16", "int32": "I32", "int64": "I64", "uint8": "U8", "uint16": "U16",
+                      "uint32": "U32", "uint64": "U64", "bool": "BOOL"}
+
+
+class PackExistsError(KComplexityError, FileExistsError):
+    """The output exists and ``overwrite`` was not given."""
+
+
+@dataclass
+class PackResult:
+    """What a pack holds and what it costs, in bits."""
+
+    path: str
+    spec: str
+    code_bits: int                  #: the tensors' codes together
+    file_bits: int                  #: 8 x the file's size
+    numel: int
+    tensors: list[dict[str, Any]] = field(repr=False)
+
+    @property
+    def overhead_bits(self) -> int:
+        """Magic, version, index and its length: the container, beyond the codes."""
+        return self.file_bits - self.code_bits
+
+    @property
+    def fallback(self) -> list[str]:
+        """Tensors the chosen code could not take, coded by the general lossless code."""
+        return [t["name"] for t in self.tensors if t["fallback"]]
+
+    def summary(self) -> str:
+        line = (f"{self.path}: {len(self.tensors)} tensors, {self.numel:,} parameters, {self.spec}; "
+                f"{self.code_bits:,} bits of codes + {self.overhead_bits:,} of container "
+                f"({100 * self.overhead_bits / self.file_bits:.3f} %) = {self.file_bits // 8:,} bytes, "
+                f"{self.code_bits / self.numel:.4g} bits/param")
+        lossy = [t for t in self.tensors if "mse" in t]
+        if lossy:
+            n = sum(t["numel"] for t in lossy)
+            mse = math.fsum(t["mse"] * t["numel"] for t in lossy) / n
+            line += f"; mse {mse:.4g}, max error {max(t['max_abs_err'] for t in lossy):.4g}"
+        if self.fallback:
+            line += f"; {len(self.fallback)} tensor(s) the code cannot take went through {FALLBACK.spec()}"
+        return line
+
+
+def pack(source: Any, path: str | os.PathLike, estimator: str = "fpc", overwrite: bool = False, jobs: int = 1,
+         include_buffers: bool = False, allow_nonfinite: bool = False) -> PackResult:
+    """Code every tensor of ``source`` with ``estimator`` (``fpc``, ``pco``, ``zstd``, ``mdl:s=S``,
+    ``quant:rel=R`` or ``quant:delta=D``) into one file at ``path``; returns what it holds, in bits.
+
+    Tensors are read, coded and written one at a time (``jobs`` at once in
+    worker processes), so memory stays near the largest tensor. The file
+    appears only when complete; an existing one is replaced only with
+    ``overwrite=True``, and never when it is one of the inputs.
+    """
+    import zstandard
+
+    from .scoring import MAX_JOBS, _in_order
+
+    codec = for_estimator(estimator)
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or not 1 <= jobs <= MAX_JOBS:
+        raise EstimatorSettingError(f"jobs must be a whole number in 1..{MAX_JOBS}, got {jobs!r}")
+    _check_output(path, overwrite, source)
+    src = open_source(source, include_buffers=include_buffers, allow_nonfinite=allow_nonfinite)
+    entries: list[dict[str, Any]] = []
+    with atomic_writer(path) as fh:
+        fh.write(MAGIC + bytes([VERSION]))
+        offset = len(MAGIC) + 1
+        if jobs == 1:
+            coded: Iterator[tuple[dict[str, Any], bytes]] = (_code(codec, a) for a in src)
+        else:
+            coded = _coded_in_workers(src, codec, jobs, _in_order)
+        for entry, data in coded:
+            fh.write(data)
+            entries.append({**entry, "offset": offset, "length": len(data), "crc32": zlib.crc32(data)})
+            offset += len(data)
+        index = zstandard.ZstdCompressor(level=19).compress(json.dumps(
+            {"format": FORMAT, "version": VERSION, "codec": codec.spec(), "fallback": FALLBACK.spec(),
+             "tensors": entries}, separators=(",", ":")).encode())
+        fh.write(index + struct.pack("<Q", len(index)))
+        size = offset + len(index) + 8
+    return PackResult(os.fspath(path), codec.spec(), sum(8 * e["length"] for e in entries), 8 * size,
+                      sum(e["numel"] for e in entries), entries)
+
+
+def _code(codec: Codec, a: NamedArray) -> tuple[dict[str, Any], bytes]:
+    """(index entry without framing, code) of one tensor: the chosen code, or the fallback if it cannot."""
+    use = codec if codec.takes(a.dtype) else FALLBACK
+    data = use.encode(a)
+    entry: dict[str, Any] = {"name": a.name, "dtype": a.dtype, "shape": list(a.shape), "numel": a.numel,
+                             "codec": use.spec(), "fallback": use is not codec}
+    if not use.lossless:
+        back = use.decode(data).values().astype(np.float64).reshape(-1)
+        err = back - a.values().astype(np.float64).reshape(-1)
+        entry.update(mse=float(np.dot(err, err) / err.size), max_abs_err=float(np.abs(err).max()))
+    return entry, data
+
+
+def _read_and_code(path: str, name: str, allow_nonfinite: bool, codec: Codec) -> tuple[dict[str, Any], bytes]:
+    return _code(codec, read_safetensors_tensor(path, name, allow_nonfinite))
+
+
+def _coded_in_workers(src: Any, codec: Codec, jobs: int, in_order: Any) -> Iterator[tuple[dict[str, Any], bytes]]:
+    """Codes of every tensor in order, ``jobs`` worker processes coding (and reading, for safetensors files)."""
+    with workers.pool(jobs, False) as pool:
+        if src.files is not None:
+            calls = ((None, (_read_and_code, f, n, src.allow_nonfinite, codec)) for n, f in zip(src.names, src.files))
+        else:
+            calls = ((None, (_code, codec, a)) for a in src)
+        for _, result in in_order(pool, calls, 2 * jobs):
+            yield result
+
+
+def _check_output(path: str | os.PathLike, overwrite: bool, *inputs: Any) -> None:
+    if Path(path).exists() and not overwrite:
+        raise PackExistsError(f"{path} exists; pass --overwrite (overwrite=True) to replace it")
+    refuse_output_into(path, [p for i in inputs if isinstance(i, (str, os.PathLike))
+                              for p in (input_paths(i) or [i])])
+
+
+# ----------------------------------------------------------------------------- reading
+@dataclass(frozen=True)
+class Packed:
+    """The index of a pack file."""
+
+    path: str
+    codec: str
+    tensors: list[dict[str, Any]]
+    size: int
+
+    def names(self) -> list[str]:
+        return [t["name"] for t in self.tensors]
+
+
+def read_index(path: str | os.PathLike) -> Packed:
+    """The index of a pack file (CorruptFileError for a damaged, truncated or foreign file)."""
+    fd = open_regular(path, "pack file")
+    with os.fdopen(fd, "rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        if fh.read(len(MAGIC)) != MAGIC:
+            raise CorruptFileError(f"{path} is not a kcomplexity pack (bad magic)")
+        version = fh.read(1)
+        if version != bytes([VERSION]):
+            raise CorruptFileError(f"{path}: pack version {version[0] if version else '?'} is not one this "
+                                   f"reader knows ({VERSION})")
+        if size < len(MAGIC) + 1 + 8:
+            raise CorruptFileError(f"{path} is truncated")
+        fh.seek(size - 8)
+        (length,) = struct.unpack("<Q", fh.read(8))
+        start = size - 8 - length
+        if length > MAX_INDEX_BYTES or start < len(MAGIC) + 1:
+            raise CorruptFileError(f"{path} is truncated or damaged (its index does not fit in the file)")
+        fh.seek(start)
+        raw = fh.read(length)
+    import zstandard
+
+    try:
+        index = json.loads(zstandard.ZstdDecompressor().decompress(raw, max_output_size=MAX_INDEX_BYTES))
+        tensors = index["tensors"]
+        ok = index.get("format") == FORMAT and isinstance(tensors, list)
+        end = len(MAGIC) + 1
+        for t in tensors:
+            ok = ok and isinstance(t["name"], str) and t["dtype"] in SAFETENSORS_DTYPES and t["offset"] == end \
+                and isinstance(t["length"], int) and t["length"] > 0 and isinstance(t["shape"], list) \
+                and isinstance(t["crc32"], int) \
+                and all(isinstance(d, int) and d >= 0 for d in t["shape"]) and math.prod(t["shape"]) == t["numel"]
+            end = t["offset"] + t["length"]
+        ok = ok and end == start and len({t["name"] for t in tensors}) == len(tensors)
+    except (ValueError, KeyError, TypeError, AttributeError, zstandard.ZstdError):
+        ok = False
+    if not ok:
+        raise CorruptFileError(f"{path}: damaged pack index")
+    return Packed(os.fspath(path), str(index["codec"]), tensors, size)
+
+
+def iter_unpacked(path: str | os.PathLike, max_values: int = MAX_VALUES) -> Iterator[NamedArray]:
+    """Each tensor of a pack, decoded, in order (one in memory at a time)."""
+    packed = read_index(path)
+    fd = open_regular(path, "pack file")
+    with os.fdopen(fd, "rb") as fh:
+        for t in packed.tensors:
+            fh.seek(t["offset"])
+            data = fh.read(t["length"])
+            if zlib.crc32(data) != t["crc32"]:  # raw sections (low mantissa bits) decode to anything: check first
+                raise CorruptFileError(f"{path}: tensor '{t['name']}' is damaged (checksum mismatch)")
+            a = decode(data, max_values)
+            if a.dtype != t["dtype"] or list(a.shape) != t["shape"]:
+                raise CorruptFileError(f"{path}: tensor '{t['name']}' does not match its index entry")
+            yield NamedArray(t["name"], a.data, a.dtype)
+
+
+def unpack(path: str | os.PathLike, output: str | os.PathLike | None = None, overwrite: bool = False,
+           max_values: int = MAX_VALUES) -> dict[str, Any] | Packed:
+    """A pack back to tensors: with ``output``, streamed into a safetensors file (returns the index); without,
+    a dict of numpy arrays (bfloat16 as a torch tensor)."""
+    if output is None:
+        return {a.name: _array(a) for a in iter_unpacked(path, max_values)}
+    _check_output(output, overwrite, path)
+    packed = read_index(path)
+    header: dict[str, Any] = {"__metadata__": {"format": "pt", "packed_with": packed.codec}}
+    pos = 0
+    for t in packed.tensors:
+        nbytes = t["numel"] * np.dtype(NUMPY.get(t["dtype"], t["dtype"])).itemsize
+        header[t["name"]] = {"dtype": SAFETENSORS_DTYPES[t["dtype"]], "shape": t["shape"],
+                             "data_offsets": [pos, pos + nbytes]}
+        pos += nbytes
+    head = json.dumps(header, separators=(",", ":")).encode()
+    head += b" " * (-len(head) % 8)
+    with atomic_writer(output) as fh:
+        fh.write(struct.pack("<Q", len(head)) + head)
+        for a in iter_unpacked(path, max_values):
+            fh.write(np.ascontiguousarray(a.data).tobytes())
+    return packed
+
+
+def _array(a: NamedArray) -> Any:
+    if a.dtype == "bfloat16":
+        import torch
+
+        return torch.from_numpy(a.data.view(np.int16).copy()).view(torch.bfloat16)
+    return a.data
+
+
+__all__ = ["pack", "unpack", "read_index", "iter_unpacked", "PackResult", "Packed", "PackExistsError"]
