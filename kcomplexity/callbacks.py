@@ -17,11 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from .errors import KComplexityError, MissingContextError, NonFiniteError, NotApplicableError
-from .estimators.base import Context, Estimate, Estimator, resolve
+from .estimators.base import LOGGED, Context, Estimate, Estimator, resolve
 from .scoring import score
 from .sources import NamedArray, is_module, open_source
 
-DEFAULT_ESTIMATORS = ("lzma", "zstd", "bdm", "mdl")
+DEFAULT_ESTIMATORS = LOGGED
 
 
 def measure_estimates(source: Any, estimators: Any = DEFAULT_ESTIMATORS, whole: bool = True,

@@ -14,6 +14,7 @@ from typing import Any
 
 from .checks import seed_arg
 from .errors import EstimatorSettingError, KComplexityError
+from .estimators.base import SCORE
 
 EXIT_BAD_INPUT = 2
 
@@ -25,8 +26,8 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("score", help="score a weights file (.safetensors, .pt/.pth, .npz, .npy)")
     s.add_argument("path", help="weights file, model folder, sharded index (model.safetensors.index.json), or a "
                                 "model name in the local Hugging Face cache")
-    s.add_argument("--estimators", "-e", default="lzma,zstd",
-                   help="comma-separated estimator names, settings as name:key=value (default: lzma,zstd)")
+    s.add_argument("--estimators", "-e", default=",".join(SCORE),
+                   help=f"comma-separated estimator names, settings as name:key=value (default: {','.join(SCORE)})")
     s.add_argument("--whole", action="store_true", help="total = estimate of all tensors concatenated in order")
     s.add_argument("--format", "-f", choices=("table", "json", "csv"), default="table")
     s.add_argument("--output", "-o", help="write to this file instead of stdout")

@@ -33,8 +33,9 @@ from typing import Any
 import numpy as np
 
 from . import workers
-from .codecs import Codec, ZstdCodec, decode, for_estimator
+from .codecs import Codec, FpcCodec, MosaicCodec, PcoCodec, QuantCodec, ZstdCodec, decode
 from .codecs.container import MAX_VALUES, NUMPY
+from .distortion import combine, summary
 from .errors import CorruptFileError, EstimatorSettingError, KComplexityError
 from .fileio import atomic_writer, open_regular, refuse_output_into
 from .sources import NamedArray, input_paths, open_source, read_safetensors_tensor
@@ -83,12 +84,32 @@ class PackResult:
                 f"{self.code_bits / self.numel:.4g} bits/param")
         lossy = [t for t in self.tensors if "mse" in t]
         if lossy:
-            n = sum(t["numel"] for t in lossy)
-            mse = math.fsum(t["mse"] * t["numel"] for t in lossy) / n
-            line += f"; mse {mse:.4g}, max error {max(t['max_abs_err'] for t in lossy):.4g}"
+            d = combine(lossy, [t["numel"] for t in lossy])
+            line += f"; mse {d['mse']:.4g}, max error {d['max_abs_err']:.4g}"
         if self.fallback:
             line += f"; {len(self.fallback)} tensor(s) the code cannot take went through {FALLBACK.spec()}"
         return line
+
+
+def codec_for(spec: Any) -> Codec:
+    """The codec behind an estimator spec: ``fpc``, ``pco[:level=L]``, ``zstd[:level=L]``, ``mdl[:s=S]`` or
+    ``quant[:rel=R | :delta=D]`` (EstimatorSettingError for estimators that are not one codec)."""
+    from .estimators.base import get
+
+    est = get(spec)
+    settings = est.settings()
+    if est.name == "fpc":
+        return FpcCodec()
+    if est.name == "quant":
+        return QuantCodec(**settings)
+    if est.name == "zstd":
+        return ZstdCodec(settings["level"])
+    if est.name == "pco":
+        return PcoCodec(settings["level"])
+    if est.name == "mdl" and settings["q"] is None:
+        return MosaicCodec(settings["s"])
+    raise EstimatorSettingError(f"'{spec}' is not one codec of a tensor; pack codes with fpc, pco, zstd, mdl (without "
+                                "q) or quant")
 
 
 def pack(source: Any, path: str | os.PathLike, estimator: str = "fpc", overwrite: bool = False, jobs: int = 1,
@@ -105,7 +126,7 @@ def pack(source: Any, path: str | os.PathLike, estimator: str = "fpc", overwrite
 
     from .scoring import MAX_JOBS, _in_order
 
-    codec = for_estimator(estimator)
+    codec = codec_for(estimator)
     if isinstance(jobs, bool) or not isinstance(jobs, int) or not 1 <= jobs <= MAX_JOBS:
         raise EstimatorSettingError(f"jobs must be a whole number in 1..{MAX_JOBS}, got {jobs!r}")
     _check_output(path, overwrite, source)
@@ -140,7 +161,7 @@ def _code(codec: Codec, a: NamedArray) -> tuple[dict[str, Any], bytes]:
     if not use.lossless:
         back = use.decode(data).values().astype(np.float64).reshape(-1)
         err = back - a.values().astype(np.float64).reshape(-1)
-        entry.update(mse=float(np.dot(err, err) / err.size), max_abs_err=float(np.abs(err).max()))
+        entry.update(summary(float(np.dot(err, err)), err.size, float(np.abs(err).max())))
     return entry, data
 
 
@@ -269,4 +290,4 @@ def _array(a: NamedArray) -> Any:
     return a.data
 
 
-__all__ = ["pack", "unpack", "read_index", "iter_unpacked", "PackResult", "Packed", "PackExistsError"]
+__all__ = ["pack", "unpack", "codec_for", "read_index", "iter_unpacked", "PackResult", "Packed", "PackExistsError"]

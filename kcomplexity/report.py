@@ -8,6 +8,8 @@ from typing import Any
 
 import pandas as pd
 
+from .distortion import DISTORTION
+
 
 @dataclass
 class Report:
@@ -182,7 +184,6 @@ class Report:
 
 
 #: the distortion every lossy figure travels with, in the weights' units
-DISTORTION = ("mse", "max_abs_err")
 
 
 def _jsonable(d: dict[str, Any]) -> dict[str, Any]:

@@ -12,11 +12,11 @@ from tqdm.auto import tqdm
 
 from . import workers
 from .errors import EstimatorSettingError, NotApplicableError
-from .estimators.base import Context, Estimate, Estimator, resolve
+from .estimators.base import SCORE, Context, Estimate, Estimator, resolve
 from .report import Report
 from .sources import NamedArray, Source, is_module, open_source, read_safetensors_tensor
 
-DEFAULT_ESTIMATORS = ("lzma", "zstd")
+DEFAULT_ESTIMATORS = SCORE
 
 
 #: the most tensors coded at once: one per core

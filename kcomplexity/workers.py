@@ -5,7 +5,6 @@ import concurrent.futures as cf
 import multiprocessing as mp
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
 
 
 @contextmanager

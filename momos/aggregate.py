@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from kcomplexity.report import DISTORTION
+from kcomplexity.distortion import DISTORTION
 
 from .errors import MoMosError
 from .rundir import read_log, read_result

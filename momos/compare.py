@@ -25,6 +25,8 @@ def load_run(run_dir: str | Path) -> dict[str, Any]:
         row = {k: _number(r.get(k)) for k in ("train_loss", "train_acc", "val_loss", "val_acc", "lr")}
         row["epoch"] = r["epoch"]
         row.update({f"bits:{k}": _number(v) for k, v in _mapping(r.get("complexity")).items()})
+        # under QAT: the latent float weights MoMos projects, measured beside the q-bit ones (as aggregate names them)
+        row.update({f"bits:latent:{k}": _number(v) for k, v in _mapping(r.get("complexity_latent")).items()})
         for label, details in _mapping(r.get("details")).items():
             row.update({f"{label}:{k}": _number(v) for k, v in _mapping(details).items() if k in TABLE_DETAILS})
         row.update({f"proj:{k}": v for k, v in _mapping(r.get("projection")).items()})

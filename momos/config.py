@@ -9,6 +9,8 @@ from typing import Any
 
 import kcomplexity as kc
 
+from kcomplexity.estimators.base import LOGGED
+
 from .data import DATASETS
 from .errors import MoMosError
 from .models import MODELS
@@ -31,7 +33,8 @@ DATA_PROFILES: dict[tuple[str, str], dict[str, Any]] = {
 BEST_BY = ("val_acc", "val_loss")
 #: the widest model a run may ask for: an MLP's hidden matrices grow with the square of the width
 MAX_WIDTH = 16384
-DEFAULT_ESTIMATORS = ["lzma", "zstd", "bdm", "mdl", "mdl-paper"]
+#: what a run logs: the logger's defaults and the paper's bound beside the real mosaic code
+DEFAULT_ESTIMATORS = [*LOGGED, "mdl-paper"]
 
 
 def _opt(default: Any, help: str, flags: tuple[str, ...] | None = None) -> Any:

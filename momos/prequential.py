@@ -42,11 +42,10 @@ from kcomplexity.checks import seed as check_seed
 from . import data as data_mod, models
 from .config import check_device
 from .errors import PrequentialError
+from .evaluation import batched_logits, probabilities
 
 #: every HOLDOUT-th example of the order is held out for early stopping (and calibration)
 HOLDOUT = 10
-#: predicted probabilities are floored here (and renormalised): the coder resolves about 2^-24
-PROB_FLOOR = 1e-7
 
 
 @dataclass
@@ -415,19 +414,6 @@ def _held_loss(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, held: tor
     return float(F.cross_entropy(_logits(net, x[held], device, name, sent), y[held]))
 
 
-@torch.no_grad()
-def batched_logits(net: torch.nn.Module, x: torch.Tensor, device: str | torch.device) -> torch.Tensor:
-    """The network's outputs for ``x`` in eval mode, in batches of 2,048, on the CPU."""
-    net.eval()
-    return torch.cat([net(x[i:i + 2048].to(device)).cpu() for i in range(0, len(x), 2048)])
-
-
-def probabilities(logits: torch.Tensor) -> np.ndarray:
-    """Softmax in float64, floored at PROB_FLOOR and renormalised: rows the label coder can code."""
-    probs = np.maximum(torch.softmax(logits.double(), 1).numpy(), PROB_FLOOR)
-    return probs / probs.sum(1, keepdims=True)
-
-
 def _mean_distribution(logits: list[torch.Tensor]) -> torch.Tensor:
     """One network's logits as they are; several networks' mean distribution as log-probabilities (float64)."""
     if len(logits) == 1:
@@ -460,4 +446,4 @@ def _temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
 
 
 __all__ = ["prequential", "decode", "PrequentialResult", "Chunk", "default_chunks", "check_chunks", "labels_in_order",
-           "batched_logits", "probabilities", "shifted"]
+           "shifted"]

@@ -16,6 +16,7 @@ import torch
 
 import kcomplexity as kc
 from kcomplexity.checks import seed as check_seed
+from kcomplexity.distortion import summary
 from kcomplexity.sources import NamedArray
 
 from .errors import MoMosError
@@ -48,9 +49,7 @@ def momos_points(arrays: Sequence[NamedArray], s: int = 2, capacity: Any = (0.01
         proj = project(weights, s, capacity=cap, force_zero=force_zero,
                        generator=torch.Generator().manual_seed(int(seed)))
         err = max(float((weights[k] - originals[k]).abs().max()) for k in weights)
-        mse = proj.distortion / n
         points.append({"code": f"momos s={proj.mosaic.s}", "setting": f"capacity={cap:g}",
-                       "bits": float(kc.mdl(proj.mosaic).coded_bits), "mse": mse, "max_abs_err": err,
-                       "snr_db": 10 * math.log10(signal / proj.distortion) if proj.distortion > 0 else math.inf,
+                       "bits": float(kc.mdl(proj.mosaic).coded_bits), **summary(proj.distortion, n, err, signal),
                        "k": proj.k})
     return points

@@ -355,6 +355,25 @@ def read_log(path: str | Path, repair: bool = False) -> list[dict[str, Any]]:
     return records
 
 
+class RunLog:
+    """A run's ``log.jsonl``: one durable JSON line per epoch, appended; read back whole, torn lines repaired."""
+
+    def __init__(self, run_dir: str | Path) -> None:
+        self.path = Path(run_dir) / LOG
+
+    def append(self, record: dict[str, Any]) -> None:
+        """Append one epoch's record and make it durable (flush + fsync) before returning."""
+        from kcomplexity.callbacks import append_jsonl
+
+        append_jsonl(self.path, record)
+
+    def read(self, repair: bool = False) -> list[dict[str, Any]]:
+        return read_log(self.path, repair)
+
+    def check_matches(self, records: list[dict[str, Any]], checkpoint_epoch: int) -> None:
+        check_log_matches(records, checkpoint_epoch, self.path)
+
+
 def check_log_matches(records: list[dict[str, Any]], checkpoint_epoch: int, log: Path) -> None:
     """A log that can continue a checkpoint at epoch E: epochs strictly increasing, none past E, E-1 or E last.
 

@@ -26,7 +26,7 @@ from kcomplexity.errors import NonFiniteLossError
 from kcomplexity.codecs.quant import check_precision
 
 from . import data as data_mod
-from .prequential import batched_logits, probabilities
+from .evaluation import accuracy, batched_logits, probabilities
 from .rundir import write_atomic
 
 FILE = "two_part.json"
@@ -65,7 +65,7 @@ def measure(model: torch.nn.Module, train: data_mod.Split, test: data_mod.Split,
     if not all(bool(torch.isfinite(p).all()) for p in net.parameters()):
         raise NonFiniteLossError("the model holds NaN/Inf weights; a two-part code needs finite weights")
     net.to(device)
-    test_exact = _accuracy(net, test, device)
+    test_exact = accuracy(net, test, device)
     model_bits, sq, n = 0, 0.0, 0
     with torch.no_grad():
         for _, p in net.named_parameters():
@@ -80,12 +80,12 @@ def measure(model: torch.nn.Module, train: data_mod.Split, test: data_mod.Split,
     labels = train.y.numpy()
     code = label_code.encode_labels([(probs, labels)])
     return TwoPart(rel, model_bits, 8 * len(code), label_code.ideal_bits(probs, labels), int(labels.size),
-                   sq / max(n, 1), _accuracy(net, test, device), test_exact)
+                   sq / max(n, 1), accuracy(net, test, device), test_exact)
 
 
 def two_part(run_dir: str | Path, rel: float = 0.1) -> TwoPart:
     """Two-part code of a finished run's last-epoch weights; also written to ``RUN_DIR/two_part.json``."""
-    from .trainer import load_run_model
+    from .runs import load_run_model
 
     run_dir = Path(run_dir)
     model, ds = load_run_model(run_dir)
@@ -104,10 +104,6 @@ def _probabilities(net: torch.nn.Module, x: torch.Tensor, device: str | torch.de
     if not torch.isfinite(logits).all():
         raise NonFiniteLossError("the quantised model gives non-finite outputs; try a smaller rel")
     return probabilities(logits)
-
-
-def _accuracy(net: torch.nn.Module, split: data_mod.Split, device: str | torch.device) -> float:
-    return float((batched_logits(net, split.x, device).argmax(1) == split.y).double().mean())
 
 
 __all__ = ["TwoPart", "measure", "two_part"]

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from kcomplexity import codecs
+from kcomplexity.pack import codec_for
 from kcomplexity.codecs.container import codec_of
 from kcomplexity.codecs.labels import LabelDecoder, encode_labels
 from kcomplexity.errors import CorruptFileError
@@ -27,7 +28,7 @@ FIXTURES = HERE / "codecs"
 def test_frozen_code_decodes_and_is_reproduced(name):
     x = np.load(FIXTURES / "weights.npy")
     frozen = (FIXTURES / f"{name}-v1.bin").read_bytes()
-    codec = codecs.for_estimator(SPECS[name])
+    codec = codec_for(SPECS[name])
     assert codec_of(frozen) == codec.name
     back = codecs.decode(frozen)
     assert back.dtype == "float32" and back.shape == x.shape

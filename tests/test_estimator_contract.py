@@ -145,3 +145,19 @@ def test_context_names_no_method_concepts():
     assert {f.name for f in fields(Context)} == {"model", "loss_fn", "previous", "extra"}
     mdl = kc.estimators.get("mdl")
     assert set(mdl.reads) == {"mosaic", "q"} and not mdl.needs
+
+
+def test_the_readme_example_estimator_registers_and_keeps_the_contract(tmp_path, monkeypatch):
+    import importlib
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = text.split("## Adding an estimator", 1)[1].split("```python", 1)[1].split("```", 1)[0]
+    (tmp_path / "readme_zlib.py").write_text(block)  # a module, as a plug-in is: its class must pickle
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        importlib.import_module("readme_zlib")  # ends with check_estimator("zlib")
+        assert kc.estimators.get("zlib:level=9").settings() == {"level": 9}
+    finally:
+        if "zlib" in kc.estimators.available():
+            kc.estimators.unregister("zlib")

@@ -62,6 +62,10 @@ def test_each_method_and_log_schema(method, tmp_path):
         assert log[-1]["details"]["mdl"]["q"] == 8
         assert log[-1]["details_latent"]["mdl"]["q"] == (8 if "momos" in method else 32)
         assert log[-1]["complexity"]["mdl"] < 0.35 * 32 * log[-1]["n_params"]
+        from momos.compare import load_run, table
+
+        row = table([load_run(tmp_path / method)]).iloc[0]  # compare shows the latent weights' bits beside them
+        assert row["latent:lzma"] == log[-1]["complexity_latent"]["lzma"] and row["lzma"] == log[-1]["complexity"]["lzma"]
     else:
         assert "complexity_latent" not in log[-1]
     cfg = json.loads((tmp_path / method / "config.json").read_text())

@@ -8,9 +8,8 @@ codec id, version, dtype, shape); entropy coding goes through :mod:`.ans`
 through :mod:`.bits`. Damaged input raises
 :class:`~kcomplexity.errors.CorruptFileError` in every decoder.
 
-:func:`for_estimator` gives the codec behind an estimator spec (``fpc``,
-``pco``, ``zstd``, ``mdl:s=2``, ``quant:rel=0.1``); :func:`decode` reads
-any of our codes, whichever codec wrote it.
+:func:`decode` reads any of our codes, whichever codec wrote it;
+:func:`kcomplexity.pack.codec_for` gives the codec behind an estimator spec.
 """
 from __future__ import annotations
 
@@ -19,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import CorruptFileError, EstimatorSettingError, NotApplicableError
+from ..errors import CorruptFileError, NotApplicableError
 from ..sources import NamedArray, as_named
 from .bits import read_varint, varint
 from .container import MAX_VALUES, NUMPY, Header, codec_of, read_header, storage
@@ -135,6 +134,16 @@ class ZstdCodec(Codec):
         return f"zstd:level={self.level}"
 
 
+def pco_values(a: NamedArray) -> np.ndarray:
+    """The flat array pcodec codes exactly: bfloat16 as uint16 patterns, 8-bit and bool types widened to 16 bits."""
+    data = a.data.reshape(-1)
+    if a.dtype == "bfloat16":
+        return data.view(np.uint16)
+    if data.dtype.itemsize == 1:
+        return data.astype(np.int16 if data.dtype.kind == "i" else np.uint16)
+    return data
+
+
 class PcoCodec(Codec):
     """pcodec (numeric codec) of the flat values; bfloat16 as its 16-bit patterns, 8-bit types widened."""
 
@@ -148,12 +157,13 @@ class PcoCodec(Codec):
         return dtype != "bool"
 
     def encode(self, x: Any) -> bytes:
-        from ..estimators.compression import Pco
+        import pcodec
 
         a = as_named(x)
         if not self.takes(a.dtype):
             raise NotApplicableError(f"pco codes numbers, not {a.dtype}")
-        return Header("pco", self.VERSION, a.dtype, a.shape).to_bytes() + Pco(self.level).compress(a)
+        stream = pcodec.standalone.simple_compress(pco_values(a), pcodec.ChunkConfig(compression_level=self.level))
+        return Header("pco", self.VERSION, a.dtype, a.shape).to_bytes() + stream
 
     def decode(self, data: bytes, max_values: int = MAX_VALUES) -> NamedArray:
         import pcodec
@@ -173,7 +183,7 @@ class PcoCodec(Codec):
 
 
 class MosaicCodec(Codec):
-    """The exact mosaic code of ``mdl`` (motif table + block indices) of one float tensor."""
+    """The exact mosaic code of ``mdl`` (motif table + block indices, :mod:`.mosaic`) of one float tensor."""
 
     name = "mosaic"
     VERSION = 1
@@ -185,28 +195,27 @@ class MosaicCodec(Codec):
         return dtype in FLOATS
 
     def encode(self, x: Any) -> bytes:
-        from ..estimators.mdl import mdl
+        from . import mosaic
 
         a = as_named(x)
         return (Header("mosaic", self.VERSION, a.dtype, a.shape).to_bytes() + varint(self.s)
-                + mdl(a, self.s).encode())
+                + mosaic.encode(mosaic.tensor_plan([a], self.s)))
 
     def decode(self, data: bytes, max_values: int = MAX_VALUES) -> NamedArray:
-        from ..estimators.mdl import decode
+        from . import mosaic
 
         head, pos = read_header(data, "mosaic", (self.VERSION,), max_values)
         try:
             s, pos = read_varint(data, pos)
         except IndexError:
             raise CorruptFileError("corrupt mosaic code: truncated") from None
-        if head.dtype not in FLOATS or not 1 <= s <= max(head.numel, 1):
-            raise CorruptFileError("corrupt mosaic code: bad block size or dtype")
-        (flat,) = decode(bytes(data[pos:]), sizes=[head.numel])
-        if head.dtype == "bfloat16":  # the mosaic decoder widens bfloat16 exactly to float32
-            values = (np.ascontiguousarray(flat, dtype=np.float32).view(np.uint32) >> np.uint32(16)).astype(np.uint16)
-        else:
-            values = storage(flat, head.dtype)
-        return NamedArray("tensor", values.reshape(head.shape), head.dtype)
+        patterns, index, s2, dtype = mosaic.decode(bytes(data[pos:]))
+        n = head.numel
+        if dtype != head.dtype or s2 != s or index.size * s != -(-n // s) * s:
+            raise CorruptFileError("corrupt mosaic code: it does not match its header")
+        flat = patterns[index].reshape(-1)[:n]  # bit patterns: bfloat16 is kept as its own, not widened
+        values = flat.astype(np.uint16) if dtype == "bfloat16" else mosaic.values(flat, dtype)
+        return NamedArray("tensor", np.ascontiguousarray(values).reshape(head.shape), head.dtype)
 
     def spec(self) -> str:
         return f"mdl:s={self.s}"
@@ -223,26 +232,5 @@ def decode(data: bytes, max_values: int = MAX_VALUES) -> NamedArray:
     return _DECODERS[name]().decode(data, max_values)
 
 
-def for_estimator(spec: Any) -> Codec:
-    """The codec behind an estimator spec: ``fpc``, ``pco[:level=L]``, ``zstd[:level=L]``, ``mdl[:s=S]`` or
-    ``quant[:rel=R | :delta=D]`` (EstimatorSettingError for estimators that are not one codec)."""
-    from ..estimators.base import get
-
-    est = get(spec)
-    settings = est.settings()
-    if est.name == "fpc":
-        return FpcCodec()
-    if est.name == "quant":
-        return QuantCodec(**settings)
-    if est.name == "zstd":
-        return ZstdCodec(settings["level"])
-    if est.name == "pco":
-        return PcoCodec(settings["level"])
-    if est.name == "mdl" and settings["q"] is None:
-        return MosaicCodec(settings["s"])
-    raise EstimatorSettingError(f"'{spec}' is not one codec of a tensor; pack codes with fpc, pco, zstd, mdl (without "
-                                "q) or quant")
-
-
-__all__ = ["Codec", "FpcCodec", "QuantCodec", "ZstdCodec", "PcoCodec", "MosaicCodec", "decode", "for_estimator",
+__all__ = ["Codec", "FpcCodec", "QuantCodec", "ZstdCodec", "PcoCodec", "MosaicCodec", "decode", "pco_values",
            "storage", "MAX_VALUES"]

@@ -27,12 +27,14 @@ paper: it does not grow with the weights.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from .bits import from_bits as _from_bits, read_varint, to_bits as _to_bits, varint as _varint
 from ..errors import CorruptMosaicError, MDLError
+from ..sources import NamedArray
 
 #: value dtypes a motif table can be stored in exactly, by code
 DTYPES = {0: "float32", 1: "float16", 2: "bfloat16", 3: "float64"}
@@ -144,6 +146,42 @@ def plan(patterns: np.ndarray, index: np.ndarray, n: int, s: int, dtype: str, di
             candidates.append(MosaicPlan(n, s, q, dtype, uniq[order], rank[symbols], counts[order], lengths[order],
                                          usage=counts))
     return min(candidates, key=lambda c: c.total_bits)  # ties keep the earlier (simpler) code
+
+
+_PATTERN = {16: np.uint16, 32: np.uint32, 64: np.uint64}
+
+
+def padded_patterns(arrays: Sequence[NamedArray], s: int) -> tuple[np.ndarray, str, int]:
+    """Bit patterns of all tensors, each zero-padded to a multiple of s, concatenated; (patterns, dtype, n)."""
+    dtypes = {a.dtype for a in arrays}
+    if len(dtypes) > 1:
+        raise MDLError(f"mdl needs tensors of one dtype to code them exactly, got {sorted(dtypes)}")
+    dtype = dtypes.pop()
+    width(dtype)
+    parts = []
+    for a in arrays:
+        bits = a.bit_patterns()
+        pad = (-bits.size) % s
+        parts.append(np.concatenate([bits, np.zeros(pad, dtype=bits.dtype)]) if pad else bits)
+    return np.concatenate(parts), dtype, int(sum(a.numel for a in arrays))
+
+
+def tensor_plan(arrays: Sequence[NamedArray], s: int) -> MosaicPlan:
+    """The shortest mosaic code of tensors' exact distinct s-blocks (each tensor padded on its own)."""
+    flat, dtype, n = padded_patterns(arrays, s)
+    patterns, index = unique_rows(flat.reshape(-1, s))
+    return plan(patterns, index, n, s, dtype, distinct=True)
+
+
+def values(patterns: np.ndarray, dtype: str) -> np.ndarray:
+    """Stored values from their bit patterns (bfloat16 widened exactly to float32, q-bit levels as integers)."""
+    if dtype == "bfloat16":
+        return (patterns.astype(np.uint32) << 16).view(np.float32)
+    if dtype.startswith("levels"):
+        from ..level_grid import from_patterns
+
+        return from_patterns(patterns, width(dtype))
+    return patterns.astype(_PATTERN[WIDTH[dtype]]).view(dtype)
 
 
 def unique_rows(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

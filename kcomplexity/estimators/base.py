@@ -5,7 +5,7 @@ import math
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -233,6 +233,11 @@ class Setting:
             raise ValueError(f"must be {self.allowed}, got {value!r}")
         return value
 
+
+#: the default estimators, the one list: ``score`` and the CLI use SCORE (fast real codes); the logger and
+#: trainer add the MoMos paper's two measures of a trained network (LOGGED)
+SCORE = ("lzma", "zstd")
+LOGGED = (*SCORE, "bdm", "mdl")
 
 _REGISTRY: dict[str, Callable[..., Estimator]] = {}
 _SETTINGS: dict[str, Mapping[str, Setting]] = {}

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from .. import ctm
-from ..errors import BDMError, EstimatorSettingError, NotApplicableError
+from ..errors import BDMError, NotApplicableError
 from ..sources import NamedArray
 from ..views import bit_planes, matrix_view, quantise_k, quantise_uniform, sign_bits
 from .base import Estimator, Setting, register

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from ..codecs import pco_values
 from ..errors import CorruptFileError, EstimatorSettingError
 from ..sources import NamedArray
 from ..views import byte_planes
@@ -287,18 +288,6 @@ class FloatCode(Estimator):
 
     def _bits(self, a: NamedArray) -> float:
         return 8.0 * len(self.encode(a))
-
-
-def pco_values(a: NamedArray) -> Any:
-    """The flat array pcodec codes exactly: bfloat16 as uint16 patterns, 8-bit and bool types widened to 16 bits."""
-    import numpy as np
-
-    data = a.data.reshape(-1)
-    if a.dtype == "bfloat16":
-        return data.view(np.uint16)
-    if data.dtype.itemsize == 1:
-        return data.astype(np.int16 if data.dtype.kind == "i" else np.uint16)
-    return data
 
 
 register("lzma", LZMA)

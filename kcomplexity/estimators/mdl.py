@@ -35,7 +35,6 @@ from ..errors import CorruptMosaicError, EstimatorSettingError, MDLError, NotApp
 from ..sources import NamedArray, make_named, open_source
 from .base import Context, Estimate, Estimator, Setting, register
 
-_PATTERN = {16: np.uint16, 32: np.uint32, 64: np.uint64}
 
 
 def paper_bits(k: int, s: int, q: int, m: int) -> int:
@@ -96,7 +95,7 @@ def decode(data: bytes, sizes: Sequence[int] | None = None) -> np.ndarray | list
             raise MDLError("a code with q-bit grid tensors decodes only with the layout: pass sizes")
         return _decode_mixed(data, [int(x) for x in sizes])
     patterns, index, s, dtype = mosaic_code.decode(data)
-    flat = _values(patterns[index].reshape(-1), dtype)
+    flat = mosaic_code.values(patterns[index].reshape(-1), dtype)
     return flat if sizes is None else _split(flat, sizes, s)
 
 
@@ -108,14 +107,6 @@ def _split(flat: np.ndarray, sizes: Sequence[int], s: int) -> list[np.ndarray]:
     if pos != flat.size:
         raise MDLError(f"layout of {len(sizes)} tensors needs {pos} values, the code holds {flat.size}")
     return out
-
-
-def _values(patterns: np.ndarray, dtype: str) -> np.ndarray:
-    if dtype == "bfloat16":
-        return (patterns.astype(np.uint32) << 16).view(np.float32)
-    if dtype.startswith("levels"):
-        return level_grid.from_patterns(patterns, mosaic_code.width(dtype))
-    return patterns.astype(_PATTERN[mosaic_code.WIDTH[dtype]]).view(dtype)
 
 
 def mdl(source_or_mosaic: Any, s: int | None = None, q: int | None = None, include_buffers: bool = False) -> MDL:
@@ -161,10 +152,10 @@ def mdl(source_or_mosaic: Any, s: int | None = None, q: int | None = None, inclu
 
 def _plain(arrays: Sequence[NamedArray], s: int) -> MDL:
     """Exact distinct s-blocks of the stored values, at their own width."""
-    patterns_flat, dtype, n = _padded_patterns(arrays, s)
-    patterns, index = mosaic_code.unique_rows(patterns_flat.reshape(-1, s))
-    plan = mosaic_code.plan(patterns, index, n, s, dtype, distinct=True)
-    return _result(plan, q=_width(dtype), k=int(patterns.shape[0]))
+    dtypes = {a.dtype for a in arrays}
+    width = _width(dtypes.pop()) if len(dtypes) == 1 else 0  # mixed dtypes: the codec says why it refuses
+    plan = mosaic_code.tensor_plan(arrays, s)
+    return _result(plan, q=width, k=int(plan.usage.size))
 
 
 def _width(dtype: str) -> int:
@@ -244,7 +235,7 @@ def _decode_mixed(data: bytes, sizes: list[int]) -> list[np.ndarray]:
         raise CorruptMosaicError("corrupt mosaic code: the grid part does not hold levels")
     grid_sizes = [n for n, k in zip(sizes, kinds) if k != _FLOAT]
     float_sizes = [n for n, k in zip(sizes, kinds) if k == _FLOAT]
-    levels = iter(_split(_values(patterns[index].reshape(-1), dtype), grid_sizes, s))
+    levels = iter(_split(mosaic_code.values(patterns[index].reshape(-1), dtype), grid_sizes, s))
     floats = iter(decode(buf[pos + grid_len:], float_sizes) if float_sizes else [])
     scale_it = iter(scales)
     out = []
@@ -299,21 +290,6 @@ def _check_s(s: Any) -> int:
     if isinstance(s, bool) or int(s) != s or int(s) <= 0:
         raise MDLError(f"block size s must be a positive integer, got {s}")
     return int(s)
-
-
-def _padded_patterns(arrays: Sequence[NamedArray], s: int) -> tuple[np.ndarray, str, int]:
-    """Bit patterns of all tensors, each zero-padded to a multiple of s, concatenated."""
-    dtypes = {a.dtype for a in arrays}
-    if len(dtypes) > 1:
-        raise MDLError(f"mdl needs tensors of one dtype to code them exactly, got {sorted(dtypes)}")
-    dtype = dtypes.pop()
-    _width(dtype)
-    parts = []
-    for a in arrays:
-        bits = a.bit_patterns()
-        pad = (-bits.size) % s
-        parts.append(np.concatenate([bits, np.zeros(pad, dtype=bits.dtype)]) if pad else bits)
-    return np.concatenate(parts), dtype, int(sum(a.numel for a in arrays))
 
 
 class MDLEstimator(Estimator):

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from ..distortion import combine, summary
 from ..errors import EstimatorSettingError, MissingContextError
 from ..codecs.quant import QuantizedCode, check_precision, code_quantized
 from ..sources import NamedArray
@@ -31,11 +32,8 @@ DEFAULT_REL = 0.1
 
 def summarise(codes: Sequence[QuantizedCode]) -> Estimate:
     """Total bits of several tensors' codes with their joint distortion (MSE over all values, max error)."""
-    n = sum(c.numel for c in codes)
-    sse = math.fsum(c.sse for c in codes)
-    signal = math.fsum(c.signal for c in codes)
-    details = {"mse": sse / n, "max_abs_err": max(c.max_abs_err for c in codes),
-               "snr_db": 10 * math.log10(signal / sse) if sse > 0 and signal > 0 else math.inf}
+    details = summary(math.fsum(c.sse for c in codes), sum(c.numel for c in codes),
+                      max(c.max_abs_err for c in codes), math.fsum(c.signal for c in codes))
     return Estimate(float(sum(c.bits for c in codes)), details)
 
 
@@ -82,10 +80,7 @@ class Quant(Estimator):
         return QuantCodec(rel=1.0).decode(data)  # the step is read from the code
 
     def combine(self, parts: Sequence[Estimate], numels: Sequence[int]) -> Estimate:
-        n = sum(numels)
-        mse = math.fsum(p.details["mse"] * k for p, k in zip(parts, numels)) / n
-        return Estimate(math.fsum(p.bits for p in parts),
-                        {"mse": mse, "max_abs_err": max(p.details["max_abs_err"] for p in parts)})
+        return Estimate(math.fsum(p.bits for p in parts), combine([p.details for p in parts], numels))
 
     def bits_whole(self, arrays: Sequence[NamedArray]) -> float:
         return self.estimate_whole(arrays).bits
