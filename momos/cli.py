@@ -9,6 +9,7 @@ import argparse
 import dataclasses
 import json
 import sys
+from typing import Any
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -19,12 +20,14 @@ from .errors import MoMosError
 from .trackers import DEFAULT_MLFLOW_URI
 
 
-def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """One option per TrainConfig field, with the field's default and help (the config is the one source)."""
+def add_config_arguments(parser: argparse.ArgumentParser, cls: Any = None) -> None:
+    """One option per field of a config dataclass (TrainConfig unless ``cls``), with the field's default and
+    help: the dataclass is the one source of its options."""
     from .config import TrainConfig
 
-    defaults = TrainConfig.defaults()
-    for f in dataclasses.fields(TrainConfig):
+    cls = cls or TrainConfig
+    defaults = cls.defaults()
+    for f in dataclasses.fields(cls):
         flags = f.metadata.get("flags", ("--" + f.name.replace("_", "-"),))
         default, text = defaults[f.name], f.metadata["help"]
         shown = f" (default: {default})" if default not in (None, False) and not isinstance(default, list) else ""
@@ -39,8 +42,8 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _parser(train_options: bool = True) -> argparse.ArgumentParser:
-    """The command-line parser; without ``train_options`` the train command's config flags (which import
-    torch through the model and data registries) are left out, so reading runs needs no torch."""
+    """The command-line parser; without ``train_options`` the train and prequential commands' option flags
+    (which import torch through the model and data registries) are left out, so reading runs needs no torch."""
     p = argparse.ArgumentParser(prog="momos", description="Mosaic-of-Motifs training with complexity logging.")
     sub = p.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="train one run and log every estimator every epoch")
@@ -86,18 +89,10 @@ def _parser(train_options: bool = True) -> argparse.ArgumentParser:
     q.add_argument("--data", default="digits", help="data set (default: %(default)s)")
     q.add_argument("--chunks", help="comma-separated chunk boundaries (default: 64, 128, 256, ... doubling)")
     q.add_argument("--seed", type=seed_arg, default=0)
-    q.add_argument("--calibrate", action="store_true", help="fit a softmax temperature on the held-out labels")
-    q.add_argument("--warm-start", action="store_true", help="continue from the previous chunk's model")
-    q.add_argument("--anneal", action="store_true",
-                   help="after an epoch without held-out improvement, return to the best epoch and divide the lr by 3")
-    q.add_argument("--augment", type=int, default=0, metavar="PIXELS",
-                   help="shift each training image by up to PIXELS each way, at random (default: 0, off)")
-    q.add_argument("--ensemble", type=int, default=1, metavar="K",
-                   help="train K networks per model and chunk (different seeds) and average their predictions")
-    q.add_argument("--max-epochs", type=int, default=50)
-    q.add_argument("--patience", type=int, default=3, help="epochs without held-out improvement before stopping")
-    q.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default: %(default)s)")
-    q.add_argument("--batch-size", type=int, default=32, help="(default: %(default)s)")
+    if train_options:  # the fitting options come from TrainOptions (the prequential package imports torch)
+        from .prequential.options import TrainOptions
+
+        add_config_arguments(q, TrainOptions)
     q.add_argument("--limit", type=int, help="code only the first N labels of the seeded order")
     q.add_argument("--device", default="cpu")
     q.add_argument("--data-dir", help="folder with the data set's files (offline)")
@@ -216,17 +211,15 @@ def _compare_sweep(args: argparse.Namespace) -> None:
 def _prequential(args: argparse.Namespace) -> None:
     from kcomplexity.cli import _emit, _not_an_input
 
-    from .prequential import prequential
+    from .prequential import TrainOptions, prequential
 
     names = _list(args.switch, str) if args.switch else [args.model]
     chunks = _list(args.chunks, int) if args.chunks else None
     _not_an_input(args.output, args.plot, args.data_dir)
     _not_an_input(args.plot, args.data_dir)
-    result = prequential(names if len(names) > 1 else names[0], args.data, chunks, seed=args.seed,
-                         calibrate=args.calibrate, warm_start=args.warm_start, max_epochs=args.max_epochs,
-                         patience=args.patience, lr=args.lr, batch_size=args.batch_size, limit=args.limit,
-                         device=args.device, data_dir=args.data_dir, quiet=args.quiet, anneal=args.anneal,
-                         augment=args.augment, ensemble=args.ensemble)
+    options = TrainOptions(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainOptions)})
+    result = prequential(names if len(names) > 1 else names[0], args.data, chunks, seed=args.seed, limit=args.limit,
+                         device=args.device, data_dir=args.data_dir, quiet=args.quiet, options=options)
     text = {"table": result.table, "json": lambda: json.dumps(result.to_json(), indent=2),
             "csv": result.to_csv}[args.format]()
     if args.plot:
@@ -311,7 +304,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``momos`` console script; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
     command = next((a for a in argv if not a.startswith("-")), None)
-    args = _parser(train_options=command in (None, "train")).parse_args(argv)
+    args = _parser(train_options=command in (None, "train", "prequential")).parse_args(argv)
     commands = {"train": _train, "compare": _compare, "demo": _demo, "prequential": _prequential,
                 "two-part": _two_part, "sweep": _sweep}
     return run_guarded("momos", commands[args.command], args)

@@ -1,0 +1,103 @@
+"""Prequential (online) code of a data set's labels, after Blier & Ollivier (NeurIPS 2018).
+
+The labels are sent in chunks [t_0 = 0, t_1), [t_1, t_2), ..., [t_(K-1), N).
+The first chunk is coded uniformly (log2 C bits a label). Every later chunk
+is coded with the predictions of a network trained only on the labels
+already sent; both sides can train it, so the network itself is never
+transmitted. The code is real: one ANS stream (:mod:`kcomplexity.codecs.labels`)
+that :func:`decode` turns back into the labels by retraining the same
+networks in the same order (same seeds, same machine and library versions:
+training must repeat bit for bit).
+
+Early stopping uses labels already sent: every tenth example of the
+(seeded) order is held out from training and used to pick the epoch (and,
+with ``calibrate``, a softmax temperature). Options, each reported apart:
+``calibrate`` (temperature fitted on the held-out labels), several models
+with switching (the best model per chunk, its index coded in the stream at
+log2 M bits), ``warm_start`` (continue from the previous chunk's network),
+``anneal`` (smaller steps from the best epoch after each bad one),
+``augment`` (training images shifted by a few pixels at random) and
+``ensemble`` (several networks per model, their predictions averaged).
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import asdict
+from typing import Any
+
+import numpy as np
+import torch
+
+from kcomplexity.checks import seed as check_seed
+from kcomplexity.codecs import labels as label_code
+
+from .. import models
+from ..config import check_device
+from ..errors import PrequentialError
+from .code import _Run, check_chunks, default_chunks, labels_in_order
+from .fit import shifted
+from .options import HOLDOUT, MAX_AUGMENT, TrainOptions
+from .result import Chunk, PrequentialResult
+
+
+def prequential(model: str | Sequence[str] = "mlp", data: str = "digits", chunks: Sequence[int] | None = None,
+                seed: int = 0, limit: int | None = None, device: str = "cpu", data_dir: str | None = None,
+                quiet: bool = False, options: TrainOptions | None = None, **option_values: Any) -> PrequentialResult:
+    """Prequential code length (bits) of the training labels of ``data`` under ``model``.
+
+    ``model`` may list several registered models: each chunk is then coded
+    by whichever is best on it, and its index costs log2 M bits in the code
+    (switching). How each chunk's network is fitted is a
+    :class:`TrainOptions` (``options``, or its fields as keywords:
+    ``calibrate``, ``warm_start``, ``anneal``, ``augment``, ``ensemble``,
+    ``max_epochs``, ``patience``, ``lr``, ``batch_size``). ``chunks`` are
+    the boundaries t_1 < t_2 < ... (default: doubling from 64). The labels
+    are all of the data set's training data (its train and validation
+    splits) in an order drawn from ``seed``; ``limit`` keeps the first
+    ``limit`` of them.
+    """
+    names = [model] if isinstance(model, str) else list(model)
+    check_seed(seed, PrequentialError)
+    check_device(device)
+    opts = _options(names, options, option_values)
+    x, y, classes = labels_in_order(data, seed, limit, data_dir)
+    bounds = check_chunks(default_chunks(len(y)) if chunks is None else chunks, len(y))
+    start = time.perf_counter()
+    run = _Run(names, x, classes, bounds, opts, seed, torch.device(device), quiet)
+    records, segments = run.encode(y)
+    code = label_code.encode_labels(segments)
+    recorded = {"chunks": bounds, "seed": seed, "limit": limit, **asdict(opts)}
+    return PrequentialResult(data, names, classes, records, code, recorded, time.perf_counter() - start)
+
+
+def decode(result: PrequentialResult, data_dir: str | None = None, device: str = "cpu",
+           quiet: bool = True) -> np.ndarray:
+    """The labels, decoded from ``result.code`` by retraining the same models chunk by chunk.
+
+    Only the inputs are read from the data set (in the same seeded order); every label comes out of the code.
+    """
+    o = result.options
+    x, _, classes = labels_in_order(result.data, o["seed"], o["limit"], data_dir)
+    opts = TrainOptions(**{k: o[k] for k in TrainOptions.__dataclass_fields__ if k in o})
+    run = _Run(result.models, x, classes, o["chunks"], opts, o["seed"], torch.device(device), quiet)
+    return run.decode(label_code.LabelDecoder(result.code))
+
+
+def _options(names: list[str], options: TrainOptions | None, values: dict[str, Any]) -> TrainOptions:
+    for name in names:
+        if name not in models.MODELS:
+            raise PrequentialError(f"unknown model '{name}'; available: {', '.join(models.MODELS)}")
+    if len(set(names)) != len(names):
+        raise PrequentialError(f"each model may be listed once, got {', '.join(names)}")
+    unknown = set(values) - set(TrainOptions.__dataclass_fields__)
+    if unknown:
+        raise PrequentialError(f"unknown option(s) {', '.join(sorted(unknown))}; TrainOptions has "
+                               f"{', '.join(TrainOptions.__dataclass_fields__)}")
+    if options is not None and values:
+        raise PrequentialError("give options either as a TrainOptions or as keywords, not both")
+    return options if options is not None else TrainOptions(**values)
+
+
+__all__ = ["prequential", "decode", "PrequentialResult", "Chunk", "TrainOptions", "default_chunks", "check_chunks",
+           "labels_in_order", "shifted", "HOLDOUT", "MAX_AUGMENT"]
