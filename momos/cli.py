@@ -101,10 +101,10 @@ def _parser(train_options: bool = True) -> argparse.ArgumentParser:
     q.add_argument("--plot", help="write a PNG of cumulative bits against labels sent")
     q.add_argument("--quiet", action="store_true", help="no progress bar")
 
-    w = sub.add_parser("two-part", help="two-part code of finished runs: weights at a stated precision + labels")
+    w = sub.add_parser("two-part", help="two-part code of finished runs: weights + labels, at the optimum precision")
     w.add_argument("runs", nargs="+")
-    w.add_argument("--rel", type=float, default=0.1, help="quantiser step relative to each tensor's RMS "
-                                                          "(default: %(default)s)")
+    w.add_argument("--rel", type=float, default=None, help="a fixed quantiser step relative to each tensor's RMS "
+                                                           "(default: the optimum over a log grid of steps)")
     w.add_argument("--format", "-f", choices=("table", "json"), default="table")
 
     d = sub.add_parser("demo", help="baseline and MoMos runs on bundled digits, then compare them")
@@ -245,7 +245,8 @@ def _two_part(args: argparse.Namespace) -> None:
         return
     import pandas as pd
 
-    tab = pd.DataFrame(rows).T.add_prefix("two_part:")
+    tab = pd.DataFrame({run: {k: v for k, v in row.items() if k != "curve"} for run, row in rows.items()}).T
+    tab = tab.add_prefix("two_part:")
     print(tab.to_string(float_format=_number))
     from .compare import shortest_two_part
 

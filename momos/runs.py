@@ -63,6 +63,15 @@ def build_model(cfg: TrainConfig, ds: data.DataSet, model: torch.nn.Module | Non
     return model
 
 
+def architecture(cfg: TrainConfig) -> str:
+    """What a decoder needs to build a run's model before loading its weights, as compact text (the two-part
+    code counts its bytes): the model, its data set (input shape, classes), width and modulus."""
+    import json
+
+    return json.dumps({"model": cfg.model, "data": cfg.data, "width": cfg.width, "modulus": cfg.modulus},
+                      separators=(",", ":"), sort_keys=True)
+
+
 def load_run_model(run_dir: str | Path) -> tuple[torch.nn.Module, data.DataSet]:
     """A run's model holding its last checkpoint's weights, and its data set (never downloaded)."""
     run_dir = Path(run_dir)
@@ -82,4 +91,4 @@ def rundir_result(run_dir: Path) -> RunResult:
                      r["final"])
 
 
-__all__ = ["RunResult", "versions", "load_data", "build_model", "load_run_model", "rundir_result"]
+__all__ = ["RunResult", "versions", "load_data", "build_model", "load_run_model", "rundir_result", "architecture"]

@@ -32,7 +32,7 @@ from .loop import Loop, weight_stats
 from .measurement import Measurement
 from .projection import MoMos, Projection, check_fits
 from .rundir import read_log
-from .runs import RunResult, build_model, load_data, rundir_result, versions
+from .runs import RunResult, architecture, build_model, load_data, rundir_result, versions
 
 
 class _Trainer:
@@ -207,7 +207,7 @@ class _Trainer:
         if self.ranks.main:
             try:
                 two_part.write(self.run_dir, two_part.measure(self.model, self.data.train, self.data.test,
-                                                              device=self.device))
+                                                              device=self.device, architecture=architecture(self.cfg)))
             except kc.errors.KComplexityError as exc:  # e.g. a diverged run's NaN weights: the run still finishes
                 if not self.quiet:
                     print(f"{self.run_dir}: no two-part code ({exc})", file=sys.stderr)

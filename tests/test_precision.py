@@ -273,3 +273,69 @@ def test_rd_cli(tmp_path, capsys):
         assert kc_main(argv) == 2
         err = capsys.readouterr().err
         assert needle in err and "Traceback" not in err
+
+
+class _Ramp(torch.nn.Module):
+    """One weight vector; its loss is a function of the quantisation step the weights carry."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.linspace(-1, 1, 10001))
+        self.rms = float(self.w.detach().square().mean().sqrt())
+
+
+def _window_loss(model: _Ramp) -> float:
+    """Passes (0) below rel 0.01 and again for rel in [0.5, 8]; fails (1) elsewhere and when all weights are 0."""
+    values = torch.unique(model.w.detach())
+    if values.numel() < 2:
+        return 1.0
+    step = float(torch.diff(values).min())
+    rel = step / model.rms
+    return 0.0 if rel < 0.01 or 0.5 <= rel <= 8 else 1.0
+
+
+def test_intrinsic_finds_the_coarsest_passing_precision_of_a_non_monotone_loss():
+    model = _Ramp()
+    original = model.w.detach().clone()
+    # the reference: 400 log-spaced steps, the coarsest that passes
+    passing = [r for r in np.geomspace(1e-4, 16, 400) if _window_loss(_quantised(original, float(r))) == 0]
+    best = max(passing)
+    assert 3 < best < 3.5  # every weight rounds to zero once the step passes 2, i.e. rel ~3.46
+    grid = kc.intrinsic(model, _window_loss, eps=0.1)
+    bisect = kc.intrinsic(model, _window_loss, eps=0.1, search="bisect")
+    assert grid.within_budget and grid.rel >= best / 1.1 and grid.evals <= 24
+    assert bisect.rel < 0.011  # bisection settles in the fine window
+    assert grid.rel >= bisect.rel and torch.equal(model.w.detach(), original)
+
+
+def _quantised(original: torch.Tensor, rel: float) -> _Ramp:
+    from kcomplexity.codecs.quant import reconstruct
+
+    model = _Ramp()
+    with torch.no_grad():
+        model.w.copy_(torch.from_numpy(reconstruct(original, rel=rel)))
+    return model
+
+
+def test_intrinsic_grid_is_never_finer_than_bisection_on_a_trained_network():
+    from sklearn.datasets import load_digits
+
+    x, y = load_digits(return_X_y=True)
+    x, y = torch.tensor(x / 16, dtype=torch.float32), torch.tensor(y)
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 10))
+    opt = torch.optim.Adam(net.parameters(), 1e-2)
+    for _ in range(150):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(net(x), y).backward()
+        opt.step()
+
+    def loss_fn(m):
+        with torch.no_grad():
+            return float(torch.nn.functional.cross_entropy(m(x), y))
+
+    for eps in (0.01, 0.1, 0.5):
+        grid = kc.intrinsic(net, loss_fn, eps=eps)
+        bisect = kc.intrinsic(net, loss_fn, eps=eps, search="bisect")
+        assert grid.within_budget and grid.evals <= 24
+        assert grid.rel >= bisect.rel, (eps, grid.rel, bisect.rel)

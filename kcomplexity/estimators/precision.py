@@ -123,16 +123,19 @@ class Delta(Estimator):
 class Intrinsic(Estimator):
     """Registered as ``intrinsic``."""
 
-    SETTINGS = {"eps": _POSITIVE, "relative": Setting(bool), "max_evals": Setting(int, ">= 3", lambda v: v >= 3)}
+    SETTINGS = {"eps": _POSITIVE, "relative": Setting(bool), "max_evals": Setting(int, ">= 3", lambda v: v >= 3),
+                "search": Setting(str, "grid (coarse-to-fine scan, then bisection) or bisect",
+                                  lambda v: v in ("grid", "bisect"))}
     name = "intrinsic"
     kind = "lossy code length"
     needs = ("model", "loss_fn")
 
-    def __init__(self, eps: float = 0.1, relative: bool = False, max_evals: int = 16) -> None:
+    def __init__(self, eps: float = 0.1, relative: bool = False, max_evals: int = 24, search: str = "grid") -> None:
         from ..errors import IntrinsicError
         from ..intrinsic import check_budget
 
-        v = self._validated(eps=eps, relative=relative, max_evals=max_evals)
+        v = self._validated(eps=eps, relative=relative, max_evals=max_evals, search=search)
+        self.search = v["search"]
         try:
             self.eps, self.relative, self.max_evals = check_budget(v["eps"], v["relative"], v["max_evals"])
         except IntrinsicError as exc:
@@ -147,7 +150,8 @@ class Intrinsic(Estimator):
         from ..intrinsic import intrinsic
 
         context = self.require(context)
-        r = intrinsic(context.model, context.loss_fn, eps=self.eps, relative=self.relative, max_evals=self.max_evals)
+        r = intrinsic(context.model, context.loss_fn, eps=self.eps, relative=self.relative, max_evals=self.max_evals,
+                      search=self.search)
         return Estimate(float(r.bits), r.details())
 
 
