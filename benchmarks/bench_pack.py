@@ -73,7 +73,8 @@ def big(folder: Path | None, params: float, jobs: int) -> None:
             count = write_sharded(folder, int(params))
             print(f"wrote {count} tensors of 4096x4096 in {time.perf_counter() - t:.0f}s to {folder}")
         size_gb = sum(p.stat().st_size for p in folder.glob("*.safetensors")) / 1e9
-        out, back = folder / "packed.kc", folder / "unpacked.safetensors"
+        # beside the checkpoint, not in it: pack refuses an output inside an input folder
+        out, back = folder.with_name(folder.name + ".kc"), folder.with_name(folder.name + "-unpacked.safetensors")
         for f in (out, back):
             f.unlink(missing_ok=True)
         res = child("import time, kcomplexity as kc\n"
@@ -88,11 +89,10 @@ def big(folder: Path | None, params: float, jobs: int) -> None:
         print(f"unpack fpc: {size_gb * 1e3 / res['seconds']:.0f} MB/s, peak RSS {res['peak_rss_mb']:.0f} MB",
               flush=True)
     finally:
+        for f in (folder.with_name(folder.name + ".kc"), folder.with_name(folder.name + "-unpacked.safetensors")):
+            f.unlink(missing_ok=True)
         if own:
             shutil.rmtree(folder, ignore_errors=True)
-        else:
-            for f in (folder / "packed.kc", folder / "unpacked.safetensors"):
-                f.unlink(missing_ok=True)
 
 
 def main() -> None:

@@ -46,7 +46,7 @@ SEARCHES = ("grid", "bisect")
 class Intrinsic:
     """Result of :func:`intrinsic`: the code length at the coarsest precision within the budget."""
 
-    bits: int                #: length of the quantised code of every trainable tensor at ``rel``, in bits
+    bits: int                #: the quantised code of every trainable tensor at ``rel`` plus the buffers' lossless code
     rel: float               #: the coarsest global step / RMS found within the budget
     loss_before: float
     loss_after: float        #: loss of the model quantised at ``rel``
@@ -56,11 +56,14 @@ class Intrinsic:
     mse: float               #: distortion of the quantised weights (mean over all parameters)
     max_abs_err: float
     numel: int
+    #: of ``bits``: floating-point buffers (batch-norm statistics), coded losslessly (fpc, or zstd for float64):
+    #: the model needs them, and quantising them is not what the loss budget was measured for
+    buffer_bits: int = 0
 
     def details(self) -> dict[str, Any]:
         return {"rel": self.rel, "loss_before": self.loss_before, "loss_after": self.loss_after,
                 "budget": self.budget, "evals": self.evals, "within_budget": self.within_budget,
-                "mse": self.mse, "max_abs_err": self.max_abs_err}
+                "mse": self.mse, "max_abs_err": self.max_abs_err, "buffer_bits": self.buffer_bits}
 
 
 def grid() -> list[float]:
@@ -146,14 +149,15 @@ def intrinsic(model: Any, loss_fn: Callable[[Any], float], eps: float = 0.1, rel
             lo, lo_loss = max(passing) if passing else min(found)
         within = ok(lo_loss)
         codes = [code_quantized(saved_params[n], rel=lo) for n, _ in params]
+        buffer_bits = sum(_lossless_bits(b.detach()) for b in model.buffers() if b.is_floating_point() and b.numel())
     finally:
         with torch.no_grad():
             model.load_state_dict(saved)
         model.train(training)
     n = sum(c.numel for c in codes)
-    return Intrinsic(bits=sum(c.bits for c in codes), rel=lo, loss_before=before, loss_after=lo_loss, budget=budget,
+    return Intrinsic(bits=sum(c.bits for c in codes) + buffer_bits, rel=lo, loss_before=before, loss_after=lo_loss, budget=budget,
                      evals=evals, within_budget=within, mse=math.fsum(c.sse for c in codes) / n,
-                     max_abs_err=max(c.max_abs_err for c in codes), numel=n)
+                     max_abs_err=max(c.max_abs_err for c in codes), numel=n, buffer_bits=buffer_bits)
 
 
 def _bisect(loss_at: Callable[[float], float], ok: Callable[[float], bool], spent: Callable[[], int],
@@ -195,6 +199,14 @@ def _scan_then_bisect(loss_at: Callable[[float], float], ok: Callable[[float], b
             return lo, lo_loss
         failed = r
     return REL_MIN, loss_at(REL_MIN)
+
+
+def _lossless_bits(t: Any) -> int:
+    """Bits of a buffer's lossless code: fpc for float32/16/bfloat16, zstd of the bytes otherwise."""
+    from .codecs import FpcCodec, ZstdCodec
+
+    codec = FpcCodec() if FpcCodec().takes(str(t.dtype).removeprefix("torch.")) else ZstdCodec()
+    return codec.bits(t.cpu())
 
 
 def _quantized_like(t: Any, rel: float) -> Any:

@@ -183,7 +183,7 @@ def test_intrinsic_leaves_the_model_bit_identical_and_respects_the_budget():
             p.copy_(torch.from_numpy(kc.codecs.quant.reconstruct(p.detach(), rel=r.rel)))
     assert loss_fn(probe) == pytest.approx(r.loss_after, rel=1e-6)
     expected = sum(len(kc.encode_quantized(p.detach(), rel=r.rel)) * 8 for p in model.parameters())
-    assert r.bits == expected
+    assert r.bits == expected + r.buffer_bits  # and the buffers' lossless code (see test_intrinsic_codes_and_counts_buffers)
     # a tighter budget needs a finer precision and more bits; a relative budget works too
     tight = kc.intrinsic(model, loss_fn, eps=0.01)
     assert tight.rel < r.rel and tight.bits > r.bits
@@ -339,3 +339,25 @@ def test_intrinsic_grid_is_never_finer_than_bisection_on_a_trained_network():
         bisect = kc.intrinsic(net, loss_fn, eps=eps, search="bisect")
         assert grid.within_budget and grid.evals <= 24
         assert grid.rel >= bisect.rel, (eps, grid.rel, bisect.rel)
+
+
+def test_intrinsic_codes_and_counts_buffers():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.BatchNorm1d(16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
+    x, y = torch.randn(64, 8), torch.randint(0, 3, (64,))
+    net.train()
+    net(x)  # running statistics move off their initial values
+    net.eval()
+
+    def loss_fn(m):
+        with torch.no_grad():
+            return float(torch.nn.functional.cross_entropy(m(x), y))
+
+    r = kc.intrinsic(net, loss_fn, eps=0.1)
+    params = sum(len(kc.encode_quantized(p.detach(), rel=r.rel)) * 8 for p in net.parameters())
+    from kcomplexity.codecs import FpcCodec, ZstdCodec
+
+    buffers = sum((FpcCodec() if b.dtype == torch.float32 else ZstdCodec()).bits(b) for b in net.buffers()
+                  if b.is_floating_point())
+    assert r.buffer_bits == buffers > 0 and r.bits == params + buffers
+    assert r.details()["buffer_bits"] == buffers
