@@ -37,8 +37,11 @@ def _parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("rd", help="rate-distortion curve: bits of the quantised code against the distortion it buys")
     r.add_argument("path", help="weights file")
-    r.add_argument("--rel", default="1,0.3,0.1,0.03,0.01,0.003",
-                   help="comma-separated steps as a fraction of each tensor's RMS (default: 1,0.3,0.1,0.03,0.01,0.003)")
+    r.add_argument("--rel", default=None,
+                   help="comma-separated steps as a fraction of each tensor's RMS (default: 1,0.3,0.1,0.03,0.01,0.003 "
+                        "unless --mse is given)")
+    r.add_argument("--mse", help="comma-separated target MSEs: one point each at the largest global step within it, "
+                                 "with the Shannon lower bound beside it")
     r.add_argument("--momos", metavar="SETTINGS",
                    help="add MoMos points on a copy of the weights, e.g. 's=2' or 's=2:seed=1' (needs --capacity)")
     r.add_argument("--capacity", help="comma-separated MoMos capacities for --momos (default 0.01,0.05,0.2)")
@@ -92,7 +95,8 @@ def _rd(args: argparse.Namespace) -> None:
         extra = {"momos": options}
     _not_an_input(args.output, args.path)
     _not_an_input(args.plot, args.path)
-    curve = rd(args.path, _floats(args.rel, "--rel"), extra=extra)
+    curve = rd(args.path, _floats(args.rel, "--rel") if args.rel is not None else None, extra=extra,
+               mse=_floats(args.mse, "--mse") if args.mse is not None else None)
     df = curve.to_frame()
     text = {"table": lambda: df.to_string(index=False, float_format=lambda v: f"{v:.4g}"),
             "json": lambda: df.to_json(orient="records", indent=2), "csv": lambda: df.to_csv(index=False)}[args.format]()

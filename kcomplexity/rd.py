@@ -17,17 +17,21 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from .errors import EstimatorSettingError, KComplexityError
 from .fileio import write_atomic
 from .estimators.precision import summarise
-from .codecs.quant import check_precision, code_quantized
+from .codecs.quant import check_precision, code_quantized, reconstruct
 from .sources import NamedArray, open_source
 
 DEFAULT_RELS = (1.0, 0.3, 0.1, 0.03, 0.01, 0.003)
 ENTRY_POINT_GROUP = "kcomplexity.rd_points"
-COLUMNS = ("code", "setting", "rel", "bits", "bits_per_param", "mse", "max_abs_err", "snr_db")
+COLUMNS = ("code", "setting", "rel", "bits", "bits_per_param", "mse", "max_abs_err", "snr_db", "delta",
+           "target_mse", "slb_bits_per_param")
+#: the MSE search stops once the step interval is this narrow (ratio), and spends at most MSE_STEPS evaluations
+MSE_TOLERANCE, MSE_STEPS = 1.002, 40
 
 
 @dataclass
@@ -93,32 +97,101 @@ def save_figure(fig: Any, path: str | Path) -> Path:
     return path
 
 
-def rd(source: Any, rel: Sequence[float] = DEFAULT_RELS, include_buffers: bool = False,
-       extra: dict[str, dict[str, Any]] | None = None) -> RDCurve:
+def rd(source: Any, rel: Sequence[float] | None = None, include_buffers: bool = False,
+       extra: dict[str, dict[str, Any]] | None = None, mse: Sequence[float] | None = None) -> RDCurve:
     """Rate–distortion points of ``source`` at each relative step in ``rel`` (bits; distortion in the weights' units).
 
     The source is read once, one tensor at a time. ``extra`` asks plug-ins for
     more points, e.g. ``{"momos": {"s": 2, "capacity": [0.01, 0.05]}}``.
+    ``mse`` asks for points at target distortions instead: one global step
+    for every tensor (equal steps give every value the same distortion, the
+    MSE-optimal allocation at high rate), the largest whose MSE over all
+    values is within the target, so codes compare at equal MSE in one call.
+    Such points also carry the Shannon lower bound for independent values at
+    that MSE (``slb_bits_per_param``: the values' empirical differential
+    entropy less ½ log2(2πe·MSE), a reference no code reaches).
+    ``rel`` defaults to DEFAULT_RELS unless ``mse`` is given.
     """
-    rels = [check_precision(r, None)[0] for r in _as_list(rel)]
-    if not rels and not extra:
-        raise EstimatorSettingError("rd needs at least one rel")
+    rels = [check_precision(r, None)[0] for r in _as_list(rel if rel is not None else
+                                                          (DEFAULT_RELS if mse is None else ()))]
+    targets = [check_precision(None, m)[1] for m in _as_list(mse if mse is not None else ())]
+    if not rels and not extra and not targets:
+        raise EstimatorSettingError("rd needs at least one rel or mse")
     codes: list[list[Any]] = [[] for _ in rels]
     arrays: list[NamedArray] = []
     for a in open_source(source, include_buffers=include_buffers):
         for i, r in enumerate(rels):
             codes[i].append(code_quantized(a, rel=r))
-        if extra:
+        if extra or targets:
             arrays.append(a)
     numel = sum(c.numel for c in codes[0]) if rels else sum(a.numel for a in arrays)
     curve = RDCurve(numel)
     for r, cs in zip(rels, codes):
         est = summarise(cs)
         curve.points.append(_point("quant", f"rel={r:g}", r, est.bits, numel, est.details))
+    for target in targets:
+        delta = step_for_mse(arrays, target)
+        est = summarise([code_quantized(a, delta=delta) for a in arrays])
+        point = _point("quant", f"mse<={target:g}", math.nan, est.bits, numel, est.details)
+        point.update(delta=delta, target_mse=target, slb_bits_per_param=shannon_lower_bound(arrays, target))
+        curve.points.append(point)
     for name, options in (extra or {}).items():
         for p in _plugin(name)(arrays, **options):
             curve.points.append(_point(p["code"], p["setting"], math.nan, p["bits"], numel, p))
     return curve
+
+
+def _mse_at(arrays: Sequence[NamedArray], delta: float) -> float:
+    """MSE over every value of the tensors reconstructed on one absolute step ``delta``."""
+    sse, n = 0.0, 0
+    for a in arrays:
+        x = a.values().reshape(-1).astype(np.float64)
+        n += x.size
+        if a.dtype == "bool" or x.dtype.kind in "iu" or a.data.dtype.kind in "iub":
+            continue  # integers are coded exactly
+        err = reconstruct(a, delta=delta).reshape(-1).astype(np.float64) - x
+        sse += float(np.dot(err, err))
+    return sse / n
+
+
+def step_for_mse(arrays: Sequence[NamedArray], target: float) -> float:
+    """The largest global absolute step whose quantisation keeps the MSE over all values within ``target``
+    (bisection in log(step) from sqrt(12 x target), where a uniform quantiser's error is step^2 / 12)."""
+    floats = [a for a in arrays if a.data.dtype.kind == "f" or a.dtype == "bfloat16"]
+    if not floats:
+        raise EstimatorSettingError("an MSE target needs floating-point tensors")
+    lo = hi = math.sqrt(12 * target)
+    evals = 0
+    while _mse_at(arrays, lo) > target and evals < MSE_STEPS:  # below the target first
+        hi, lo, evals = lo, lo / 2, evals + 1
+    while _mse_at(arrays, hi) <= target and evals < MSE_STEPS:  # then a step above it
+        lo, hi, evals = hi, hi * 2, evals + 1
+    while hi / lo > MSE_TOLERANCE and evals < MSE_STEPS:
+        mid = math.sqrt(lo * hi)
+        lo, hi = (mid, hi) if _mse_at(arrays, mid) <= target else (lo, mid)
+        evals += 1
+    return lo
+
+
+def shannon_lower_bound(arrays: Sequence[NamedArray], mse: float) -> float:
+    """Bits per parameter no code of independent values reaches at this MSE: h - ½ log2(2πe·mse) per float
+    value (h the empirical differential entropy, from a histogram with bins of sqrt(mse) / 8), 0 for
+    integers (coded exactly, entropy not counted), averaged over all parameters; at least 0."""
+    width = math.sqrt(mse) / 8
+    counts: dict[int, int] = {}
+    floats, n = 0, 0
+    for a in arrays:
+        n += a.numel
+        if not (a.data.dtype.kind == "f" or a.dtype == "bfloat16"):
+            continue
+        bins, c = np.unique(np.floor(a.values().reshape(-1).astype(np.float64) / width).astype(np.int64),
+                            return_counts=True)
+        for b, k in zip(bins.tolist(), c.tolist()):
+            counts[b] = counts.get(b, 0) + k
+        floats += a.numel
+    c = np.fromiter(counts.values(), dtype=np.float64)
+    entropy = float(np.log2(floats) - np.dot(c, np.log2(c)) / floats) + math.log2(width)
+    return max(0.0, entropy - 0.5 * math.log2(2 * math.pi * math.e * mse)) * floats / n
 
 
 def _point(code: str, setting: str, rel: float, bits: float, numel: int, d: dict[str, Any]) -> dict[str, Any]:
@@ -138,4 +211,4 @@ def _as_list(x: Any) -> list[Any]:
     return [x] if isinstance(x, (int, float)) else list(x)
 
 
-__all__ = ["rd", "RDCurve", "DEFAULT_RELS", "save_figure"]
+__all__ = ["rd", "RDCurve", "DEFAULT_RELS", "save_figure", "step_for_mse", "shannon_lower_bound"]

@@ -361,3 +361,30 @@ def test_intrinsic_codes_and_counts_buffers():
                   if b.is_floating_point())
     assert r.buffer_bits == buffers > 0 and r.bits == params + buffers
     assert r.details()["buffer_bits"] == buffers
+
+
+def test_rd_hits_target_mses_with_one_global_step_and_reports_the_shannon_bound(tmp_path, capsys):
+    from safetensors.numpy import save_file
+
+    from kcomplexity.rd import _mse_at
+
+    rng = np.random.default_rng(0)
+    state = {"w": (rng.standard_normal((300, 200)) * 0.05).astype(np.float32),
+             "b": (rng.standard_normal(300) * 0.01).astype(np.float32), "ids": np.arange(64)}
+    arrays = list(kc.open_source(state))
+    curve = kc.rd(state, mse=[3.8e-6, 1.9e-4])
+    df = curve.to_frame()
+    assert list(df["target_mse"]) == [3.8e-6, 1.9e-4] and df["rel"].isna().all()
+    for _, row in df.iterrows():
+        assert row["mse"] <= row["target_mse"]
+        assert _mse_at(arrays, row["delta"] * 1.01) > row["target_mse"]  # the largest step within the target
+        # a real code sits above the bound for independent values, within a fraction of a bit at this rate
+        assert row["slb_bits_per_param"] < row["bits_per_param"] < row["slb_bits_per_param"] + 1.0
+        back = kc.decode_quantized(kc.encode_quantized(state["w"], delta=row["delta"]))
+        assert np.abs(back - state["w"]).max() <= row["delta"] / 2 * (1 + 1e-6)
+    path = tmp_path / "m.safetensors"
+    save_file(state, str(path))
+    assert kc_main(["rd", str(path), "--mse", "3.8e-6,1.9e-4", "-f", "json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["target_mse"] for r in rows] == [3.8e-6, 1.9e-4] and all("bits_per_param" in r and "mse" in r
+                                                                       for r in rows)
