@@ -45,6 +45,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--momos", metavar="SETTINGS",
                    help="add MoMos points on a copy of the weights, e.g. 's=2' or 's=2:seed=1' (needs --capacity)")
     r.add_argument("--capacity", help="comma-separated MoMos capacities for --momos (default 0.01,0.05,0.2)")
+    r.add_argument("--rdoq", type=float, default=0.0, metavar="LAMBDA",
+                   help="rate-distortion optimised quantisation: a bit weighs LAMBDA squared steps (0.1 is a good "
+                        "start; default 0, nearest level)")
     r.add_argument("--plot", help="write a PNG of bits/param against MSE here")
     r.add_argument("--format", "-f", choices=("table", "json", "csv"), default="table")
     r.add_argument("--output", "-o", help="write to this file instead of stdout")
@@ -96,7 +99,7 @@ def _rd(args: argparse.Namespace) -> None:
     _not_an_input(args.output, args.path)
     _not_an_input(args.plot, args.path)
     curve = rd(args.path, _floats(args.rel, "--rel") if args.rel is not None else None, extra=extra,
-               mse=_floats(args.mse, "--mse") if args.mse is not None else None)
+               mse=_floats(args.mse, "--mse") if args.mse is not None else None, rdoq=args.rdoq)
     df = curve.to_frame()
     text = {"table": lambda: df.to_string(index=False, float_format=lambda v: f"{v:.4g}"),
             "json": lambda: df.to_json(orient="records", indent=2), "csv": lambda: df.to_csv(index=False)}[args.format]()

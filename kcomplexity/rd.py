@@ -98,7 +98,8 @@ def save_figure(fig: Any, path: str | Path) -> Path:
 
 
 def rd(source: Any, rel: Sequence[float] | None = None, include_buffers: bool = False,
-       extra: dict[str, dict[str, Any]] | None = None, mse: Sequence[float] | None = None) -> RDCurve:
+       extra: dict[str, dict[str, Any]] | None = None, mse: Sequence[float] | None = None,
+       rdoq: float = 0.0) -> RDCurve:
     """Rate–distortion points of ``source`` at each relative step in ``rel`` (bits; distortion in the weights' units).
 
     The source is read once, one tensor at a time. ``extra`` asks plug-ins for
@@ -110,8 +111,13 @@ def rd(source: Any, rel: Sequence[float] | None = None, include_buffers: bool = 
     Such points also carry the Shannon lower bound for independent values at
     that MSE (``slb_bits_per_param``: the values' empirical differential
     entropy less ½ log2(2πe·MSE), a reference no code reaches).
-    ``rel`` defaults to DEFAULT_RELS unless ``mse`` is given.
+    ``rel`` defaults to DEFAULT_RELS unless ``mse`` is given. ``rdoq`` > 0
+    chooses symbols by rate-distortion optimisation with that weight of a bit
+    against a squared step (0.1 is a good start; same decoder, errors may
+    exceed step/2 and ``max_abs_err`` says by how much).
     """
+    if isinstance(rdoq, bool) or not isinstance(rdoq, (int, float)) or not 0 <= rdoq < math.inf:
+        raise EstimatorSettingError(f"rdoq must be a finite number >= 0, got {rdoq!r}")
     rels = [check_precision(r, None)[0] for r in _as_list(rel if rel is not None else
                                                           (DEFAULT_RELS if mse is None else ()))]
     targets = [check_precision(None, m)[1] for m in _as_list(mse if mse is not None else ())]
@@ -121,18 +127,20 @@ def rd(source: Any, rel: Sequence[float] | None = None, include_buffers: bool = 
     arrays: list[NamedArray] = []
     for a in open_source(source, include_buffers=include_buffers):
         for i, r in enumerate(rels):
-            codes[i].append(code_quantized(a, rel=r))
+            codes[i].append(code_quantized(a, rel=r, rdoq=rdoq))
         if extra or targets:
             arrays.append(a)
     numel = sum(c.numel for c in codes[0]) if rels else sum(a.numel for a in arrays)
     curve = RDCurve(numel)
     for r, cs in zip(rels, codes):
         est = summarise(cs)
-        curve.points.append(_point("quant", f"rel={r:g}", r, est.bits, numel, est.details))
+        curve.points.append(_point("quant" + (f" rdoq={rdoq:g}" if rdoq else ""), f"rel={r:g}", r, est.bits, numel,
+                                   est.details))
     for target in targets:
-        delta = step_for_mse(arrays, target)
-        est = summarise([code_quantized(a, delta=delta) for a in arrays])
-        point = _point("quant", f"mse<={target:g}", math.nan, est.bits, numel, est.details)
+        delta = step_for_mse(arrays, target, rdoq)
+        est = summarise([code_quantized(a, delta=delta, rdoq=rdoq) for a in arrays])
+        point = _point("quant" + (f" rdoq={rdoq:g}" if rdoq else ""), f"mse<={target:g}", math.nan, est.bits, numel,
+                       est.details)
         point.update(delta=delta, target_mse=target, slb_bits_per_param=shannon_lower_bound(arrays, target))
         curve.points.append(point)
     for name, options in (extra or {}).items():
@@ -141,7 +149,7 @@ def rd(source: Any, rel: Sequence[float] | None = None, include_buffers: bool = 
     return curve
 
 
-def _mse_at(arrays: Sequence[NamedArray], delta: float) -> float:
+def _mse_at(arrays: Sequence[NamedArray], delta: float, rdoq: float = 0.0) -> float:
     """MSE over every value of the tensors reconstructed on one absolute step ``delta``."""
     sse, n = 0.0, 0
     for a in arrays:
@@ -149,12 +157,12 @@ def _mse_at(arrays: Sequence[NamedArray], delta: float) -> float:
         n += x.size
         if a.dtype == "bool" or x.dtype.kind in "iu" or a.data.dtype.kind in "iub":
             continue  # integers are coded exactly
-        err = reconstruct(a, delta=delta).reshape(-1).astype(np.float64) - x
+        err = reconstruct(a, delta=delta, rdoq=rdoq).reshape(-1).astype(np.float64) - x
         sse += float(np.dot(err, err))
     return sse / n
 
 
-def step_for_mse(arrays: Sequence[NamedArray], target: float) -> float:
+def step_for_mse(arrays: Sequence[NamedArray], target: float, rdoq: float = 0.0) -> float:
     """The largest global absolute step whose quantisation keeps the MSE over all values within ``target``
     (bisection in log(step) from sqrt(12 x target), where a uniform quantiser's error is step^2 / 12)."""
     floats = [a for a in arrays if a.data.dtype.kind == "f" or a.dtype == "bfloat16"]
@@ -162,13 +170,13 @@ def step_for_mse(arrays: Sequence[NamedArray], target: float) -> float:
         raise EstimatorSettingError("an MSE target needs floating-point tensors")
     lo = hi = math.sqrt(12 * target)
     evals = 0
-    while _mse_at(arrays, lo) > target and evals < MSE_STEPS:  # below the target first
+    while _mse_at(arrays, lo, rdoq) > target and evals < MSE_STEPS:  # below the target first
         hi, lo, evals = lo, lo / 2, evals + 1
-    while _mse_at(arrays, hi) <= target and evals < MSE_STEPS:  # then a step above it
+    while _mse_at(arrays, hi, rdoq) <= target and evals < MSE_STEPS:  # then a step above it
         lo, hi, evals = hi, hi * 2, evals + 1
     while hi / lo > MSE_TOLERANCE and evals < MSE_STEPS:
         mid = math.sqrt(lo * hi)
-        lo, hi = (mid, hi) if _mse_at(arrays, mid) <= target else (lo, mid)
+        lo, hi = (mid, hi) if _mse_at(arrays, mid, rdoq) <= target else (lo, mid)
         evals += 1
     return lo
 
