@@ -80,15 +80,16 @@ class QuantCodec(Codec):
     name = "quant"
     lossless = False
 
-    def __init__(self, rel: float | None = None, delta: float | None = None) -> None:
+    def __init__(self, rel: float | None = None, delta: float | None = None, rdoq: float = 0.0) -> None:
         from .quant import check_precision
 
         self.rel, self.delta = check_precision(rel, delta)
+        self.rdoq = float(rdoq)  # rate-distortion optimised levels (errors may then exceed step/2)
 
     def encode(self, x: Any) -> bytes:
         from .quant import encode_quantized
 
-        return encode_quantized(x, rel=self.rel, delta=self.delta)
+        return encode_quantized(x, rel=self.rel, delta=self.delta, rdoq=self.rdoq)
 
     def decode(self, data: bytes, max_values: int = MAX_VALUES) -> NamedArray:
         from .quant import VERSION, decode_quantized
@@ -97,7 +98,8 @@ class QuantCodec(Codec):
         return NamedArray("tensor", storage(decode_quantized(data, max_values), head.dtype), head.dtype)
 
     def spec(self) -> str:
-        return f"quant:rel={self.rel!r}" if self.rel is not None else f"quant:delta={self.delta!r}"
+        step = f"quant:rel={self.rel!r}" if self.rel is not None else f"quant:delta={self.delta!r}"
+        return step + (f":rdoq={self.rdoq!r}" if self.rdoq else "")
 
 
 class ZstdCodec(Codec):

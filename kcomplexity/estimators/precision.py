@@ -44,23 +44,27 @@ class Quant(Estimator):
     """Registered as ``quant``."""
 
     SETTINGS = {"rel": Setting(float, "> 0 (step / RMS)", lambda v: v > 0, optional=True),
-                "delta": Setting(float, "> 0 (absolute step)", lambda v: v > 0, optional=True)}
+                "delta": Setting(float, "> 0 (absolute step)", lambda v: v > 0, optional=True),
+                "rdoq": Setting(float, ">= 0 (rate-distortion optimised levels: a bit weighs rdoq squared steps; "
+                                       "0: nearest level)", lambda v: v >= 0)}
     name = "quant"
     kind = "lossy code length"
 
-    def __init__(self, rel: float | None = None, delta: float | None = None) -> None:
+    def __init__(self, rel: float | None = None, delta: float | None = None, rdoq: float = 0.0) -> None:
         if rel is None and delta is None:
             rel = DEFAULT_REL
-        v = self._validated(rel=rel, delta=delta)
+        v = self._validated(rel=rel, delta=delta, rdoq=rdoq)
         self.rel, self.delta = check_precision(v["rel"], v["delta"])
+        self.rdoq = v["rdoq"]
         self.description = ("uniform quantisation per tensor (step = rel x RMS, or delta) + the shortest of "
                             "order-0 / Gaussian / Laplace ANS codes and zstd; details: mse, max_abs_err")
 
     def settings(self) -> dict[str, Any]:
-        return {"rel": self.rel} if self.rel is not None else {"delta": self.delta}
+        step = {"rel": self.rel} if self.rel is not None else {"delta": self.delta}
+        return {**step, "rdoq": self.rdoq} if self.rdoq else step
 
     def code(self, a: NamedArray) -> QuantizedCode:
-        return code_quantized(a, rel=self.rel, delta=self.delta)
+        return code_quantized(a, rel=self.rel, delta=self.delta, rdoq=self.rdoq)
 
     def estimate(self, a: NamedArray) -> Estimate:
         c = self.code(a)
