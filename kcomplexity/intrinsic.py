@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -40,6 +40,10 @@ REL_TOLERANCE = 1.05
 #: the coarse-to-fine scan's step between grid points (16, 4, 1, 0.25, ...)
 GRID_FACTOR = 4.0
 SEARCHES = ("grid", "bisect")
+#: "global": one rel for every tensor; "tensor": then each tensor, largest first, coarsened by doubling its rel
+#: while the loss stays within the budget (at most TENSOR_DOUBLINGS tries each, counted in evals)
+ALLOCATIONS = ("global", "tensor")
+TENSOR_DOUBLINGS = 3
 
 
 @dataclass(frozen=True)
@@ -59,11 +63,14 @@ class Intrinsic:
     #: of ``bits``: floating-point buffers (batch-norm statistics), coded losslessly (fpc, or zstd for float64):
     #: the model needs them, and quantising them is not what the loss budget was measured for
     buffer_bits: int = 0
+    #: each tensor's rel under ``allocation="tensor"`` (empty for the global allocation)
+    tensor_rels: dict[str, float] = field(default_factory=dict)
 
     def details(self) -> dict[str, Any]:
         return {"rel": self.rel, "loss_before": self.loss_before, "loss_after": self.loss_after,
                 "budget": self.budget, "evals": self.evals, "within_budget": self.within_budget,
-                "mse": self.mse, "max_abs_err": self.max_abs_err, "buffer_bits": self.buffer_bits}
+                "mse": self.mse, "max_abs_err": self.max_abs_err, "buffer_bits": self.buffer_bits,
+                **({"tensor_rels": dict(self.tensor_rels)} if self.tensor_rels else {})}
 
 
 def grid() -> list[float]:
@@ -88,11 +95,12 @@ def check_budget(eps: Any, relative: Any = False, max_evals: Any = 24) -> tuple[
 
 
 def intrinsic(model: Any, loss_fn: Callable[[Any], float], eps: float = 0.1, relative: bool = False,
-              max_evals: int = 24, search: str = "grid") -> Intrinsic:
+              max_evals: int = 24, search: str = "grid", allocation: str = "global") -> Intrinsic:
     """The quantised code of ``model``'s trainable parameters at the coarsest precision within the loss budget, in bits.
 
     ``loss_fn(model) -> float`` evaluates data the caller fixed. The search
-    costs at most ``max_evals`` loss evaluations plus one code at the end; the
+    costs at most ``max_evals`` loss evaluations plus one code at the end
+    (``allocation="tensor"`` adds at most TENSOR_DOUBLINGS per tensor); the
     model (parameters, buffers, train/eval mode) is left exactly as it was.
     """
     import torch
@@ -100,6 +108,8 @@ def intrinsic(model: Any, loss_fn: Callable[[Any], float], eps: float = 0.1, rel
     eps, relative, max_evals = check_budget(eps, relative, max_evals)
     if search not in SEARCHES:
         raise IntrinsicError(f"search must be one of {', '.join(SEARCHES)}, got {search!r}")
+    if allocation not in ALLOCATIONS:
+        raise IntrinsicError(f"allocation must be one of {', '.join(ALLOCATIONS)}, got {allocation!r}")
     if not isinstance(model, torch.nn.Module):
         raise IntrinsicError(f"intrinsic() needs an nn.Module, got {type(model).__name__}")
     if not callable(loss_fn):
@@ -118,12 +128,13 @@ def intrinsic(model: Any, loss_fn: Callable[[Any], float], eps: float = 0.1, rel
         cache[rel] = value = _loss_at(rel)
         return value
 
-    def _loss_at(rel: float | None) -> float:
+    def _loss_at(rel: float | dict[str, float] | None) -> float:
         nonlocal evals
         with torch.no_grad():
             for name, p in params:
                 src = saved_params[name]
-                p.copy_(src if rel is None else _quantized_like(src, rel))
+                r = rel.get(name) if isinstance(rel, dict) else rel
+                p.copy_(src if r is None else _quantized_like(src, r))
         evals += 1
         try:
             value = loss_fn(model)
@@ -148,7 +159,19 @@ def intrinsic(model: Any, loss_fn: Callable[[Any], float], eps: float = 0.1, rel
             passing = [f for f in found if ok(f[1])]
             lo, lo_loss = max(passing) if passing else min(found)
         within = ok(lo_loss)
-        codes = [code_quantized(saved_params[n], rel=lo) for n, _ in params]
+        rels = {n: lo for n, _ in params}
+        if allocation == "tensor" and within:
+            # coarser steps where the loss does not care: the largest tensors first, since they hold the bits
+            for name, p in sorted(params, key=lambda item: -item[1].numel()):
+                for _ in range(TENSOR_DOUBLINGS):
+                    trial = {**rels, name: min(rels[name] * 2, REL_MAX)}
+                    if trial[name] == rels[name]:
+                        break
+                    loss = _loss_at(trial)
+                    if not ok(loss):
+                        break
+                    rels, lo_loss = trial, loss
+        codes = [code_quantized(saved_params[n], rel=rels[n]) for n, _ in params]
         buffer_bits = sum(_lossless_bits(b.detach()) for b in model.buffers() if b.is_floating_point() and b.numel())
     finally:
         with torch.no_grad():
@@ -157,7 +180,8 @@ def intrinsic(model: Any, loss_fn: Callable[[Any], float], eps: float = 0.1, rel
     n = sum(c.numel for c in codes)
     return Intrinsic(bits=sum(c.bits for c in codes) + buffer_bits, rel=lo, loss_before=before, loss_after=lo_loss, budget=budget,
                      evals=evals, within_budget=within, mse=math.fsum(c.sse for c in codes) / n,
-                     max_abs_err=max(c.max_abs_err for c in codes), numel=n, buffer_bits=buffer_bits)
+                     max_abs_err=max(c.max_abs_err for c in codes), numel=n, buffer_bits=buffer_bits,
+                     tensor_rels=rels if allocation == "tensor" else {})
 
 
 def _bisect(loss_at: Callable[[float], float], ok: Callable[[float], bool], spent: Callable[[], int],
@@ -216,4 +240,4 @@ def _quantized_like(t: Any, rel: float) -> Any:
     return torch.from_numpy(reconstruct(t, rel=rel)).to(dtype=t.dtype, device=t.device).reshape(t.shape)
 
 
-__all__ = ["intrinsic", "Intrinsic", "check_budget", "grid", "REL_MIN", "REL_MAX", "SEARCHES"]
+__all__ = ["intrinsic", "Intrinsic", "check_budget", "grid", "REL_MIN", "REL_MAX", "SEARCHES", "ALLOCATIONS"]

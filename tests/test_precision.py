@@ -403,3 +403,33 @@ def test_rdoq_codes_decode_and_buy_fewer_bits_at_equal_mse():
     assert rdo["bits"] < 0.97 * plain["bits"]  # measured 5 % fewer at this rate
     with pytest.raises(EstimatorSettingError, match="rdoq"):
         kc.rd({"w": x}, rel=[0.1], rdoq=-1)
+
+
+def test_tensor_allocation_stays_within_budget_and_never_costs_more():
+    from sklearn.datasets import load_digits
+
+    x, y = load_digits(return_X_y=True)
+    x, y = torch.tensor(x / 16, dtype=torch.float32), torch.tensor(y)
+    torch.manual_seed(1)
+    net = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10))
+    opt = torch.optim.Adam(net.parameters(), 1e-2)
+    for _ in range(100):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(net(x), y).backward()
+        opt.step()
+
+    def loss_fn(m):
+        with torch.no_grad():
+            return float(torch.nn.functional.cross_entropy(m(x), y))
+
+    for eps in (0.05, 0.3):
+        glob = kc.intrinsic(net, loss_fn, eps=eps)
+        tens = kc.intrinsic(net, loss_fn, eps=eps, allocation="tensor")
+        assert tens.loss_after <= tens.budget and tens.within_budget
+        assert tens.bits <= glob.bits and tens.evals <= 24 + 3 * 4
+        assert set(tens.tensor_rels) == {n for n, _ in net.named_parameters()}
+        assert all(r >= glob.rel for r in tens.tensor_rels.values()) and not glob.tensor_rels
+    est = kc.estimators.get("intrinsic:allocation=tensor")
+    assert kc.estimators.get("intrinsic", **est.settings()) == est
+    with pytest.raises(EstimatorSettingError, match="allocation"):
+        kc.estimators.get("intrinsic:allocation=row")

@@ -129,17 +129,20 @@ class Intrinsic(Estimator):
 
     SETTINGS = {"eps": _POSITIVE, "relative": Setting(bool), "max_evals": Setting(int, ">= 3", lambda v: v >= 3),
                 "search": Setting(str, "grid (coarse-to-fine scan, then bisection) or bisect",
-                                  lambda v: v in ("grid", "bisect"))}
+                                  lambda v: v in ("grid", "bisect")),
+                "allocation": Setting(str, "global (one rel) or tensor (then each tensor coarsened within budget)",
+                                      lambda v: v in ("global", "tensor"))}
     name = "intrinsic"
     kind = "lossy code length"
     needs = ("model", "loss_fn")
 
-    def __init__(self, eps: float = 0.1, relative: bool = False, max_evals: int = 24, search: str = "grid") -> None:
+    def __init__(self, eps: float = 0.1, relative: bool = False, max_evals: int = 24, search: str = "grid",
+                 allocation: str = "global") -> None:
         from ..errors import IntrinsicError
         from ..intrinsic import check_budget
 
-        v = self._validated(eps=eps, relative=relative, max_evals=max_evals, search=search)
-        self.search = v["search"]
+        v = self._validated(eps=eps, relative=relative, max_evals=max_evals, search=search, allocation=allocation)
+        self.search, self.allocation = v["search"], v["allocation"]
         try:
             self.eps, self.relative, self.max_evals = check_budget(v["eps"], v["relative"], v["max_evals"])
         except IntrinsicError as exc:
@@ -155,7 +158,7 @@ class Intrinsic(Estimator):
 
         context = self.require(context)
         r = intrinsic(context.model, context.loss_fn, eps=self.eps, relative=self.relative, max_evals=self.max_evals,
-                      search=self.search)
+                      search=self.search, allocation=self.allocation)
         return Estimate(float(r.bits), r.details())
 
 
