@@ -187,18 +187,10 @@ def intrinsic(model: Any, loss_fn: Callable[[Any], float], eps: float = 0.1, rel
 def _bisect(loss_at: Callable[[float], float], ok: Callable[[float], bool], spent: Callable[[], int],
             max_evals: int) -> tuple[float, float]:
     """Bisection of [REL_MIN, REL_MAX] in log(rel), assuming the loss rises with rel: (rel, its loss)."""
-    lo, hi, lo_loss = REL_MIN, REL_MAX, None
     hi_loss = loss_at(REL_MAX)
     if ok(hi_loss):
         return REL_MAX, hi_loss
-    # keep one evaluation in reserve to verify REL_MIN if no bisection point passes
-    while hi / lo > REL_TOLERANCE and spent() < max_evals - (lo_loss is None):
-        mid = math.sqrt(lo * hi)
-        loss = loss_at(mid)
-        if ok(loss):
-            lo, lo_loss = mid, loss
-        else:
-            hi = mid
+    lo, lo_loss = _narrow(loss_at, ok, spent, max_evals, REL_MIN, None, REL_MAX)
     return (lo, lo_loss) if lo_loss is not None else (REL_MIN, loss_at(REL_MIN))
 
 
@@ -212,17 +204,24 @@ def _scan_then_bisect(loss_at: Callable[[float], float], ok: Callable[[float], b
             break
         loss = loss_at(r)
         if ok(loss):
-            lo, lo_loss, hi = r, loss, failed
-            while hi is not None and hi / lo > REL_TOLERANCE and spent() < max_evals:
-                mid = math.sqrt(lo * hi)
-                loss = loss_at(mid)
-                if ok(loss):
-                    lo, lo_loss = mid, loss
-                else:
-                    hi = mid
-            return lo, lo_loss
+            return (r, loss) if failed is None else _narrow(loss_at, ok, spent, max_evals, r, loss, failed)
         failed = r
     return REL_MIN, loss_at(REL_MIN)
+
+
+def _narrow(loss_at: Callable[[float], float], ok: Callable[[float], bool], spent: Callable[[], int],
+            max_evals: int, lo: float, lo_loss: float | None, hi: float) -> tuple[float, float | None]:
+    """Bisect (lo, hi) in log(rel) until hi / lo <= REL_TOLERANCE or the budget is spent, keeping lo the
+    coarsest passing step seen: (lo, its loss). ``lo_loss`` None means lo is not known to pass yet; one
+    evaluation is then kept in reserve for the caller to check it."""
+    while hi / lo > REL_TOLERANCE and spent() < max_evals - (lo_loss is None):
+        mid = math.sqrt(lo * hi)
+        loss = loss_at(mid)
+        if ok(loss):
+            lo, lo_loss = mid, loss
+        else:
+            hi = mid
+    return lo, lo_loss
 
 
 def _lossless_bits(t: Any) -> int:

@@ -317,15 +317,16 @@ def _quantised(original: torch.Tensor, rel: float) -> _Ramp:
     return model
 
 
-def test_intrinsic_grid_is_never_finer_than_bisection_on_a_trained_network():
+def _trained_mlp(hidden: int, seed: int, steps: int):
+    """A digits MLP (64-hidden-10, no batch norm) trained full-batch with Adam, and its training loss closure."""
     from sklearn.datasets import load_digits
 
     x, y = load_digits(return_X_y=True)
     x, y = torch.tensor(x / 16, dtype=torch.float32), torch.tensor(y)
-    torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 10))
+    torch.manual_seed(seed)
+    net = torch.nn.Sequential(torch.nn.Linear(64, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, 10))
     opt = torch.optim.Adam(net.parameters(), 1e-2)
-    for _ in range(150):
+    for _ in range(steps):
         opt.zero_grad()
         torch.nn.functional.cross_entropy(net(x), y).backward()
         opt.step()
@@ -334,6 +335,11 @@ def test_intrinsic_grid_is_never_finer_than_bisection_on_a_trained_network():
         with torch.no_grad():
             return float(torch.nn.functional.cross_entropy(m(x), y))
 
+    return net, loss_fn
+
+
+def test_intrinsic_grid_is_never_finer_than_bisection_on_a_trained_network():
+    net, loss_fn = _trained_mlp(64, seed=0, steps=150)
     for eps in (0.01, 0.1, 0.5):
         grid = kc.intrinsic(net, loss_fn, eps=eps)
         bisect = kc.intrinsic(net, loss_fn, eps=eps, search="bisect")
@@ -406,22 +412,7 @@ def test_rdoq_codes_decode_and_buy_fewer_bits_at_equal_mse():
 
 
 def test_tensor_allocation_stays_within_budget_and_never_costs_more():
-    from sklearn.datasets import load_digits
-
-    x, y = load_digits(return_X_y=True)
-    x, y = torch.tensor(x / 16, dtype=torch.float32), torch.tensor(y)
-    torch.manual_seed(1)
-    net = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10))
-    opt = torch.optim.Adam(net.parameters(), 1e-2)
-    for _ in range(100):
-        opt.zero_grad()
-        torch.nn.functional.cross_entropy(net(x), y).backward()
-        opt.step()
-
-    def loss_fn(m):
-        with torch.no_grad():
-            return float(torch.nn.functional.cross_entropy(m(x), y))
-
+    net, loss_fn = _trained_mlp(32, seed=1, steps=100)
     for eps in (0.05, 0.3):
         glob = kc.intrinsic(net, loss_fn, eps=eps)
         tens = kc.intrinsic(net, loss_fn, eps=eps, allocation="tensor")
