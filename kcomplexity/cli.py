@@ -15,6 +15,7 @@ from typing import Any
 from .checks import seed_arg
 from .errors import EstimatorSettingError, KComplexityError
 from .estimators.base import SCORE
+from .sources import refuse_output_onto
 
 EXIT_BAD_INPUT = 2
 
@@ -81,7 +82,7 @@ def _parser() -> argparse.ArgumentParser:
 def _score(args: argparse.Namespace) -> None:
     from .scoring import score
 
-    _not_an_input(args.output, args.path)
+    refuse_output_onto(args.output, args.path)
     report = score(args.path, args.estimators, whole=args.whole, allow_nonfinite=args.allow_nonfinite,
                    progress=not args.quiet, jobs=args.jobs)
     text = {"table": report.to_table, "json": report.to_json, "csv": report.to_csv}[args.format]()
@@ -96,8 +97,8 @@ def _rd(args: argparse.Namespace) -> None:
         options = _settings(args.momos or "s=2")
         options["capacity"] = _floats(args.capacity or "0.01,0.05,0.2", "--capacity")
         extra = {"momos": options}
-    _not_an_input(args.output, args.path)
-    _not_an_input(args.plot, args.path)
+    refuse_output_onto(args.output, args.path)
+    refuse_output_onto(args.plot, args.path)
     curve = rd(args.path, _floats(args.rel, "--rel") if args.rel is not None else None, extra=extra,
                mse=_floats(args.mse, "--mse") if args.mse is not None else None, rdoq=args.rdoq)
     df = curve.to_frame()
@@ -165,14 +166,6 @@ def _demo(args: argparse.Namespace) -> None:
         raise KComplexityError(f"--epochs must be >= 1, got {args.epochs}")
     ests = args.estimators.split(",") if args.estimators else demo.DEMO_ESTIMATORS
     print(demo.run(ests, epochs=args.epochs, seed=args.seed))
-
-
-def _not_an_input(output: str | None, *inputs: str | None) -> None:
-    """Refuse an output that resolves to a file an input reads or lies inside a folder it reads."""
-    from .fileio import refuse_output_into
-    from .sources import input_paths
-
-    refuse_output_into(output, [p for i in inputs if i is not None for p in (input_paths(i) or [i])])
 
 
 def _emit(text: str, output: str | None) -> None:

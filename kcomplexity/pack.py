@@ -37,8 +37,8 @@ from .codecs import Codec, FpcCodec, MosaicCodec, PcoCodec, QuantCodec, ZstdCode
 from .codecs.container import MAX_VALUES, NUMPY
 from .distortion import combine, summary
 from .errors import CorruptFileError, EstimatorSettingError, KComplexityError
-from .fileio import atomic_writer, open_regular, refuse_output_into
-from .sources import NamedArray, input_paths, open_source, read_safetensors_tensor
+from .fileio import atomic_writer, open_regular
+from .sources import NamedArray, open_source, read_safetensors_tensor, refuse_output_onto
 
 MAGIC = b"KCPK"
 VERSION = 1
@@ -183,8 +183,7 @@ def _coded_in_workers(src: Any, codec: Codec, jobs: int, in_order: Any) -> Itera
 def _check_output(path: str | os.PathLike, overwrite: bool, *inputs: Any) -> None:
     if Path(path).exists() and not overwrite:
         raise PackExistsError(f"{path} exists; pass --overwrite (overwrite=True) to replace it")
-    refuse_output_into(path, [p for i in inputs if isinstance(i, (str, os.PathLike))
-                              for p in (input_paths(i) or [i])])
+    refuse_output_onto(path, *inputs)
 
 
 # ----------------------------------------------------------------------------- reading

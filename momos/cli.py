@@ -162,11 +162,11 @@ def _parser_defaults() -> dict[str, object]:
 def _compare(args: argparse.Namespace) -> None:
     from . import compare
 
-    from kcomplexity.cli import _not_an_input
+    from kcomplexity.sources import refuse_output_onto
 
     from .sweep import is_sweep
 
-    _not_an_input(args.plot, *args.runs)
+    refuse_output_onto(args.plot, *args.runs)
     if len(args.runs) == 1 and is_sweep(Path(args.runs[0])):
         return _compare_sweep(args)
     if args.reference or args.frontier or args.curves:
@@ -209,14 +209,15 @@ def _compare_sweep(args: argparse.Namespace) -> None:
 
 
 def _prequential(args: argparse.Namespace) -> None:
-    from kcomplexity.cli import _emit, _not_an_input
+    from kcomplexity.cli import _emit
+    from kcomplexity.sources import refuse_output_onto
 
     from .prequential import TrainOptions, prequential
 
     names = _list(args.switch, str) if args.switch else [args.model]
     chunks = _list(args.chunks, int) if args.chunks else None
-    _not_an_input(args.output, args.plot, args.data_dir)
-    _not_an_input(args.plot, args.data_dir)
+    refuse_output_onto(args.output, args.plot, args.data_dir)
+    refuse_output_onto(args.plot, args.data_dir)
     options = TrainOptions(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainOptions)})
     result = prequential(names if len(names) > 1 else names[0], args.data, chunks, seed=args.seed, limit=args.limit,
                          device=args.device, data_dir=args.data_dir, quiet=args.quiet, options=options)

@@ -123,6 +123,15 @@ def input_paths(source: Any) -> list[Path]:
     return [path]
 
 
+def refuse_output_onto(output: str | os.PathLike | None, *inputs: Any) -> None:
+    """OutputIsInputError when ``output`` resolves to a file any of ``inputs`` reads, or lies inside a folder
+    they read (:func:`input_paths`); inputs that are not paths (arrays, modules) or None read no file."""
+    from ..fileio import refuse_output_into
+
+    refuse_output_into(output, [p for i in inputs if isinstance(i, (str, os.PathLike))
+                                for p in (input_paths(i) or [i])])
+
+
 __all__ = ["NamedArray", "Source", "open_source", "make_named", "as_named", "concat", "array_and_dtype", "is_module",
-           "input_paths", "read_safetensors_tensor", "weights_of_checkpoint", "READERS", "CHECKPOINT_KEYS",
+           "input_paths", "refuse_output_onto", "read_safetensors_tensor", "weights_of_checkpoint", "READERS", "CHECKPOINT_KEYS",
            "SHARD_INDEX", "MAX_DIMS", "MAX_NPZ_EXPANSION", "SUPPORTED_DTYPES"]
