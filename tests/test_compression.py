@@ -104,7 +104,7 @@ def test_dtype_bytes_are_what_is_compressed():
 def test_pco_is_a_real_lossless_code(rng):
     import pcodec
 
-    from kcomplexity.estimators.compression import pco_values
+    from kcomplexity.codecs import pco_values
 
     for x in (rng.standard_normal((200, 50)).astype(np.float32), rng.standard_normal(300).astype(np.float16),
               rng.integers(-5, 5, 400).astype(np.int8), torch.randn(64, 8).to(torch.bfloat16)):

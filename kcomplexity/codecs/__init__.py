@@ -146,6 +146,27 @@ def pco_values(a: NamedArray) -> np.ndarray:
     return data
 
 
+def pco_stream(a: NamedArray, level: int) -> bytes:
+    """The pcodec stream of a tensor's flat values (:func:`pco_values`); :func:`pco_values_of` inverts it."""
+    import pcodec
+
+    return pcodec.standalone.simple_compress(pco_values(a), pcodec.ChunkConfig(compression_level=level))
+
+
+def pco_values_of(stream: bytes, numel: int, dtype: str, what: str) -> np.ndarray:
+    """The flat values of a pcodec stream in ``dtype``'s storage (CorruptFileError naming ``what`` unless it
+    holds exactly ``numel`` of them)."""
+    import pcodec
+
+    try:
+        flat = pcodec.standalone.simple_decompress(bytes(stream))
+    except Exception as exc:  # pcodec raises RuntimeError on damaged streams
+        raise CorruptFileError(f"corrupt {what}: {exc}") from None
+    if flat.size != numel:
+        raise CorruptFileError(f"corrupt {what}: its values do not fill the tensor")
+    return flat.astype(NUMPY.get(dtype, dtype))  # bfloat16 was coded as its patterns, 8-bit types widened
+
+
 class PcoCodec(Codec):
     """pcodec (numeric codec) of the flat values; bfloat16 as its 16-bit patterns, 8-bit types widened."""
 
@@ -159,25 +180,14 @@ class PcoCodec(Codec):
         return dtype != "bool"
 
     def encode(self, x: Any) -> bytes:
-        import pcodec
-
         a = as_named(x)
         if not self.takes(a.dtype):
             raise NotApplicableError(f"pco codes numbers, not {a.dtype}")
-        stream = pcodec.standalone.simple_compress(pco_values(a), pcodec.ChunkConfig(compression_level=self.level))
-        return Header("pco", self.VERSION, a.dtype, a.shape).to_bytes() + stream
+        return Header("pco", self.VERSION, a.dtype, a.shape).to_bytes() + pco_stream(a, self.level)
 
     def decode(self, data: bytes, max_values: int = MAX_VALUES) -> NamedArray:
-        import pcodec
-
         head, pos = read_header(data, "pco", (self.VERSION,), max_values)
-        try:
-            flat = pcodec.standalone.simple_decompress(bytes(data[pos:]))
-        except Exception as exc:  # pcodec raises RuntimeError on damaged streams
-            raise CorruptFileError(f"corrupt pco code: {exc}") from None
-        if flat.size != head.numel:
-            raise CorruptFileError("corrupt pco code: its values do not fill the shape")
-        values = flat.astype(NUMPY.get(head.dtype, head.dtype))  # bfloat16 was coded as its patterns
+        values = pco_values_of(data[pos:], head.numel, head.dtype, "pco code")
         return NamedArray("tensor", values.reshape(head.shape), head.dtype)
 
     def spec(self) -> str:
@@ -234,5 +244,5 @@ def decode(data: bytes, max_values: int = MAX_VALUES) -> NamedArray:
     return _DECODERS[name]().decode(data, max_values)
 
 
-__all__ = ["Codec", "FpcCodec", "QuantCodec", "ZstdCodec", "PcoCodec", "MosaicCodec", "decode", "pco_values",
+__all__ = ["Codec", "FpcCodec", "QuantCodec", "ZstdCodec", "PcoCodec", "MosaicCodec", "decode", "pco_values", "pco_stream", "pco_values_of",
            "storage", "MAX_VALUES"]

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ..codecs import pco_values
+from ..codecs import pco_stream, pco_values_of
 from ..errors import CorruptFileError, EstimatorSettingError
 from ..sources import NamedArray
 from ..views import byte_planes
@@ -243,9 +243,7 @@ class Pco(Estimator):
 
     def compress(self, a: NamedArray) -> bytes:
         """The pcodec stream of one tensor (flat); ``pcodec.standalone.simple_decompress`` inverts it."""
-        import pcodec
-
-        return pcodec.standalone.simple_compress(pco_values(a), pcodec.ChunkConfig(compression_level=self.level))
+        return pco_stream(a, self.level)
 
     def _bits(self, a: NamedArray) -> float:
         return 8.0 * len(self.compress(a))
@@ -255,15 +253,8 @@ class Pco(Estimator):
         return self.compress(a)
 
     def decode(self, data: bytes, like: NamedArray) -> NamedArray:
-        import pcodec
-
-        try:
-            flat = pcodec.standalone.simple_decompress(bytes(data))
-        except Exception as exc:  # pcodec raises RuntimeError on damaged streams
-            raise CorruptFileError(f"corrupt pco stream: {exc}") from None
-        if flat.size != like.numel:
-            raise CorruptFileError("corrupt pco stream: its values do not fill the tensor")
-        return NamedArray(like.name, flat.astype(like.data.dtype).reshape(like.shape), like.dtype)
+        values = pco_values_of(data, like.numel, like.dtype, "pco stream")
+        return NamedArray(like.name, values.reshape(like.shape), like.dtype)
 
 
 class FloatCode(Estimator):
