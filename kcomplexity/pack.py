@@ -35,7 +35,7 @@ import numpy as np
 from . import workers
 from .codecs import Codec, FpcCodec, MosaicCodec, PcoCodec, QuantCodec, ZstdCodec, decode
 from .codecs.container import MAX_VALUES, NUMPY
-from .distortion import combine, summary
+from .distortion import combine
 from .errors import CorruptFileError, EstimatorSettingError, KComplexityError
 from .fileio import atomic_writer, open_regular
 from .sources import NamedArray, open_source, read_safetensors_tensor, refuse_output_onto
@@ -155,13 +155,9 @@ def pack(source: Any, path: str | os.PathLike, estimator: str = "fpc", overwrite
 def _code(codec: Codec, a: NamedArray) -> tuple[dict[str, Any], bytes]:
     """(index entry without framing, code) of one tensor: the chosen code, or the fallback if it cannot."""
     use = codec if codec.takes(a.dtype) else FALLBACK
-    data = use.encode(a)
+    data, distortion = use.encode_measured(a)
     entry: dict[str, Any] = {"name": a.name, "dtype": a.dtype, "shape": list(a.shape), "numel": a.numel,
-                             "codec": use.spec(), "fallback": use is not codec}
-    if not use.lossless:
-        back = use.decode(data).values().astype(np.float64).reshape(-1)
-        err = back - a.values().astype(np.float64).reshape(-1)
-        entry.update(summary(float(np.dot(err, err)), err.size, float(np.abs(err).max())))
+                             "codec": use.spec(), "fallback": use is not codec, **(distortion or {})}
     return entry, data
 
 

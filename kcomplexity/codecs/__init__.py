@@ -49,6 +49,10 @@ class Codec(ABC):
         """Length of :meth:`encode` of ``x``, in bits."""
         return 8 * len(self.encode(x))
 
+    def encode_measured(self, x: Any) -> tuple[bytes, dict[str, float] | None]:
+        """:meth:`encode` with the distortion the code buys (``mse``, ``max_abs_err``; None for lossless codes)."""
+        return self.encode(x), None
+
     def spec(self) -> str:
         """The estimator spec this codec stands for (``quant:rel=0.1``)."""
         return self.name
@@ -87,9 +91,14 @@ class QuantCodec(Codec):
         self.rdoq = float(rdoq)  # rate-distortion optimised levels (errors may then exceed step/2)
 
     def encode(self, x: Any) -> bytes:
-        from .quant import encode_quantized
+        return self.encode_measured(x)[0]
 
-        return encode_quantized(x, rel=self.rel, delta=self.delta, rdoq=self.rdoq)
+    def encode_measured(self, x: Any) -> tuple[bytes, dict[str, float]]:
+        from ..distortion import summary
+        from .quant import code_quantized
+
+        code = code_quantized(x, rel=self.rel, delta=self.delta, rdoq=self.rdoq)
+        return code.data, summary(code.sse, code.numel, code.max_abs_err)
 
     def decode(self, data: bytes, max_values: int = MAX_VALUES) -> NamedArray:
         from .quant import VERSION, decode_quantized
