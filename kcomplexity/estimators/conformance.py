@@ -18,7 +18,7 @@ import numpy as np
 
 from ..errors import EmptyTensorError, KComplexityError, NotApplicableError
 from ..sources import NamedArray, make_named
-from .base import Context, Estimator, get, rebuild
+from .base import Context, Estimate, Estimator, get, rebuild
 
 KINDS = ("code length", "lossy code length", "proxy", "reference")
 CODES = ("code length", "lossy code length")
@@ -73,15 +73,20 @@ def context_for(est: Estimator, arrays: list[NamedArray]) -> Context:
     return ctx
 
 
-def _whole(est: Estimator, arrays: list[NamedArray]) -> float:
-    if est.needs:
-        ctx = context_for(est, arrays)
-        if ctx.model is not None:
-            from ..sources import open_source
+def _whole_estimate(est: Estimator, arrays: list[NamedArray]) -> Estimate:
+    """``est`` on all tensors together, with the context it needs (a model's own weights when it needs one)."""
+    if not est.needs:
+        return est.estimate_whole(arrays)
+    ctx = context_for(est, arrays)
+    if ctx.model is not None:
+        from ..sources import open_source
 
-            arrays = list(open_source(ctx.model))
-        return est.estimate_whole(arrays, ctx).bits
-    return est.estimate_whole(arrays).bits
+        arrays = list(open_source(ctx.model))
+    return est.estimate_whole(arrays, ctx)
+
+
+def _whole(est: Estimator, arrays: list[NamedArray]) -> float:
+    return _whole_estimate(est, arrays).bits
 
 
 def check_settings_round_trip(name: str) -> None:
@@ -112,13 +117,7 @@ def check_kind(name: str) -> None:
     est = get(name)
     _require(est.kind in KINDS, name, f"kind {est.kind!r} is not one of {KINDS}")
     if est.needs:  # measured as a whole with context: its details carry the distortion it buys
-        ctx = context_for(est, sample())
-        arrays = sample() if ctx.model is None else None
-        if arrays is None:
-            from ..sources import open_source
-
-            arrays = list(open_source(ctx.model))
-        details = est.estimate_whole(arrays, ctx).details
+        details = _whole_estimate(est, sample()).details
         _require(est.kind != "lossy code length" or {"mse", "max_abs_err"} <= set(details), name,
                  "a lossy code must report mse and max_abs_err")
         return
@@ -209,7 +208,7 @@ def check_jobs(name: str) -> None:
     if (os.cpu_count() or 1) < 2:
         return
     est = get(name)
-    arrays = {a.name: (a.data if a.dtype != "bfloat16" else a.data) for a in sample()}
+    arrays: Any = {a.name: a.data for a in sample()}
     kwargs: dict[str, Any] = {}
     if est.needs:
         ctx = context_for(est, sample())
