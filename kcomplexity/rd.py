@@ -186,18 +186,19 @@ def shannon_lower_bound(arrays: Sequence[NamedArray], mse: float) -> float:
     value (h the empirical differential entropy, from a histogram with bins of sqrt(mse) / 8), 0 for
     integers (coded exactly, entropy not counted), averaged over all parameters; at least 0."""
     width = math.sqrt(mse) / 8
-    counts: dict[int, int] = {}
+    bins, counts = [], []
     floats, n = 0, 0
-    for a in arrays:
+    for a in arrays:  # each tensor's histogram, one at a time; merged once below
         n += a.numel
         if not (a.data.dtype.kind == "f" or a.dtype == "bfloat16"):
             continue
-        bins, c = np.unique(np.floor(a.values().reshape(-1).astype(np.float64) / width).astype(np.int64),
-                            return_counts=True)
-        for b, k in zip(bins.tolist(), c.tolist()):
-            counts[b] = counts.get(b, 0) + k
+        b, k = np.unique(np.floor(a.values().reshape(-1).astype(np.float64) / width).astype(np.int64),
+                         return_counts=True)
+        bins.append(b)
+        counts.append(k)
         floats += a.numel
-    c = np.fromiter(counts.values(), dtype=np.float64)
+    merged, where = np.unique(np.concatenate(bins), return_inverse=True)
+    c = np.bincount(where, weights=np.concatenate(counts), minlength=merged.size)
     entropy = float(np.log2(floats) - np.dot(c, np.log2(c)) / floats) + math.log2(width)
     return max(0.0, entropy - 0.5 * math.log2(2 * math.pi * math.e * mse)) * floats / n
 
