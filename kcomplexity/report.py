@@ -183,9 +183,6 @@ class Report:
         return "\n".join(lines)
 
 
-#: the distortion every lossy figure travels with, in the weights' units
-
-
 def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
     return {k: (_num(v) if isinstance(v, float) else v) for k, v in d.items()}
 
