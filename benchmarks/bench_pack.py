@@ -67,16 +67,17 @@ def table(path: Path) -> None:
 def big(folder: Path | None, params: float, jobs: int) -> None:
     own = folder is None
     folder = Path(tempfile.mkdtemp(prefix="kc-pack-big-")) if own else folder
+    outputs: Path | None = None
     try:
         if not (folder / "model.safetensors.index.json").is_file():
             t = time.perf_counter()
             count = write_sharded(folder, int(params))
             print(f"wrote {count} tensors of 4096x4096 in {time.perf_counter() - t:.0f}s to {folder}")
         size_gb = sum(p.stat().st_size for p in folder.glob("*.safetensors")) / 1e9
-        # beside the checkpoint, not in it: pack refuses an output inside an input folder
-        out, back = folder.with_name(folder.name + ".kc"), folder.with_name(folder.name + "-unpacked.safetensors")
-        for f in (out, back):
-            f.unlink(missing_ok=True)
+        # in a folder of our own, not in the checkpoint's (pack refuses an output inside an input folder), so no
+        # file of the user's is ever replaced or removed
+        outputs = Path(tempfile.mkdtemp(prefix="kc-pack-out-"))
+        out, back = outputs / "packed.kc", outputs / "unpacked.safetensors"
         res = child("import time, kcomplexity as kc\n"
                     f"t = time.perf_counter(); r = kc.pack({str(folder)!r}, {str(out)!r}, 'fpc', jobs={jobs})\n"
                     "result = {'seconds': time.perf_counter() - t, 'bits': r.file_bits, 'n': r.numel}\n")
@@ -89,8 +90,8 @@ def big(folder: Path | None, params: float, jobs: int) -> None:
         print(f"unpack fpc: {size_gb * 1e3 / res['seconds']:.0f} MB/s, peak RSS {res['peak_rss_mb']:.0f} MB",
               flush=True)
     finally:
-        for f in (folder.with_name(folder.name + ".kc"), folder.with_name(folder.name + "-unpacked.safetensors")):
-            f.unlink(missing_ok=True)
+        if outputs is not None:
+            shutil.rmtree(outputs, ignore_errors=True)
         if own:
             shutil.rmtree(folder, ignore_errors=True)
 
