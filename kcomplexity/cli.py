@@ -49,6 +49,10 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--rdoq", type=float, default=0.0, metavar="LAMBDA",
                    help="rate-distortion optimised quantisation: a bit weighs LAMBDA squared steps (0.1 is a good "
                         "start; default 0, nearest level)")
+    r.add_argument("--trellis", action="store_true",
+                   help="code by trellis-coded quantisation with context-modelled ANS (code 'tcq': fewer bits at the "
+                        "same MSE, every value within 2 steps); --rdoq then sets its search's weight of a bit "
+                        "(default 0.3)")
     r.add_argument("--plot", help="write a PNG of bits/param against MSE here")
     r.add_argument("--format", "-f", choices=("table", "json", "csv"), default="table")
     r.add_argument("--output", "-o", help="write to this file instead of stdout")
@@ -100,7 +104,8 @@ def _rd(args: argparse.Namespace) -> None:
     refuse_output_onto(args.output, args.path)
     refuse_output_onto(args.plot, args.path)
     curve = rd(args.path, _floats(args.rel, "--rel") if args.rel is not None else None, extra=extra,
-               mse=_floats(args.mse, "--mse") if args.mse is not None else None, rdoq=args.rdoq)
+               mse=_floats(args.mse, "--mse") if args.mse is not None else None, rdoq=args.rdoq,
+               trellis=args.trellis)
     df = curve.to_frame()
     text = {"table": lambda: df.to_string(index=False, float_format=lambda v: f"{v:.4g}"),
             "json": lambda: df.to_json(orient="records", indent=2), "csv": lambda: df.to_csv(index=False)}[args.format]()

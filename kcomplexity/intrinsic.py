@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from .errors import IntrinsicError, NonFiniteLossError
-from .codecs.quant import code_quantized, reconstruct
+from .codecs.quant import ROW_LEVELS, code_quantized, code_rows, reconstruct, reconstruct_rows
 
 #: the search interval for rel: at REL_MAX (step = 16 RMS) nearly every weight rounds to zero;
 #: REL_MIN is finer than any budget we have seen need
@@ -41,9 +41,12 @@ REL_TOLERANCE = 1.05
 GRID_FACTOR = 4.0
 SEARCHES = ("grid", "bisect")
 #: "global": one rel for every tensor; "tensor": then each tensor, largest first, coarsened by doubling its rel
-#: while the loss stays within the budget (at most TENSOR_DOUBLINGS tries each, counted in evals)
-ALLOCATIONS = ("global", "tensor")
+#: while the loss stays within the budget (at most TENSOR_DOUBLINGS tries each, counted in evals); "row": then
+#: each matrix's rows (output units), in ROW_GROUPS groups by norm, smallest first, coarsened the same way up to
+#: ROW_LEVELS - 1 doublings (the code then carries each row's level: :func:`~kcomplexity.codecs.quant.code_rows`)
+ALLOCATIONS = ("global", "tensor", "row")
 TENSOR_DOUBLINGS = 3
+ROW_GROUPS = 4
 
 
 @dataclass(frozen=True)
@@ -63,14 +66,18 @@ class Intrinsic:
     #: of ``bits``: floating-point buffers (batch-norm statistics), coded losslessly (fpc, or zstd for float64):
     #: the model needs them, and quantising them is not what the loss budget was measured for
     buffer_bits: int = 0
-    #: each tensor's rel under ``allocation="tensor"`` (empty for the global allocation)
+    #: each tensor's rel under ``allocation="tensor"`` or ``"row"`` (empty for the global allocation)
     tensor_rels: dict[str, float] = field(default_factory=dict)
+    #: under ``allocation="row"``: of each matrix whose rows were coarsened, how many rows sit at each level
+    #: (step x 1, 2, 4, 8)
+    row_levels: dict[str, list[int]] = field(default_factory=dict)
 
     def details(self) -> dict[str, Any]:
         return {"rel": self.rel, "loss_before": self.loss_before, "loss_after": self.loss_after,
                 "budget": self.budget, "evals": self.evals, "within_budget": self.within_budget,
                 "mse": self.mse, "max_abs_err": self.max_abs_err, "buffer_bits": self.buffer_bits,
-                **({"tensor_rels": dict(self.tensor_rels)} if self.tensor_rels else {})}
+                **({"tensor_rels": dict(self.tensor_rels)} if self.tensor_rels else {}),
+                **({"row_levels": dict(self.row_levels)} if self.row_levels else {})}
 
 
 def grid() -> list[float]:
@@ -100,7 +107,8 @@ def intrinsic(model: Any, loss_fn: Callable[[Any], float], eps: float = 0.1, rel
 
     ``loss_fn(model) -> float`` evaluates data the caller fixed. The search
     costs at most ``max_evals`` loss evaluations plus one code at the end
-    (``allocation="tensor"`` adds at most TENSOR_DOUBLINGS per tensor); the
+    (``allocation="tensor"`` adds at most TENSOR_DOUBLINGS per tensor,
+    ``"row"`` also at most ROW_GROUPS x (ROW_LEVELS - 1) per matrix); the
     model (parameters, buffers, train/eval mode) is left exactly as it was.
     """
     import torch
@@ -128,13 +136,13 @@ def intrinsic(model: Any, loss_fn: Callable[[Any], float], eps: float = 0.1, rel
         cache[rel] = value = _loss_at(rel)
         return value
 
-    def _loss_at(rel: float | dict[str, float] | None) -> float:
+    def _loss_at(rel: float | dict[str, float] | None, levels: dict[str, np.ndarray] | None = None) -> float:
         nonlocal evals
         with torch.no_grad():
             for name, p in params:
                 src = saved_params[name]
                 r = rel.get(name) if isinstance(rel, dict) else rel
-                p.copy_(src if r is None else _quantized_like(src, r))
+                p.copy_(src if r is None else _quantized_like(src, r, (levels or {}).get(name)))
         evals += 1
         try:
             value = loss_fn(model)
@@ -160,7 +168,8 @@ def intrinsic(model: Any, loss_fn: Callable[[Any], float], eps: float = 0.1, rel
             lo, lo_loss = max(passing) if passing else min(found)
         within = ok(lo_loss)
         rels = {n: lo for n, _ in params}
-        if allocation == "tensor" and within:
+        levels: dict[str, np.ndarray] = {}
+        if allocation != "global" and within:
             # coarser steps where the loss does not care: the largest tensors first, since they hold the bits
             for name, p in sorted(params, key=lambda item: -item[1].numel()):
                 for _ in range(TENSOR_DOUBLINGS):
@@ -171,7 +180,10 @@ def intrinsic(model: Any, loss_fn: Callable[[Any], float], eps: float = 0.1, rel
                     if not ok(loss):
                         break
                     rels, lo_loss = trial, loss
-        codes = [code_quantized(saved_params[n], rel=rels[n]) for n, _ in params]
+        if allocation == "row" and within:
+            levels, lo_loss = _coarsen_rows(params, saved_params, rels, lambda lv: _loss_at(rels, lv), ok, lo_loss)
+        codes = [code_rows(saved_params[n], rels[n] * _rms(saved_params[n]), levels[n]) if n in levels
+                 else code_quantized(saved_params[n], rel=rels[n]) for n, _ in params]
         buffer_bits = sum(_lossless_bits(b.detach()) for b in model.buffers() if b.is_floating_point() and b.numel())
     finally:
         with torch.no_grad():
@@ -181,7 +193,46 @@ def intrinsic(model: Any, loss_fn: Callable[[Any], float], eps: float = 0.1, rel
     return Intrinsic(bits=sum(c.bits for c in codes) + buffer_bits, rel=lo, loss_before=before, loss_after=lo_loss, budget=budget,
                      evals=evals, within_budget=within, mse=math.fsum(c.sse for c in codes) / n,
                      max_abs_err=max(c.max_abs_err for c in codes), numel=n, buffer_bits=buffer_bits,
-                     tensor_rels=rels if allocation == "tensor" else {})
+                     tensor_rels=rels if allocation != "global" else {},
+                     row_levels={n: np.bincount(v, minlength=ROW_LEVELS).tolist() for n, v in levels.items()})
+
+
+def _coarsen_rows(params: list[tuple[str, Any]], saved: dict[str, Any], rels: dict[str, float],
+                  loss_with: Callable[[dict[str, np.ndarray]], float], ok: Callable[[float], bool], loss: float
+                  ) -> tuple[dict[str, np.ndarray], float]:
+    """Row levels of each matrix, largest first: its rows in ROW_GROUPS groups by norm (smallest first, where
+    a coarser step moves the outputs least), each group's level raised while the loss stays within budget.
+    A level is only tried when its code (levels included) is shorter than the matrix's best so far, so no
+    evaluation is spent on a coarsening that would not pay, and every kept level was measured."""
+    levels: dict[str, np.ndarray] = {}
+    for name, p in sorted(params, key=lambda item: -item[1].numel()):
+        if p.ndim < 2 or p.shape[0] < ROW_GROUPS:
+            continue
+        src = saved[name]
+        step = rels[name] * _rms(src)
+        norms = src.detach().reshape(p.shape[0], -1).double().norm(dim=1).cpu().numpy()
+        group = np.searchsorted(np.quantile(norms, np.linspace(0, 1, ROW_GROUPS + 1)[1:-1]), norms, side="right")
+        current = np.zeros(p.shape[0], dtype=np.int64)
+        best = code_quantized(src, rel=rels[name]).bits
+        for g in range(ROW_GROUPS):
+            for up in range(1, ROW_LEVELS):
+                trial = np.where(group == g, up, current)
+                bits = code_rows(src, step, trial).bits
+                if bits >= best:
+                    continue  # the levels' side information outweighs the saving: try a coarser level
+                value = loss_with({**levels, name: trial})
+                if not ok(value):
+                    break
+                current, loss, best = trial, value, bits
+        if current.any():
+            levels[name] = current
+    return levels, loss
+
+
+def _rms(t: Any) -> float:
+    """The RMS quant's ``rel`` is relative to (1 for an all-zero tensor, as in quant)."""
+    rms = float(t.detach().double().pow(2).mean().sqrt())
+    return rms if rms > 0 else 1.0
 
 
 def _bisect(loss_at: Callable[[float], float], ok: Callable[[float], bool], spent: Callable[[], int],
@@ -232,11 +283,13 @@ def _lossless_bits(t: Any) -> int:
     return codec.bits(t.cpu())
 
 
-def _quantized_like(t: Any, rel: float) -> Any:
-    """``t`` replaced by its decoded quantisation at ``rel`` (exactly what decode_quantized returns), same dtype."""
+def _quantized_like(t: Any, rel: float, levels: np.ndarray | None = None) -> Any:
+    """``t`` replaced by its decoded quantisation at ``rel`` (exactly what decode_quantized, or decode_rows with
+    row ``levels``, returns), same dtype."""
     import torch
 
-    return torch.from_numpy(reconstruct(t, rel=rel)).to(dtype=t.dtype, device=t.device).reshape(t.shape)
+    back = reconstruct(t, rel=rel) if levels is None else reconstruct_rows(t, rel * _rms(t), levels)
+    return torch.from_numpy(back).to(dtype=t.dtype, device=t.device).reshape(t.shape)
 
 
 __all__ = ["intrinsic", "Intrinsic", "check_budget", "grid", "REL_MIN", "REL_MAX", "SEARCHES", "ALLOCATIONS"]

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from . import workers
-from .codecs import Codec, FpcCodec, MosaicCodec, PcoCodec, QuantCodec, ZstdCodec, decode
+from .codecs import Codec, FpcCodec, MosaicCodec, PcoCodec, QuantCodec, TcqCodec, ZstdCodec, decode
 from .codecs.container import MAX_VALUES, NUMPY
 from .distortion import combine
 from .errors import CorruptFileError, EstimatorSettingError, KComplexityError
@@ -93,7 +93,7 @@ class PackResult:
 
 def codec_for(spec: Any) -> Codec:
     """The codec behind an estimator spec: ``fpc``, ``pco[:level=L]``, ``zstd[:level=L]``, ``mdl[:s=S]`` or
-    ``quant[:rel=R | :delta=D]`` (EstimatorSettingError for estimators that are not one codec)."""
+    ``quant``/``tcq[:rel=R | :delta=D]`` (EstimatorSettingError for estimators that are not one codec)."""
     from .estimators.base import get
 
     est = get(spec)
@@ -102,6 +102,8 @@ def codec_for(spec: Any) -> Codec:
         return FpcCodec()
     if est.name == "quant":
         return QuantCodec(**settings)
+    if est.name == "tcq":
+        return TcqCodec(**settings)
     if est.name == "zstd":
         return ZstdCodec(settings["level"])
     if est.name == "pco":
@@ -109,13 +111,13 @@ def codec_for(spec: Any) -> Codec:
     if est.name == "mdl" and settings["q"] is None:
         return MosaicCodec(settings["s"])
     raise EstimatorSettingError(f"'{spec}' is not one codec of a tensor; pack codes with fpc, pco, zstd, mdl (without "
-                                "q) or quant")
+                                "q), quant or tcq")
 
 
 def pack(source: Any, path: str | os.PathLike, estimator: str = "fpc", overwrite: bool = False, jobs: int = 1,
          include_buffers: bool = False, allow_nonfinite: bool = False) -> PackResult:
     """Code every tensor of ``source`` with ``estimator`` (``fpc``, ``pco``, ``zstd``, ``mdl:s=S``,
-    ``quant:rel=R`` or ``quant:delta=D``) into one file at ``path``; returns what it holds, in bits.
+    ``quant:rel=R``, ``quant:delta=D`` or the same of ``tcq``) into one file at ``path``; returns what it holds, in bits.
 
     Tensors are read, coded and written one at a time (``jobs`` at once in
     worker processes), so memory stays near the largest tensor. The file

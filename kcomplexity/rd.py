@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import io
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -24,13 +24,15 @@ from .errors import EstimatorSettingError, KComplexityError
 from .fileio import write_atomic
 from .estimators.precision import summarise
 from .codecs.quant import check_precision, code_quantized, reconstruct
+from .codecs.tcq import DEFAULT_LAM, code_tcq
 from .sources import NamedArray, open_source
 
 DEFAULT_RELS = (1.0, 0.3, 0.1, 0.03, 0.01, 0.003)
 ENTRY_POINT_GROUP = "kcomplexity.rd_points"
 COLUMNS = ("code", "setting", "rel", "bits", "bits_per_param", "mse", "max_abs_err", "snr_db", "delta",
            "target_mse", "slb_bits_per_param")
-#: the MSE search stops once the step interval is this narrow (ratio), and spends at most MSE_STEPS evaluations
+#: the MSE search stops once a step's MSE is within MSE_TOLERANCE² below the target or the step interval is
+#: this narrow (ratio), and spends at most MSE_STEPS evaluations
 MSE_TOLERANCE, MSE_STEPS = 1.002, 40
 
 
@@ -99,7 +101,7 @@ def save_figure(fig: Any, path: str | Path) -> Path:
 
 def rd(source: Any, rel: Sequence[float] | None = None, include_buffers: bool = False,
        extra: dict[str, dict[str, Any]] | None = None, mse: Sequence[float] | None = None,
-       rdoq: float = 0.0) -> RDCurve:
+       rdoq: float = 0.0, trellis: bool = False) -> RDCurve:
     """Rate–distortion points of ``source`` at each relative step in ``rel`` (bits; distortion in the weights' units).
 
     The source is read once, one tensor at a time. ``extra`` asks plug-ins for
@@ -110,11 +112,15 @@ def rd(source: Any, rel: Sequence[float] | None = None, include_buffers: bool = 
     values is within the target, so codes compare at equal MSE in one call.
     Such points also carry the Shannon lower bound for independent values at
     that MSE (``slb_bits_per_param``: the values' empirical differential
-    entropy less ½ log2(2πe·MSE), a reference no code reaches).
-    ``rel`` defaults to DEFAULT_RELS unless ``mse`` is given. ``rdoq`` > 0
-    chooses symbols by rate-distortion optimisation with that weight of a bit
-    against a squared step (0.1 is a good start; same decoder, errors may
-    exceed step/2 and ``max_abs_err`` says by how much).
+    entropy less ½ log2(2πe·MSE), a reference no code of independent values
+    reaches). ``rel`` defaults to DEFAULT_RELS unless ``mse`` is given.
+    ``rdoq`` > 0 chooses symbols by rate-distortion optimisation with that
+    weight of a bit against a squared step (0.1 is a good start; same
+    decoder, errors may exceed step/2 and ``max_abs_err`` says by how much).
+    ``trellis=True`` codes by trellis-coded quantisation with context-modelled
+    ANS instead (:mod:`kcomplexity.codecs.tcq`, code ``tcq``: the shortest
+    code at equal MSE, every value within 2 steps); ``rdoq``, if given, is
+    then its search's weight of a bit (default 0.3).
     """
     if isinstance(rdoq, bool) or not isinstance(rdoq, (int, float)) or not 0 <= rdoq < math.inf:
         raise EstimatorSettingError(f"rdoq must be a finite number >= 0, got {rdoq!r}")
@@ -123,30 +129,45 @@ def rd(source: Any, rel: Sequence[float] | None = None, include_buffers: bool = 
     targets = [check_precision(None, m)[1] for m in _as_list(mse if mse is not None else ())]
     if not rels and not extra and not targets:
         raise EstimatorSettingError("rd needs at least one rel or mse")
+    coder, label = _coder(trellis, float(rdoq))
     codes: list[list[Any]] = [[] for _ in rels]
     arrays: list[NamedArray] = []
     for a in open_source(source, include_buffers=include_buffers):
         for i, r in enumerate(rels):
-            codes[i].append(code_quantized(a, rel=r, rdoq=rdoq))
+            codes[i].append(coder(a, rel=r))
         if extra or targets:
             arrays.append(a)
     numel = sum(c.numel for c in codes[0]) if rels else sum(a.numel for a in arrays)
     curve = RDCurve(numel)
     for r, cs in zip(rels, codes):
         est = summarise(cs)
-        curve.points.append(_point("quant" + (f" rdoq={rdoq:g}" if rdoq else ""), f"rel={r:g}", r, est.bits, numel,
-                                   est.details))
+        curve.points.append(_point(label, f"rel={r:g}", r, est.bits, numel, est.details))
     for target in targets:
-        delta = step_for_mse(arrays, target, rdoq)
-        est = summarise([code_quantized(a, delta=delta, rdoq=rdoq) for a in arrays])
-        point = _point("quant" + (f" rdoq={rdoq:g}" if rdoq else ""), f"mse<={target:g}", math.nan, est.bits, numel,
-                       est.details)
+        tried: dict[float, list[Any]] = {}
+
+        def measure(delta: float) -> float:
+            if trellis:  # the trellis's distortion comes with its search: keep the codes of every step tried
+                tried[delta] = [coder(a, delta=delta) for a in arrays]
+                return summarise(tried[delta]).details["mse"]
+            return _mse_at(arrays, delta, rdoq)
+
+        delta = step_for_mse(arrays, target, measure=measure)
+        est = summarise(tried.get(delta) or [coder(a, delta=delta) for a in arrays])
+        point = _point(label, f"mse<={target:g}", math.nan, est.bits, numel, est.details)
         point.update(delta=delta, target_mse=target, slb_bits_per_param=shannon_lower_bound(arrays, target))
         curve.points.append(point)
     for name, options in (extra or {}).items():
         for p in _plugin(name)(arrays, **options):
             curve.points.append(_point(p["code"], p["setting"], math.nan, p["bits"], numel, p))
     return curve
+
+
+def _coder(trellis: bool, rdoq: float) -> tuple[Callable[..., Any], str]:
+    """The code of one tensor at a step (``rel=`` or ``delta=``), and its label in the curve."""
+    if trellis:
+        lam = rdoq or DEFAULT_LAM
+        return (lambda a, **step: code_tcq(a, lam=lam, **step)), f"tcq lam={lam:g}"
+    return (lambda a, **step: code_quantized(a, rdoq=rdoq, **step)), "quant" + (f" rdoq={rdoq:g}" if rdoq else "")
 
 
 def _mse_at(arrays: Sequence[NamedArray], delta: float, rdoq: float = 0.0) -> float:
@@ -162,23 +183,41 @@ def _mse_at(arrays: Sequence[NamedArray], delta: float, rdoq: float = 0.0) -> fl
     return sse / n
 
 
-def step_for_mse(arrays: Sequence[NamedArray], target: float, rdoq: float = 0.0) -> float:
-    """The largest global absolute step whose quantisation keeps the MSE over all values within ``target``
-    (bisection in log(step) from sqrt(12 x target), where a uniform quantiser's error is step^2 / 12)."""
+def step_for_mse(arrays: Sequence[NamedArray], target: float, rdoq: float = 0.0,
+                 measure: Callable[[float], float] | None = None) -> float:
+    """The largest global absolute step whose code keeps the MSE over all values within ``target``.
+
+    ``measure(step)`` gives the MSE at a step (default: uniform quantisation,
+    with ``rdoq``). The search starts at sqrt(12 x target), where a uniform
+    quantiser's error is step^2 / 12, and steps in log–log space along the
+    measured slope of MSE against step (a secant, kept inside the bracket
+    found so far, bisecting when it would leave it); it stops once a step
+    within the target is within MSE_TOLERANCE² of it, or the bracket is
+    narrower than MSE_TOLERANCE, and spends at most MSE_STEPS evaluations."""
     floats = [a for a in arrays if a.data.dtype.kind == "f" or a.dtype == "bfloat16"]
     if not floats:
         raise EstimatorSettingError("an MSE target needs floating-point tensors")
-    lo = hi = math.sqrt(12 * target)
-    evals = 0
-    while _mse_at(arrays, lo, rdoq) > target and evals < MSE_STEPS:  # below the target first
-        hi, lo, evals = lo, lo / 2, evals + 1
-    while _mse_at(arrays, hi, rdoq) <= target and evals < MSE_STEPS:  # then a step above it
-        lo, hi, evals = hi, hi * 2, evals + 1
-    while hi / lo > MSE_TOLERANCE and evals < MSE_STEPS:
-        mid = math.sqrt(lo * hi)
-        lo, hi = (mid, hi) if _mse_at(arrays, mid, rdoq) <= target else (lo, mid)
-        evals += 1
-    return lo
+    measure = measure or (lambda d: _mse_at(arrays, d, rdoq))
+    seen: dict[float, float] = {}
+    step, slope = math.sqrt(12 * target), 2.0
+    aim = target / MSE_TOLERANCE  # just inside the target
+    for _ in range(MSE_STEPS):
+        seen[step] = measure(step)
+        ok = [d for d, m in seen.items() if m <= target]
+        lo = max(ok) if ok else None
+        hi = min((d for d, m in seen.items() if m > target and (lo is None or d > lo)), default=None)
+        if lo is not None and (seen[lo] * MSE_TOLERANCE ** 2 >= target or (hi is not None and hi / lo <= MSE_TOLERANCE)):
+            return lo
+        if lo is not None and hi is not None:
+            slope = math.log(seen[hi] / max(seen[lo], 1e-300)) / math.log(hi / lo)
+        ref = lo if lo is not None else hi
+        step = ref * (aim / max(seen[ref], 1e-300)) ** (1 / min(max(slope, 0.5), 4.0))
+        if lo is not None and hi is not None and not lo * (hi / lo) ** 0.05 < step < lo * (hi / lo) ** 0.95:
+            step = math.sqrt(lo * hi)
+    ok = [d for d, m in seen.items() if m <= target]
+    if not ok:
+        raise EstimatorSettingError(f"no step found whose MSE is within {target:g}")
+    return max(ok)
 
 
 def shannon_lower_bound(arrays: Sequence[NamedArray], mse: float) -> float:

@@ -411,16 +411,39 @@ def test_rdoq_codes_decode_and_buy_fewer_bits_at_equal_mse():
         kc.rd({"w": x}, rel=[0.1], rdoq=-1)
 
 
-def test_tensor_allocation_stays_within_budget_and_never_costs_more():
+def test_finer_allocations_stay_within_budget_and_never_cost_more():
     net, loss_fn = _trained_mlp(32, seed=1, steps=100)
     for eps in (0.05, 0.3):
         glob = kc.intrinsic(net, loss_fn, eps=eps)
         tens = kc.intrinsic(net, loss_fn, eps=eps, allocation="tensor")
-        assert tens.loss_after <= tens.budget and tens.within_budget
+        rows = kc.intrinsic(net, loss_fn, eps=eps, allocation="row")
+        for r in (tens, rows):
+            assert r.loss_after <= r.budget and r.within_budget
+            assert set(r.tensor_rels) == {n for n, _ in net.named_parameters()}
+            assert all(v >= glob.rel for v in r.tensor_rels.values())
+        assert not glob.tensor_rels and not tens.row_levels
         assert tens.bits <= glob.bits and tens.evals <= 24 + 3 * 4
-        assert set(tens.tensor_rels) == {n for n, _ in net.named_parameters()}
-        assert all(r >= glob.rel for r in tens.tensor_rels.values()) and not glob.tensor_rels
-    est = kc.estimators.get("intrinsic:allocation=tensor")
+        # the row pass starts where the tensor pass ended, and only keeps what stays within budget
+        assert rows.tensor_rels == tens.tensor_rels and rows.evals <= tens.evals + 2 * 4 * 3
+        assert all(sum(c) == net.state_dict()[n].shape[0] for n, c in rows.row_levels.items())
+        assert rows.bits <= tens.bits
+    assert rows.row_levels and rows.bits < tens.bits  # at eps 0.3: measured 4,944 bits against 5,072 by tensor
+    est = kc.estimators.get("intrinsic:allocation=row")
     assert kc.estimators.get("intrinsic", **est.settings()) == est
     with pytest.raises(EstimatorSettingError, match="allocation"):
-        kc.estimators.get("intrinsic:allocation=row")
+        kc.estimators.get("intrinsic:allocation=unit")
+
+
+def test_row_step_code_round_trips():
+    rng = np.random.default_rng(5)
+    w = (rng.standard_normal((40, 12)) * 0.1).astype(np.float32)
+    levels = rng.integers(0, quantized.ROW_LEVELS, size=40)
+    code = quantized.code_rows(w, 0.01, levels)
+    back = quantized.decode_rows(code.data)
+    assert np.array_equal(back, quantized.reconstruct_rows(w, 0.01, levels)) and back.shape == w.shape
+    err = np.abs(back.astype(np.float64) - w)
+    assert np.all(err <= (0.01 * 2.0 ** levels[:, None]) / 2 * (1 + 1e-6))
+    assert float((err ** 2).sum()) == pytest.approx(code.sse) and code.bits == 8 * len(code.data)
+    for damaged in (code.data[:-3], code.data[:5], b"XX" + code.data[2:], code.data + b"\0"):
+        with pytest.raises(CorruptFileError):
+            quantized.decode_rows(damaged)

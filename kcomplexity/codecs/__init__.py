@@ -111,6 +111,40 @@ class QuantCodec(Codec):
         return step + (f":rdoq={self.rdoq!r}" if self.rdoq else "")
 
 
+class TcqCodec(Codec):
+    """Trellis-coded quantisation + context-modelled ANS (:mod:`.tcq`): every value back within ``2 step``."""
+
+    name = "tcq"
+    lossless = False
+
+    def __init__(self, rel: float | None = None, delta: float | None = None, lam: float | None = None) -> None:
+        from .quant import check_precision
+        from .tcq import DEFAULT_LAM
+
+        self.rel, self.delta = check_precision(rel, delta)
+        self.lam = DEFAULT_LAM if lam is None else float(lam)  # the search's weight of a bit in squared steps
+
+    def encode(self, x: Any) -> bytes:
+        return self.encode_measured(x)[0]
+
+    def encode_measured(self, x: Any) -> tuple[bytes, dict[str, float]]:
+        from ..distortion import summary
+        from .tcq import code_tcq
+
+        code = code_tcq(x, rel=self.rel, delta=self.delta, lam=self.lam)
+        return code.data, summary(code.sse, code.numel, code.max_abs_err)
+
+    def decode(self, data: bytes, max_values: int = MAX_VALUES) -> NamedArray:
+        from .tcq import decode_tcq
+
+        head, _ = read_header(data, codec_of(data), (1,), max_values)  # integer tensors carry an exact quant code
+        return NamedArray("tensor", storage(decode_tcq(data, max_values), head.dtype), head.dtype)
+
+    def spec(self) -> str:
+        step = f"tcq:rel={self.rel!r}" if self.rel is not None else f"tcq:delta={self.delta!r}"
+        return step + f":lam={self.lam!r}"
+
+
 class ZstdCodec(Codec):
     """zstd of the tensor's bytes: the general lossless code, for any dtype (the fallback of other codes)."""
 
@@ -248,10 +282,10 @@ _DECODERS: dict[str, type[Codec]] = {"fpc": FpcCodec, "zstd": ZstdCodec, "pco": 
 def decode(data: bytes, max_values: int = MAX_VALUES) -> NamedArray:
     """Any of our codes back to its tensor, whichever codec wrote it (the header says)."""
     name = codec_of(data)
-    if name == "quant":
-        return QuantCodec(rel=1.0).decode(data, max_values)  # the step is in the code, not the codec
+    if name in ("quant", "tcq"):  # the step is in the code, not the codec
+        return (QuantCodec if name == "quant" else TcqCodec)(rel=1.0).decode(data, max_values)
     return _DECODERS[name]().decode(data, max_values)
 
 
-__all__ = ["Codec", "FpcCodec", "QuantCodec", "ZstdCodec", "PcoCodec", "MosaicCodec", "decode", "pco_values", "pco_stream", "pco_values_of",
+__all__ = ["Codec", "FpcCodec", "QuantCodec", "TcqCodec", "ZstdCodec", "PcoCodec", "MosaicCodec", "decode", "pco_values", "pco_stream", "pco_values_of",
            "storage", "MAX_VALUES"]

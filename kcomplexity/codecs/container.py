@@ -26,7 +26,7 @@ MAGIC = b"KC"
 DTYPES = ("float32", "float16", "bfloat16", "float64", "int8", "int16", "int32", "int64",
           "uint8", "uint16", "uint32", "uint64", "bool")
 #: codec ids, by name (the index is written); a new codec appends its name
-CODECS = ("quant", "fpc", "mosaic", "zstd", "pco")
+CODECS = ("quant", "fpc", "mosaic", "zstd", "pco", "tcq")
 #: the default decode limit: codes claiming more values are refused unless the caller raises it (1 GiB of float32)
 MAX_VALUES = 1 << 28
 #: the most dimensions a code may have (numpy's own limit), the same for encoders and decoders

@@ -37,7 +37,7 @@ import numpy as np
 from ..errors import CorruptFileError, EstimatorSettingError
 from ..sources import NamedArray, as_named
 from . import ans
-from .bits import pack_tables, read_varint, unpack_tables, unzigzag, varint, zigzag
+from .bits import pack_fixed, pack_tables, packed_size, read_varint, unpack_fixed, unpack_tables, unzigzag, varint, zigzag
 from .container import MAX_VALUES, Header, read_header, storage
 
 VERSION = 1
@@ -207,6 +207,101 @@ def _reconstruct(sym: np.ndarray, step: float, dtype: str) -> np.ndarray:
     return out
 
 
+# ---------------------------------------------------------------- per-row steps
+ROWS_MAGIC = b"KR"
+#: row levels: a row at level k is quantised on step x 2^k
+ROW_LEVELS = 4
+
+
+def code_rows(x: Any, step: float, levels: np.ndarray) -> QuantizedCode:
+    """A matrix (or any tensor, by its first axis) quantised row by row on ``step x 2^levels[row]``.
+
+    Layout: ``b"KR"`` ndim dims (varints), the levels (2 bits a row), then
+    for each level 0..3 the length (varint) and the quant code of its rows
+    in order (empty when no row has that level). :func:`decode_rows` inverts it."""
+    a = as_named(x)
+    values, rows = _rows(a)
+    levels = np.asarray(levels, dtype=np.int64)
+    if levels.shape != (rows.shape[0],) or levels.min() < 0 or levels.max() >= ROW_LEVELS:
+        raise EstimatorSettingError(f"levels must hold one value in 0..{ROW_LEVELS - 1} per row")
+    out = bytearray(ROWS_MAGIC + varint(values.ndim) + b"".join(varint(int(d)) for d in values.shape))
+    out += pack_fixed(levels.astype(np.uint8), 2)
+    sse = err_max = 0.0
+    for k in range(ROW_LEVELS):
+        part = rows[levels == k]
+        if not part.size:
+            out += varint(0)
+            continue
+        code = code_quantized(_subset(a, part), delta=step * 2 ** k)
+        out += varint(len(code.data)) + code.data
+        sse, err_max = sse + code.sse, max(err_max, code.max_abs_err)
+    orig = values.reshape(-1).astype(np.float64)
+    return QuantizedCode(data=bytes(out), step=float(step), method="rows", numel=int(orig.size), sse=sse,
+                         max_abs_err=err_max, signal=float(np.dot(orig, orig)))
+
+
+def decode_rows(data: bytes, max_values: int = MAX_VALUES) -> np.ndarray:
+    """Inverse of :func:`code_rows`: the tensor's values (float32, float64 for float64) in its shape."""
+    buf = memoryview(bytes(data))
+    try:
+        if bytes(buf[:2]) != ROWS_MAGIC:
+            raise CorruptFileError("not a row-step code (bad magic)")
+        ndim, pos = read_varint(buf, 2)
+        if ndim > 64:
+            raise CorruptFileError("corrupt row-step code: bad shape")
+        shape = []
+        for _ in range(ndim):
+            d, pos = read_varint(buf, pos)
+            shape.append(d)
+        numel = math.prod(shape)
+        if numel == 0 or numel > max_values:
+            raise CorruptFileError("corrupt row-step code: bad shape")
+        nrows = shape[0] if ndim >= 2 else 1
+        size = packed_size(nrows, 2)
+        levels = unpack_fixed(buf[pos:pos + size], nrows, 2).astype(np.int64)
+        pos += size
+        out: np.ndarray | None = None
+        for k in range(ROW_LEVELS):
+            length, pos = read_varint(buf, pos)
+            if not length:
+                continue
+            part = decode_quantized(buf[pos:pos + length], max_values)
+            pos += length
+            want = int((levels == k).sum())
+            if part.ndim < 1 or part.shape[0] != want or part.size != want * (numel // nrows):
+                raise CorruptFileError("corrupt row-step code: a level's rows do not match the levels")
+            if out is None:
+                out = np.empty((nrows, numel // nrows), dtype=part.dtype)
+            out[levels == k] = part.reshape(want, -1)
+    except (IndexError, ValueError):
+        raise CorruptFileError("corrupt row-step code: truncated") from None
+    if out is None or pos != len(buf):
+        raise CorruptFileError("corrupt row-step code: rows missing or bytes left over")
+    return out.reshape(shape)
+
+
+def reconstruct_rows(x: Any, step: float, levels: np.ndarray) -> np.ndarray:
+    """What :func:`decode_rows` returns for ``x``, without building the code."""
+    a = as_named(x)
+    values, rows = _rows(a)
+    out = np.empty(rows.shape, dtype=np.float64 if a.dtype == "float64" else np.float32)
+    for k in np.unique(levels):
+        out[levels == k] = reconstruct(_subset(a, rows[levels == k]), delta=step * 2 ** int(k))
+    return out.reshape(values.shape)
+
+
+def _rows(a: NamedArray) -> tuple[np.ndarray, np.ndarray]:
+    """A tensor's values and their view as rows (the first axis; a vector is one row)."""
+    values = a.values()
+    return values, values.reshape(values.shape[0], -1) if values.ndim >= 2 else values.reshape(1, -1)
+
+
+def _subset(a: NamedArray, part: np.ndarray) -> NamedArray:
+    """Some of a tensor's rows (from :func:`_rows`) as a tensor of its dtype."""
+    data = storage(part.astype(np.float32), "bfloat16") if a.dtype == "bfloat16" else part.astype(a.data.dtype)
+    return NamedArray(a.name, np.ascontiguousarray(data), a.dtype)
+
+
 # ---------------------------------------------------------------- entropy codes
 def _entropy_code(sym: np.ndarray) -> tuple[str, bytes]:
     """The shortest of our codes for these symbols: (method, bytes after the step)."""
@@ -326,4 +421,4 @@ def _ans_decode(model: object, payload: memoryview, n: int) -> np.ndarray:
     return out
 
 
-__all__ = ["encode_quantized", "decode_quantized", "code_quantized", "reconstruct", "QuantizedCode", "check_precision", "quantize"]
+__all__ = ["encode_quantized", "decode_quantized", "code_quantized", "reconstruct", "code_rows", "decode_rows", "reconstruct_rows", "QuantizedCode", "check_precision", "quantize"]

@@ -3,6 +3,9 @@
 * ``quant``: each tensor uniformly quantised (step = ``rel`` x its RMS, or
   ``delta``) and entropy-coded (:mod:`kcomplexity.codecs.quant`); bits are
   ``len(code) * 8`` and details hold ``mse`` and ``max_abs_err``.
+* ``tcq``: like ``quant``, by trellis-coded quantisation with context-modelled
+  ANS (:mod:`kcomplexity.codecs.tcq`): fewer bits at the same MSE, every
+  value within 2 steps.
 * ``delta``: information per step, the conditional code of the weights
   given the previous logged weights: each tensor's difference
   ``w_t - w_(t-1)`` quantised on the grid of ``quant`` for ``w_t``
@@ -23,6 +26,7 @@ import numpy as np
 from ..distortion import combine, summary
 from ..errors import EstimatorSettingError, MissingContextError
 from ..codecs.quant import QuantizedCode, check_precision, code_quantized
+from ..codecs.tcq import DEFAULT_LAM, code_tcq
 from ..sources import NamedArray
 from .base import Context, Estimate, Estimator, Setting, register
 
@@ -94,6 +98,38 @@ class Quant(Estimator):
         return summarise([self.code(a) for a in arrays])
 
 
+class Tcq(Quant):
+    """Registered as ``tcq``."""
+
+    SETTINGS = {"rel": Quant.SETTINGS["rel"], "delta": Quant.SETTINGS["delta"],
+                "lam": Setting(float, ">= 0 (the trellis search's weight of a bit, in squared steps)",
+                               lambda v: v >= 0)}
+    name = "tcq"
+
+    def __init__(self, rel: float | None = None, delta: float | None = None, lam: float = DEFAULT_LAM) -> None:
+        if rel is None and delta is None:
+            rel = DEFAULT_REL
+        v = self._validated(rel=rel, delta=delta, lam=lam)
+        self.rel, self.delta = check_precision(v["rel"], v["delta"])
+        self.lam = v["lam"]
+        self.description = ("trellis-coded (dependent) quantisation per tensor (step = rel x RMS, or delta; every "
+                            "value within 2 steps) + ANS with a table per quantiser and row-scale class; details: "
+                            "mse, max_abs_err")
+
+    def settings(self) -> dict[str, Any]:
+        step = {"rel": self.rel} if self.rel is not None else {"delta": self.delta}
+        return {**step, "lam": self.lam}
+
+    def code(self, a: NamedArray) -> QuantizedCode:
+        return code_tcq(a, rel=self.rel, delta=self.delta, lam=self.lam)
+
+    def decode(self, data: bytes, like: NamedArray | None = None) -> NamedArray:
+        """Every value within 2 steps of the original (its container header holds dtype and shape)."""
+        from ..codecs import TcqCodec
+
+        return TcqCodec(rel=1.0).decode(data)  # the step is read from the code
+
+
 class Delta(Estimator):
     """Registered as ``delta``."""
 
@@ -130,8 +166,9 @@ class Intrinsic(Estimator):
     SETTINGS = {"eps": _POSITIVE, "relative": Setting(bool), "max_evals": Setting(int, ">= 3", lambda v: v >= 3),
                 "search": Setting(str, "grid (coarse-to-fine scan, then bisection) or bisect",
                                   lambda v: v in ("grid", "bisect")),
-                "allocation": Setting(str, "global (one rel) or tensor (then each tensor coarsened within budget)",
-                                      lambda v: v in ("global", "tensor"))}
+                "allocation": Setting(str, "global (one rel), tensor (then each tensor coarsened within budget) or "
+                                           "row (then also each matrix's rows, in groups by norm)",
+                                      lambda v: v in ("global", "tensor", "row"))}
     name = "intrinsic"
     kind = "lossy code length"
     needs = ("model", "loss_fn")
@@ -163,6 +200,7 @@ class Intrinsic(Estimator):
 
 
 register("quant", Quant)
+register("tcq", Tcq)
 register("delta", Delta)
 register("intrinsic", Intrinsic)
 
