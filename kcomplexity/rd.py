@@ -190,8 +190,8 @@ def step_for_mse(arrays: Sequence[NamedArray], target: float, rdoq: float = 0.0,
     ``measure(step)`` gives the MSE at a step (default: uniform quantisation,
     with ``rdoq``). The search starts at sqrt(12 x target), where a uniform
     quantiser's error is step^2 / 12, and steps in log–log space along the
-    measured slope of MSE against step (a secant, kept inside the bracket
-    found so far, bisecting when it would leave it); it stops once a step
+    local slope of MSE against step (a secant through the two steps nearest
+    the target, bisecting the bracket when it would leave it); it stops once a step
     within the target is within MSE_TOLERANCE² of it, or the bracket is
     narrower than MSE_TOLERANCE, and spends at most MSE_STEPS evaluations."""
     floats = [a for a in arrays if a.data.dtype.kind == "f" or a.dtype == "bfloat16"]
@@ -208,11 +208,12 @@ def step_for_mse(arrays: Sequence[NamedArray], target: float, rdoq: float = 0.0,
         hi = min((d for d, m in seen.items() if m > target and (lo is None or d > lo)), default=None)
         if lo is not None and (seen[lo] * MSE_TOLERANCE ** 2 >= target or (hi is not None and hi / lo <= MSE_TOLERANCE)):
             return lo
-        if lo is not None and hi is not None:
-            slope = math.log(seen[hi] / max(seen[lo], 1e-300)) / math.log(hi / lo)
-        ref = lo if lo is not None else hi
+        near = sorted(seen, key=lambda d: abs(math.log(max(seen[d], 1e-300) / target)))[:2]
+        if len(near) == 2 and seen[near[0]] != seen[near[1]]:  # the local slope of log MSE against log step
+            slope = math.log(seen[near[0]] / max(seen[near[1]], 1e-300)) / math.log(near[0] / near[1])
+        ref = near[0]
         step = ref * (aim / max(seen[ref], 1e-300)) ** (1 / min(max(slope, 0.5), 4.0))
-        if lo is not None and hi is not None and not lo * (hi / lo) ** 0.05 < step < lo * (hi / lo) ** 0.95:
+        if lo is not None and hi is not None and not lo < step < hi:
             step = math.sqrt(lo * hi)
     ok = [d for d, m in seen.items() if m <= target]
     if not ok:

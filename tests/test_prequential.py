@@ -16,7 +16,7 @@ from momos import data, models
 from momos.cli import main
 from momos.config import TrainConfig
 from momos.errors import PrequentialError
-from momos.prequential import decode, default_chunks, labels_in_order, prequential, shifted
+from momos.prequential import TrainOptions, decode, default_chunks, labels_in_order, prequential, shifted
 from momos.trainer import train
 
 WORD = 32  # the ANS code ends on whole 32-bit words; its state adds at most two
@@ -61,13 +61,33 @@ def test_prequential_mlp_on_digits_is_a_real_code_that_decodes():
     first = r.chunks[0]
     assert first.model == "uniform" and first.bits == pytest.approx(64 * math.log2(10))
     assert all(c.trained_on == c.start - c.start // 10 for c in r.chunks[1:])  # every tenth label held out
-    assert r.ideal_bits - WORD <= r.total_bits <= r.ideal_bits + 2 * WORD
+    assert r.ideal_bits - WORD <= r.stream_bits <= r.ideal_bits + 2 * WORD
+    assert r.total_bits == r.header_bits + r.stream_bits and 0 < r.header_bits <= 8 * 24  # side information, counted
     assert r.uniform_bits == pytest.approx(1527 * math.log2(10))
     assert r.ratio < 0.3  # a trained MLP codes digits' labels far below the uniform code
     assert r.chunks[-1].bits_per_label < 0.5 < r.chunks[1].bits_per_label
     assert np.array_equal(decode(r), y)
     out = r.to_json()
-    assert {"chunks", "total_bits", "uniform_bits"} <= set(out) and len(out["chunks"]) == len(r.chunks)
+    assert {"chunks", "total_bits", "header_bits", "uniform_bits"} <= set(out) and len(out["chunks"]) == len(r.chunks)
+
+
+def test_the_header_carries_every_option_and_decoding_needs_nothing_else():
+    from momos.prequential import header
+
+    opts = TrainOptions(calibrate=True, warm_start=True, augment=2, ensemble=4, lr=3e-4, patience=5)
+    data = header.encode("mnist", ["cnn", "mlp"], 7, None, [64, 128, 46000], 60000, opts)
+    side, pos = header.decode(data + b"rest")
+    assert pos == len(data) and len(data) <= 40  # 36 bytes: two models, three boundaries, four options
+    assert side == {"data": "mnist", "models": ["cnn", "mlp"], "seed": 7, "limit": None, "chunks": [64, 128, 46000],
+                    "options": opts}
+    assert header.decode(header.encode("digits", ["mlp"], 0, 300, default_chunks(300), 300, TrainOptions()))[0][
+        "chunks"] is None  # the default schedule costs one byte
+    for damaged in (data[:5], b"\x09" + data[1:], data[:-1]):
+        with pytest.raises(PrequentialError):
+            header.decode(damaged)
+    # the options come from the code, not from the result: the bytes alone decode
+    r = prequential("mlp", "digits", limit=300, calibrate=True, chunks=[64, 150], quiet=True)
+    assert np.array_equal(decode(bytes(r.code)), _seeded_labels("digits", 0, 300))
 
 
 def test_same_seed_same_code_other_seed_other_order():
@@ -85,7 +105,7 @@ def test_switching_costs_at_most_the_best_model_plus_the_index_bits():
     coded = len(switched.chunks) - 1  # every chunk after the uniform first names its model in one bit
     best = min(singles.values(), key=lambda r: r.ideal_bits)
     assert switched.ideal_bits <= best.ideal_bits + coded * math.log2(2) + 1e-9
-    assert switched.total_bits <= best.total_bits + coded + 2 * WORD
+    assert switched.stream_bits <= best.stream_bits + coded + 2 * WORD
     assert {c.model for c in switched.chunks[1:]} <= {"mlp", "cnn"}
 
 

@@ -4,10 +4,12 @@ The labels are sent in chunks [t_0 = 0, t_1), [t_1, t_2), ..., [t_(K-1), N).
 The first chunk is coded uniformly (log2 C bits a label). Every later chunk
 is coded with the predictions of a network trained only on the labels
 already sent; both sides can train it, so the network itself is never
-transmitted. The code is real: one ANS stream (:mod:`kcomplexity.codecs.labels`)
-that :func:`decode` turns back into the labels by retraining the same
-networks in the same order (same seeds, same machine and library versions:
-training must repeat bit for bit).
+transmitted. The code is real: a header with the side information (data set, models,
+seed, chunk boundaries, fitting options: :mod:`.header`, about 20 bytes)
+and one ANS stream (:mod:`kcomplexity.codecs.labels`) that :func:`decode`
+turns back into the labels by retraining the same networks in the same
+order (same seeds, same machine and library versions: training must
+repeat bit for bit). Both parts are counted.
 
 Early stopping uses labels already sent: every tenth example of the
 (seeded) order is held out from training and used to pick the epoch (and,
@@ -35,6 +37,7 @@ from kcomplexity.codecs import labels as label_code
 from .. import models
 from ..config import check_device
 from ..errors import PrequentialError
+from . import header
 from .code import _Run, check_chunks, default_chunks, labels_in_order
 from .fit import shifted
 from .options import HOLDOUT, MAX_AUGMENT, TrainOptions
@@ -66,22 +69,25 @@ def prequential(model: str | Sequence[str] = "mlp", data: str = "digits", chunks
     start = time.perf_counter()
     run = _Run(names, x, classes, bounds, opts, seed, torch.device(device), quiet)
     records, segments = run.encode(y)
-    code = label_code.encode_labels(segments)
+    code = header.encode(data, names, seed, limit, bounds, len(y), opts) + label_code.encode_labels(segments)
     recorded = {"chunks": bounds, "seed": seed, "limit": limit, **asdict(opts)}
     return PrequentialResult(data, names, classes, records, code, recorded, time.perf_counter() - start)
 
 
-def decode(result: PrequentialResult, data_dir: str | None = None, device: str = "cpu",
+def decode(result: PrequentialResult | bytes, data_dir: str | None = None, device: str = "cpu",
            quiet: bool = True) -> np.ndarray:
-    """The labels, decoded from ``result.code`` by retraining the same models chunk by chunk.
+    """The labels, decoded from a code (``result.code``, or its bytes) by retraining the same models chunk by
+    chunk.
 
-    Only the inputs are read from the data set (in the same seeded order); every label comes out of the code.
+    Everything but the inputs comes out of the code: its header names the data set, models, seed, chunks and
+    options, and only the inputs are read from the data set (in the same seeded order).
     """
-    o = result.options
-    x, _, classes = labels_in_order(result.data, o["seed"], o["limit"], data_dir)
-    opts = TrainOptions(**{k: o[k] for k in TrainOptions.__dataclass_fields__ if k in o})
-    run = _Run(result.models, x, classes, o["chunks"], opts, o["seed"], torch.device(device), quiet)
-    return run.decode(label_code.LabelDecoder(result.code))
+    code = result.code if isinstance(result, PrequentialResult) else bytes(result)
+    side, pos = header.decode(code)
+    x, _, classes = labels_in_order(side["data"], side["seed"], side["limit"], data_dir)
+    bounds = check_chunks(side["chunks"] or default_chunks(len(x)), len(x))
+    run = _Run(side["models"], x, classes, bounds, side["options"], side["seed"], torch.device(device), quiet)
+    return run.decode(label_code.LabelDecoder(code[pos:]))
 
 
 def _options(names: list[str], options: TrainOptions | None, values: dict[str, Any]) -> TrainOptions:

@@ -48,8 +48,20 @@ class PrequentialResult:
 
     @property
     def total_bits(self) -> int:
-        """Length of the real code, in bits (whole 32-bit words)."""
+        """Length of the real code, in bits: the side-information header and the labels' ANS stream."""
         return 8 * len(self.code)
+
+    @property
+    def header_bits(self) -> int:
+        """Of ``total_bits``: the header naming data set, models, seed, chunks and options."""
+        from .header import decode
+
+        return 8 * decode(self.code)[1]
+
+    @property
+    def stream_bits(self) -> int:
+        """Of ``total_bits``: the labels' ANS stream (whole 32-bit words)."""
+        return self.total_bits - self.header_bits
 
     @property
     def ideal_bits(self) -> float:
@@ -77,7 +89,8 @@ class PrequentialResult:
 
     def to_json(self) -> dict[str, Any]:
         return {"data": self.data, "models": self.models, "classes": self.classes, "n": self.n,
-                "total_bits": self.total_bits, "ideal_bits": self.ideal_bits, "uniform_bits": self.uniform_bits,
+                "total_bits": self.total_bits, "header_bits": self.header_bits, "stream_bits": self.stream_bits,
+                "ideal_bits": self.ideal_bits, "uniform_bits": self.uniform_bits,
                 "ratio": self.ratio, "options": self.options, "seconds": self.seconds,
                 "chunks": [{**asdict(c), "bits_per_label": c.bits_per_label} for c in self.chunks]}
 
@@ -89,7 +102,8 @@ class PrequentialResult:
         frame = self.to_frame()
         cols = ["start", "end", "trained_on", "epochs", "model", "temperature", "bits", "bits_per_label"]
         text = frame[cols].to_string(index=False, float_format=lambda v: f"{v:,.3f}" if abs(v) < 10 else f"{v:,.1f}")
-        return (f"{text}\n\nprequential code: {self.total_bits:,} bits (ideal {self.ideal_bits:,.1f}) for "
+        return (f"{text}\n\nprequential code: {self.total_bits:,} bits ({self.header_bits} of side information; "
+                f"labels: ideal {self.ideal_bits:,.1f}) for "
                 f"{self.n:,} labels; uniform code {self.uniform_bits:,.0f} bits; ratio {self.ratio:.4f}")
 
     def plot(self, path: str | Path) -> Path:
