@@ -30,7 +30,9 @@ from typing import Any
 import numpy as np
 
 from .errors import IntrinsicError, NonFiniteLossError
-from .codecs.quant import ROW_LEVELS, code_quantized, code_rows, reconstruct, reconstruct_rows
+from .codecs.bits import read_varint, varint
+from .codecs.quant import (ROW_LEVELS, QuantizedCode, code_quantized, code_rows, decode_quantized, reconstruct,
+                           reconstruct_rows)
 
 #: the search interval for rel: at REL_MAX (step = 16 RMS) nearly every weight rounds to zero;
 #: REL_MIN is finer than any budget we have seen need
@@ -47,6 +49,8 @@ SEARCHES = ("grid", "bisect")
 ALLOCATIONS = ("global", "tensor", "row")
 TENSOR_DOUBLINGS = 3
 ROW_GROUPS = 4
+#: low_rank=True: each matrix's rank kept, as a fraction of its full rank (1: the matrix itself, unfactored)
+RANK_FRACTIONS = (1.0, 0.5, 0.25, 0.125)
 
 
 @dataclass(frozen=True)
@@ -71,13 +75,16 @@ class Intrinsic:
     #: under ``allocation="row"``: of each matrix whose rows were coarsened, how many rows sit at each level
     #: (step x 1, 2, 4, 8)
     row_levels: dict[str, list[int]] = field(default_factory=dict)
+    #: under ``low_rank=True``: the rank kept in each factored matrix (empty when keeping them whole won)
+    ranks: dict[str, int] = field(default_factory=dict)
 
     def details(self) -> dict[str, Any]:
         return {"rel": self.rel, "loss_before": self.loss_before, "loss_after": self.loss_after,
                 "budget": self.budget, "evals": self.evals, "within_budget": self.within_budget,
                 "mse": self.mse, "max_abs_err": self.max_abs_err, "buffer_bits": self.buffer_bits,
                 **({"tensor_rels": dict(self.tensor_rels)} if self.tensor_rels else {}),
-                **({"row_levels": dict(self.row_levels)} if self.row_levels else {})}
+                **({"row_levels": dict(self.row_levels)} if self.row_levels else {}),
+                **({"ranks": dict(self.ranks)} if self.ranks else {})}
 
 
 def grid() -> list[float]:
@@ -102,7 +109,8 @@ def check_budget(eps: Any, relative: Any = False, max_evals: Any = 24) -> tuple[
 
 
 def intrinsic(model: Any, loss_fn: Callable[[Any], float], eps: float = 0.1, relative: bool = False,
-              max_evals: int = 24, search: str = "grid", allocation: str = "global") -> Intrinsic:
+              max_evals: int = 24, search: str = "grid", allocation: str = "global",
+              low_rank: bool = False) -> Intrinsic:
     """The quantised code of ``model``'s trainable parameters at the coarsest precision within the loss budget, in bits.
 
     ``loss_fn(model) -> float`` evaluates data the caller fixed. The search
@@ -110,6 +118,13 @@ def intrinsic(model: Any, loss_fn: Callable[[Any], float], eps: float = 0.1, rel
     (``allocation="tensor"`` adds at most TENSOR_DOUBLINGS per tensor,
     ``"row"`` also at most ROW_GROUPS x (ROW_LEVELS - 1) per matrix); the
     model (parameters, buffers, train/eval mode) is left exactly as it was.
+
+    ``low_rank=True`` (DeMoss et al.; global allocation only) also tries each
+    matrix as a truncated SVD ``A @ B`` at each of RANK_FRACTIONS of its
+    rank, both factors quantised at the searched ``rel``
+    (:func:`code_low_rank`): one search per fraction, so at most
+    len(RANK_FRACTIONS) x ``max_evals`` evaluations, and the shortest code
+    within budget wins (rank and step chosen under the same budget).
     """
     import torch
 
@@ -118,6 +133,10 @@ def intrinsic(model: Any, loss_fn: Callable[[Any], float], eps: float = 0.1, rel
         raise IntrinsicError(f"search must be one of {', '.join(SEARCHES)}, got {search!r}")
     if allocation not in ALLOCATIONS:
         raise IntrinsicError(f"allocation must be one of {', '.join(ALLOCATIONS)}, got {allocation!r}")
+    if not isinstance(low_rank, (bool, np.bool_)):
+        raise IntrinsicError(f"low_rank must be True or False, got {low_rank!r}")
+    if low_rank and allocation != "global":
+        raise IntrinsicError("low_rank=True searches rank and one global step together; use allocation='global'")
     if not isinstance(model, torch.nn.Module):
         raise IntrinsicError(f"intrinsic() needs an nn.Module, got {type(model).__name__}")
     if not callable(loss_fn):
@@ -129,6 +148,7 @@ def intrinsic(model: Any, loss_fn: Callable[[Any], float], eps: float = 0.1, rel
     training = model.training
     evals = 0
     cache: dict[float, float] = {}
+    factors: dict[str, tuple[Any, Any]] = {}  # the matrices coded as truncated SVDs in the current search
 
     def loss_at(rel: float | None) -> float:
         if rel is not None and rel in cache:  # the two searches share steps (REL_MAX, REL_MIN)
@@ -142,7 +162,10 @@ def intrinsic(model: Any, loss_fn: Callable[[Any], float], eps: float = 0.1, rel
             for name, p in params:
                 src = saved_params[name]
                 r = rel.get(name) if isinstance(rel, dict) else rel
-                p.copy_(src if r is None else _quantized_like(src, r, (levels or {}).get(name)))
+                if r is not None and name in factors:
+                    p.copy_(_low_rank_like(factors[name], r, src))
+                else:
+                    p.copy_(src if r is None else _quantized_like(src, r, (levels or {}).get(name)))
         evals += 1
         try:
             value = loss_fn(model)
@@ -159,31 +182,21 @@ def intrinsic(model: Any, loss_fn: Callable[[Any], float], eps: float = 0.1, rel
             raise NonFiniteLossError(f"the model's loss is already {before}; intrinsic complexity needs a finite loss")
         budget = before * (1 + eps) if relative else before + eps
         ok = lambda loss: math.isfinite(loss) and loss <= budget  # noqa: E731 - NaN/inf never fit a budget
-        if search == "bisect":
-            lo, lo_loss = _bisect(loss_at, ok, lambda: evals, max_evals)
-        else:
-            found = [_scan_then_bisect(loss_at, ok, lambda: evals, max(3, max_evals // 2)),
-                     _bisect(loss_at, ok, lambda: evals, max_evals)]
-            passing = [f for f in found if ok(f[1])]
-            lo, lo_loss = max(passing) if passing else min(found)
-        within = ok(lo_loss)
-        rels = {n: lo for n, _ in params}
-        levels: dict[str, np.ndarray] = {}
-        if allocation != "global" and within:
-            # coarser steps where the loss does not care: the largest tensors first, since they hold the bits
-            for name, p in sorted(params, key=lambda item: -item[1].numel()):
-                for _ in range(TENSOR_DOUBLINGS):
-                    trial = {**rels, name: min(rels[name] * 2, REL_MAX)}
-                    if trial[name] == rels[name]:
-                        break
-                    loss = _loss_at(trial)
-                    if not ok(loss):
-                        break
-                    rels, lo_loss = trial, loss
-        if allocation == "row" and within:
-            levels, lo_loss = _coarsen_rows(params, saved_params, rels, lambda lv: _loss_at(rels, lv), ok, lo_loss)
-        codes = [code_rows(saved_params[n], rels[n] * _rms(saved_params[n]), levels[n]) if n in levels
-                 else code_quantized(saved_params[n], rel=rels[n]) for n, _ in params]
+        tried = []
+        for fraction in RANK_FRACTIONS if low_rank else (1.0,):
+            factors.clear()
+            for n, p in params if fraction < 1 else ():
+                if p.ndim >= 2 and (f := _factor(saved_params[n], fraction)) is not None:
+                    factors[n] = f
+            if fraction < 1 and not factors:
+                continue  # no matrix is smaller factored at this rank: the full-rank search already ran
+            cache.clear()
+            found = _search_rel(loss_at, ok, lambda: evals, max_evals, search)
+            tried.append(_allocate(params, saved_params, dict(factors), found, ok, allocation, _loss_at))
+        within = any(t["within"] for t in tried)
+        best = min((t for t in tried if t["within"] == within), key=lambda t: t["bits"])
+        lo, lo_loss, rels, levels, codes = best["rel"], best["loss"], best["rels"], best["levels"], best["codes"]
+        ranks = {n: int(f[0].shape[1]) for n, f in best["factors"].items()}
         buffer_bits = sum(_lossless_bits(b.detach()) for b in model.buffers() if b.is_floating_point() and b.numel())
     finally:
         with torch.no_grad():
@@ -194,7 +207,102 @@ def intrinsic(model: Any, loss_fn: Callable[[Any], float], eps: float = 0.1, rel
                      evals=evals, within_budget=within, mse=math.fsum(c.sse for c in codes) / n,
                      max_abs_err=max(c.max_abs_err for c in codes), numel=n, buffer_bits=buffer_bits,
                      tensor_rels=rels if allocation != "global" else {},
-                     row_levels={n: np.bincount(v, minlength=ROW_LEVELS).tolist() for n, v in levels.items()})
+                     row_levels={n: np.bincount(v, minlength=ROW_LEVELS).tolist() for n, v in levels.items()},
+                     ranks=ranks)
+
+
+def _search_rel(loss_at: Callable[[float], float], ok: Callable[[float], bool], spent: Callable[[], int],
+                max_evals: int, search: str) -> tuple[float, float]:
+    """(rel, loss) of the coarsest passing global step the search finds (see the module's docstring)."""
+    if search == "bisect":
+        return _bisect(loss_at, ok, spent, spent() + max_evals - 1)
+    start = spent()
+    found = [_scan_then_bisect(loss_at, ok, spent, start + max(3, max_evals // 2) - 1),
+             _bisect(loss_at, ok, spent, start + max_evals - 1)]
+    passing = [f for f in found if ok(f[1])]
+    return max(passing) if passing else min(found)
+
+
+def _allocate(params: list[tuple[str, Any]], saved: dict[str, Any], factors: dict[str, tuple[Any, Any]],
+              found: tuple[float, float], ok: Callable[[float], bool], allocation: str,
+              loss_with: Callable[..., float]) -> dict[str, Any]:
+    """From the global step found, the finer allocation asked for, and the codes it buys."""
+    lo, lo_loss = found
+    within = ok(lo_loss)
+    rels = {n: lo for n, _ in params}
+    levels: dict[str, np.ndarray] = {}
+    if allocation != "global" and within:
+        # coarser steps where the loss does not care: the largest tensors first, since they hold the bits
+        for name, p in sorted(params, key=lambda item: -item[1].numel()):
+            for _ in range(TENSOR_DOUBLINGS):
+                trial = {**rels, name: min(rels[name] * 2, REL_MAX)}
+                if trial[name] == rels[name]:
+                    break
+                loss = loss_with(trial)
+                if not ok(loss):
+                    break
+                rels, lo_loss = trial, loss
+    if allocation == "row" and within:
+        levels, lo_loss = _coarsen_rows(params, saved, rels, lambda lv: loss_with(rels, lv), ok, lo_loss)
+    codes = [code_low_rank(saved[n], factors[n], rels[n]) if n in factors
+             else code_rows(saved[n], rels[n] * _rms(saved[n]), levels[n]) if n in levels
+             else code_quantized(saved[n], rel=rels[n]) for n, _ in params]
+    return {"rel": lo, "loss": lo_loss, "within": within, "rels": rels, "levels": levels, "codes": codes,
+            "factors": factors, "bits": sum(c.bits for c in codes)}
+
+
+def _factor(t: Any, fraction: float) -> tuple[Any, Any] | None:
+    """The rank-k truncated SVD of a matrix (first axis against the rest) as factors A (out x k) and B (k x in),
+    the singular values split evenly between them; None when k factors would hold as many values as the matrix."""
+    import torch
+
+    w = t.detach().double().reshape(t.shape[0], -1)
+    rows, cols = w.shape
+    k = max(1, int(round(fraction * min(rows, cols))))
+    if k * (rows + cols) >= rows * cols:
+        return None
+    u, sv, vh = torch.linalg.svd(w, full_matrices=False)
+    root = sv[:k].sqrt()
+    return (u[:, :k] * root).float().contiguous(), (root[:, None] * vh[:k]).float().contiguous()
+
+
+def _product(a: np.ndarray, b: np.ndarray, like: Any) -> Any:
+    """The decoded factors' product, as the decoder forms it (float64, then the tensor's dtype and shape)."""
+    import torch
+
+    out = torch.from_numpy(a.astype(np.float64) @ b.astype(np.float64))
+    return out.to(dtype=like.dtype, device=like.device).reshape(like.shape)
+
+
+def _low_rank_like(ab: tuple[Any, Any], rel: float, like: Any) -> Any:
+    return _product(reconstruct(ab[0], rel=rel), reconstruct(ab[1], rel=rel), like)
+
+
+def code_low_rank(t: Any, ab: tuple[Any, Any], rel: float) -> QuantizedCode:
+    """A matrix coded as its two factors, each quantised at ``rel`` (step = rel x the factor's RMS): the
+    length (varint) and quant code of A, then the quant code of B; the distortion is the product's against
+    ``t``. :func:`decode_low_rank` inverts it."""
+    a, b = code_quantized(ab[0], rel=rel), code_quantized(ab[1], rel=rel)
+    back = _product(decode_quantized(a.data), decode_quantized(b.data), t).double().reshape(-1)
+    orig = t.detach().double().reshape(-1)
+    err = back - orig
+    return QuantizedCode(data=varint(len(a.data)) + a.data + b.data, step=float(a.step), method="low-rank",
+                         numel=int(orig.numel()), sse=float(err @ err), max_abs_err=float(err.abs().max()),
+                         signal=float(orig @ orig))
+
+
+def decode_low_rank(data: bytes, shape: tuple[int, ...]) -> np.ndarray:
+    """Inverse of :func:`code_low_rank`: the product of the decoded factors, float32, in ``shape``."""
+    from .errors import CorruptFileError
+
+    try:
+        size, pos = read_varint(data, 0)
+    except IndexError:
+        raise CorruptFileError("corrupt low-rank code: truncated") from None
+    a, b = decode_quantized(data[pos:pos + size]), decode_quantized(data[pos + size:])
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[0] or a.shape[0] * b.shape[1] != math.prod(shape):
+        raise CorruptFileError("corrupt low-rank code: its factors do not fit the shape")
+    return (a.astype(np.float64) @ b.astype(np.float64)).astype(np.float32).reshape(shape)
 
 
 def _coarsen_rows(params: list[tuple[str, Any]], saved: dict[str, Any], rels: dict[str, float],

@@ -447,3 +447,27 @@ def test_row_step_code_round_trips():
     for damaged in (code.data[:-3], code.data[:5], b"XX" + code.data[2:], code.data + b"\0"):
         with pytest.raises(CorruptFileError):
             quantized.decode_rows(damaged)
+
+
+def test_low_rank_picks_the_shortest_code_within_budget_and_its_code_decodes():
+    from kcomplexity.intrinsic import RANK_FRACTIONS, _factor, code_low_rank, decode_low_rank
+
+    net, loss_fn = _trained_mlp(64, seed=2, steps=150)
+    full = kc.intrinsic(net, loss_fn, eps=0.3)
+    low = kc.intrinsic(net, loss_fn, eps=0.3, low_rank=True)
+    assert low.within_budget and low.loss_after <= low.budget
+    assert low.bits <= full.bits  # the full-rank search is one of those it compares
+    assert low.evals <= 1 + len(RANK_FRACTIONS) * (24 - 1)
+    assert all(1 <= k < min(net.state_dict()[n].shape) for n, k in low.ranks.items())
+    w = net.state_dict()["0.weight"]
+    ab = _factor(w, 0.25)
+    code = code_low_rank(w, ab, 0.1)
+    back = decode_low_rank(code.data, tuple(w.shape))
+    err = back.astype(np.float64) - w.double().numpy()
+    assert float((err ** 2).sum()) == pytest.approx(code.sse, rel=1e-6) and code.bits == 8 * len(code.data)
+    assert ab[0].shape == (64, 16) and ab[1].shape == (16, 64)
+    with pytest.raises(CorruptFileError):
+        decode_low_rank(code.data, (65, 64))
+    with pytest.raises(IntrinsicError, match="low_rank"):
+        kc.intrinsic(net, loss_fn, eps=0.3, low_rank=True, allocation="row")
+    assert kc.estimators.get("intrinsic:low_rank=true").low_rank

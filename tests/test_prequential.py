@@ -252,3 +252,21 @@ def test_two_part_model_part_is_one_stream_that_decodes(tmp_path):
     assert fixed.model_bits == 8 * len(stream) and fixed.mse == pytest.approx(mse)
     with pytest.raises(kc.errors.CorruptFileError):
         two_part.decode_model(stream[:-3], models.build("mlp", (1, 8, 8), 10))
+
+
+def test_the_best_preset_codes_small_data_and_decodes_from_its_bytes(capsys):
+    from momos.prequential.presets import PRESETS
+
+    r = prequential(data="digits", limit=160, preset="best", quiet=True)  # its MNIST run is in the README
+    best = PRESETS["best"]
+    assert r.models == list(best.models) and r.options["ensemble"] == best.options.ensemble
+    assert r.options["preset"] == "best" and r.options["preset_tried"] == best.tried
+    assert [c.end for c in r.chunks] == [64, 128, 144, 160] and best.chunks(160) == [64, 128, (128 + 160) // 2]
+    assert r.total_bits == r.header_bits + r.stream_bits and r.ideal_bits - WORD <= r.stream_bits
+    assert np.array_equal(decode(bytes(r.code)), _seeded_labels("digits", 0, 160))
+    with pytest.raises(PrequentialError, match="preset"):
+        prequential("cnn", data="digits", limit=400, preset="best", quiet=True)
+    with pytest.raises(PrequentialError, match="unknown preset"):
+        prequential(data="digits", limit=400, preset="fastest", quiet=True)
+    assert main(["prequential", "--data", "digits", "--preset", "best", "--ensemble", "2"]) != 0
+    assert "--preset best sets" in capsys.readouterr().err

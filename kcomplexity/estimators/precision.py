@@ -168,18 +168,23 @@ class Intrinsic(Estimator):
                                   lambda v: v in ("grid", "bisect")),
                 "allocation": Setting(str, "global (one rel), tensor (then each tensor coarsened within budget) or "
                                            "row (then also each matrix's rows, in groups by norm)",
-                                      lambda v: v in ("global", "tensor", "row"))}
+                                      lambda v: v in ("global", "tensor", "row")),
+                "low_rank": Setting(bool, "also try each matrix as a truncated SVD (global allocation only)")}
     name = "intrinsic"
     kind = "lossy code length"
     needs = ("model", "loss_fn")
 
     def __init__(self, eps: float = 0.1, relative: bool = False, max_evals: int = 24, search: str = "grid",
-                 allocation: str = "global") -> None:
+                 allocation: str = "global", low_rank: bool = False) -> None:
         from ..errors import IntrinsicError
         from ..intrinsic import check_budget
 
-        v = self._validated(eps=eps, relative=relative, max_evals=max_evals, search=search, allocation=allocation)
-        self.search, self.allocation = v["search"], v["allocation"]
+        v = self._validated(eps=eps, relative=relative, max_evals=max_evals, search=search, allocation=allocation,
+                            low_rank=low_rank)
+        self.search, self.allocation, self.low_rank = v["search"], v["allocation"], v["low_rank"]
+        if self.low_rank and self.allocation != "global":
+            raise EstimatorSettingError("intrinsic: low_rank searches rank and one global step together; use "
+                                        "allocation=global")
         try:
             self.eps, self.relative, self.max_evals = check_budget(v["eps"], v["relative"], v["max_evals"])
         except IntrinsicError as exc:
@@ -195,7 +200,7 @@ class Intrinsic(Estimator):
 
         context = self.require(context)
         r = intrinsic(context.model, context.loss_fn, eps=self.eps, relative=self.relative, max_evals=self.max_evals,
-                      search=self.search, allocation=self.allocation)
+                      search=self.search, allocation=self.allocation, low_rank=self.low_rank)
         return Estimate(float(r.bits), r.details())
 
 

@@ -37,16 +37,17 @@ from kcomplexity.codecs import labels as label_code
 from .. import models
 from ..config import check_device
 from ..errors import PrequentialError
-from . import header
+from . import header, presets
 from .code import _Run, check_chunks, default_chunks, labels_in_order
 from .fit import shifted
 from .options import HOLDOUT, MAX_AUGMENT, TrainOptions
 from .result import Chunk, PrequentialResult
 
 
-def prequential(model: str | Sequence[str] = "mlp", data: str = "digits", chunks: Sequence[int] | None = None,
+def prequential(model: str | Sequence[str] | None = None, data: str = "digits", chunks: Sequence[int] | None = None,
                 seed: int = 0, limit: int | None = None, device: str = "cpu", data_dir: str | None = None,
-                quiet: bool = False, options: TrainOptions | None = None, **option_values: Any) -> PrequentialResult:
+                quiet: bool = False, options: TrainOptions | None = None, preset: str | None = None,
+                **option_values: Any) -> PrequentialResult:
     """Prequential code length (bits) of the training labels of ``data`` under ``model``.
 
     ``model`` may list several registered models: each chunk is then coded
@@ -58,19 +59,34 @@ def prequential(model: str | Sequence[str] = "mlp", data: str = "digits", chunks
     the boundaries t_1 < t_2 < ... (default: doubling from 64). The labels
     are all of the data set's training data (its train and validation
     splits) in an order drawn from ``seed``; ``limit`` keeps the first
-    ``limit`` of them.
+    ``limit`` of them. ``model`` defaults to ``"mlp"``.
+
+    ``preset`` names a configuration of :data:`presets.PRESETS` (``"best"``):
+    it sets the models, the chunks and the options, so none of those may be
+    given with it.
     """
+    chosen = None
+    if preset is not None:
+        chosen = presets.get(preset)
+        if model is not None or chunks is not None or options is not None or option_values:
+            raise PrequentialError(f"preset '{preset}' sets the models, chunks and fitting options; give only data, "
+                                   "seed, limit, device and data_dir with it")
+        model, options = list(chosen.models), chosen.options
+    model = "mlp" if model is None else model
     names = [model] if isinstance(model, str) else list(model)
     check_seed(seed, PrequentialError)
     check_device(device)
     opts = _options(names, options, option_values)
     x, y, classes = labels_in_order(data, seed, limit, data_dir)
+    if chosen is not None:
+        chunks = chosen.chunks(len(y))
     bounds = check_chunks(default_chunks(len(y)) if chunks is None else chunks, len(y))
     start = time.perf_counter()
     run = _Run(names, x, classes, bounds, opts, seed, torch.device(device), quiet)
     records, segments = run.encode(y)
     code = header.encode(data, names, seed, limit, bounds, len(y), opts) + label_code.encode_labels(segments)
-    recorded = {"chunks": bounds, "seed": seed, "limit": limit, **asdict(opts)}
+    recorded = {"chunks": bounds, "seed": seed, "limit": limit, **asdict(opts),
+                **({"preset": preset, "preset_tried": chosen.tried} if chosen is not None else {})}
     return PrequentialResult(data, names, classes, records, code, recorded, time.perf_counter() - start)
 
 
