@@ -32,23 +32,9 @@ def quant_speed() -> None:
 
 
 def intrinsic_cost() -> None:
-    from sklearn.datasets import load_digits
+    from bench_intrinsic import digits_mlp
 
-    x, y = load_digits(return_X_y=True)
-    x, y = torch.tensor(x / 16.0, dtype=torch.float32), torch.tensor(y)
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.ReLU(), torch.nn.Linear(256, 256), torch.nn.ReLU(),
-                                torch.nn.Linear(256, 10))
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(100):
-        opt.zero_grad()
-        torch.nn.functional.cross_entropy(model(x), y).backward()
-        opt.step()
-
-    @torch.no_grad()
-    def loss_fn(m: torch.nn.Module) -> float:
-        return float(torch.nn.functional.cross_entropy(m(x), y))
-
+    model, loss_fn = digits_mlp()
     t_loss = best_of(lambda: loss_fn(model), repeat=5)
     t_code = best_of(lambda: kc.estimators.get("quant").bits_whole(list(kc.open_source(model))))
     result = kc.intrinsic(model, loss_fn)
