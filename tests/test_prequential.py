@@ -75,13 +75,13 @@ def test_the_header_carries_every_option_and_decoding_needs_nothing_else():
     from momos.prequential import header
 
     opts = TrainOptions(calibrate=True, warm_start=True, augment=2, ensemble=4, lr=3e-4, patience=5)
-    data = header.encode("mnist", ["cnn", "mlp"], 7, None, [64, 128, 46000], 60000, opts)
+    data = header.encode("mnist", ["cnn", "mlp"], 7, None, [64, 128, 46000], opts)
     side, pos = header.decode(data + b"rest")
     assert pos == len(data) and len(data) <= 40  # 36 bytes: two models, three boundaries, four options
     assert side == {"data": "mnist", "models": ["cnn", "mlp"], "seed": 7, "limit": None, "chunks": [64, 128, 46000],
                     "options": opts}
-    assert header.decode(header.encode("digits", ["mlp"], 0, 300, default_chunks(300), 300, TrainOptions()))[0][
-        "chunks"] is None  # the default schedule costs one byte
+    plain = header.encode("digits", ["mlp"], 0, 300, None, TrainOptions())
+    assert header.decode(plain)[0]["chunks"] is None and len(plain) == 19  # the default schedule: one byte
     for damaged in (data[:5], b"\x09" + data[1:], data[:-1]):
         with pytest.raises(PrequentialError):
             header.decode(damaged)

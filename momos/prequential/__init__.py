@@ -84,7 +84,8 @@ def prequential(model: str | Sequence[str] | None = None, data: str = "digits", 
     start = time.perf_counter()
     run = _Run(names, x, classes, bounds, opts, seed, torch.device(device), quiet)
     records, segments = run.encode(y)
-    code = header.encode(data, names, seed, limit, bounds, len(y), opts) + label_code.encode_labels(segments)
+    side = header.encode(data, names, seed, limit, None if bounds == default_chunks(len(y)) else bounds, opts)
+    code = side + label_code.encode_labels(segments)
     recorded = {"chunks": bounds, "seed": seed, "limit": limit, **asdict(opts),
                 **({"preset": preset, "preset_tried": chosen.tried} if chosen is not None else {})}
     return PrequentialResult(data, names, classes, records, code, recorded, time.perf_counter() - start)

@@ -23,7 +23,6 @@ from typing import Any
 from kcomplexity.codecs.bits import read_varint, varint
 
 from ..errors import PrequentialError
-from .code import default_chunks
 from .options import TrainOptions
 
 VERSION = 1
@@ -31,14 +30,14 @@ VERSION = 1
 MAX_NAME = 64
 
 
-def encode(data: str, models: list[str], seed: int, limit: int | None, bounds: list[int], n: int,
+def encode(data: str, models: list[str], seed: int, limit: int | None, bounds: list[int] | None,
            opts: TrainOptions) -> bytes:
-    """The header's bytes (``8 * len`` bits of the code)."""
+    """The header's bytes (``8 * len`` bits of the code); ``bounds`` None for the default doubling schedule."""
     out = bytearray([VERSION]) + _text(data) + varint(len(models))
     for name in models:
         out += _text(name)
     out += varint(seed) + varint(0 if limit is None else limit + 1)
-    if list(bounds) == default_chunks(n):
+    if bounds is None:
         out += varint(0)
     else:
         out += varint(len(bounds))
