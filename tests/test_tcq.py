@@ -116,3 +116,16 @@ def test_the_estimator_and_pack_use_the_same_code(tmp_path):
     back = dict(kc.unpack(out))
     for name, x in state.items():
         assert np.array_equal(back[name], decode_tcq(code_tcq(x, rel=0.05).data))
+
+
+def test_contexts_with_one_symbol_and_outliers_decode():
+    rng = np.random.default_rng(0)
+    zero_rows = rng.standard_normal((32, 40)).astype(np.float32)
+    zero_rows[:8] = 0  # a row class of zeros only
+    one_spike = np.zeros((32, 40), dtype=np.float32)
+    one_spike[5, 3] = 1.0
+    outlier = (rng.standard_normal(20000) * 1e-3).astype(np.float32)
+    outlier[0] = 1e3
+    for x in (zero_rows, one_spike, outlier):
+        code = code_tcq(x, rel=0.1)
+        assert np.abs(decode_tcq(code.data) - x).max() <= 2 * code.step * (1 + 1e-6)
