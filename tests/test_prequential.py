@@ -80,8 +80,8 @@ def test_the_header_carries_every_option_and_decoding_needs_nothing_else():
     assert pos == len(data) and len(data) <= 40  # 36 bytes: two models, three boundaries, four options
     assert side == {"data": "mnist", "models": ["cnn", "mlp"], "seed": 7, "limit": None, "chunks": [64, 128, 46000],
                     "options": opts}
-    plain = header.encode("digits", ["mlp"], 0, 300, None, TrainOptions())
-    assert header.decode(plain)[0]["chunks"] is None and len(plain) == 19  # the default schedule: one byte
+    plain = header.encode("digits", ["mlp"], 0, 300, 0, TrainOptions())
+    assert header.decode(plain)[0]["chunks"] == 0 and len(plain) == 19  # a named schedule: one byte
     for damaged in (data[:5], b"\x09" + data[1:], data[:-1]):
         with pytest.raises(PrequentialError):
             header.decode(damaged)
@@ -263,6 +263,7 @@ def test_the_best_preset_codes_small_data_and_decodes_from_its_bytes(capsys):
     assert r.options["preset"] == "best" and r.options["preset_tried"] == best.tried
     assert [c.end for c in r.chunks] == [64, 128, 144, 160] and best.chunks(160) == [64, 128, (128 + 160) // 2]
     assert r.total_bits == r.header_bits + r.stream_bits and r.ideal_bits - WORD <= r.stream_bits
+    assert r.header_bits == 8 * 21  # the split schedule is named, not listed
     assert np.array_equal(decode(bytes(r.code)), _seeded_labels("digits", 0, 160))
     with pytest.raises(PrequentialError, match="preset"):
         prequential("cnn", data="digits", limit=400, preset="best", quiet=True)

@@ -38,7 +38,7 @@ from .. import models
 from ..config import check_device
 from ..errors import PrequentialError
 from . import header, presets
-from .code import _Run, check_chunks, default_chunks, labels_in_order
+from .code import SCHEDULES, _Run, check_chunks, default_chunks, labels_in_order, split_last
 from .fit import shifted
 from .options import HOLDOUT, MAX_AUGMENT, TrainOptions
 from .result import Chunk, PrequentialResult
@@ -84,7 +84,8 @@ def prequential(model: str | Sequence[str] | None = None, data: str = "digits", 
     start = time.perf_counter()
     run = _Run(names, x, classes, bounds, opts, seed, torch.device(device), quiet)
     records, segments = run.encode(y)
-    side = header.encode(data, names, seed, limit, None if bounds == default_chunks(len(y)) else bounds, opts)
+    named = [i for i, schedule in enumerate(SCHEDULES) if schedule(len(y)) == bounds]
+    side = header.encode(data, names, seed, limit, named[0] if named else bounds, opts)
     code = side + label_code.encode_labels(segments)
     recorded = {"chunks": bounds, "seed": seed, "limit": limit, **asdict(opts),
                 **({"preset": preset, "preset_tried": chosen.tried} if chosen is not None else {})}
@@ -102,7 +103,12 @@ def decode(result: PrequentialResult | bytes, data_dir: str | None = None, devic
     code = result.code if isinstance(result, PrequentialResult) else bytes(result)
     side, pos = header.decode(code)
     x, _, classes = labels_in_order(side["data"], side["seed"], side["limit"], data_dir)
-    bounds = check_chunks(side["chunks"] or default_chunks(len(x)), len(x))
+    chunks = side["chunks"]
+    if isinstance(chunks, int):
+        if chunks >= len(SCHEDULES):
+            raise PrequentialError(f"corrupt prequential code: no chunk schedule {chunks}")
+        chunks = SCHEDULES[chunks](len(x))
+    bounds = check_chunks(chunks, len(x))
     run = _Run(side["models"], x, classes, bounds, side["options"], side["seed"], torch.device(device), quiet)
     return run.decode(label_code.LabelDecoder(code[pos:]))
 
@@ -122,5 +128,6 @@ def _options(names: list[str], options: TrainOptions | None, values: dict[str, A
     return options if options is not None else TrainOptions(**values)
 
 
-__all__ = ["prequential", "decode", "PrequentialResult", "Chunk", "TrainOptions", "default_chunks", "check_chunks",
+__all__ = ["prequential", "decode", "PrequentialResult", "Chunk", "TrainOptions", "default_chunks", "split_last",
+           "check_chunks",
            "labels_in_order", "shifted", "HOLDOUT", "MAX_AUGMENT"]

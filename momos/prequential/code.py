@@ -31,6 +31,18 @@ def default_chunks(n: int, first: int = 64) -> list[int]:
     return out
 
 
+def split_last(n: int, first: int = 64) -> list[int]:
+    """:func:`default_chunks` with the last chunk cut in two halves: its second half is then coded by a network
+    trained on more labels (the last chunk holds nearly half of them)."""
+    bounds = default_chunks(n, first)
+    middle = (bounds[-1] + n) // 2 if bounds else 0
+    return bounds + [middle] if bounds and middle > bounds[-1] else bounds
+
+
+#: named chunk schedules, by the index a code's header writes
+SCHEDULES = (default_chunks, split_last)
+
+
 def check_chunks(chunks: Sequence[int], n: int) -> list[int]:
     """Validated boundaries t_1 < ... < t_(K-1) < n (n itself may be listed; it is implied)."""
     bounds = [int(c) for c in chunks]

@@ -7,13 +7,15 @@ are written compactly (integers as LEB128 varints, text as a length and
 UTF-8)::
 
     version data-set  #models model...  seed  limit+1 (0: all)
-    chunks: 0 (doubling from 64) | count, then each boundary less the last
+    chunks: a named schedule's index (< 8: 0 doubling from 64, 1 the same
+            with the last chunk split) | 8 + count, then each boundary
+            less the last
     options: a bitmap of the TrainOptions fields that differ from their
              defaults (field order), then, for those that are not bools
              (a set bool means True), the value: int as varint, float as
              its shortest repr text
 
-About 20 bytes for the preset, against about 4,000 bits of labels.
+About 20 bytes, against about 4,000 bits of labels for MNIST.
 """
 from __future__ import annotations
 
@@ -28,19 +30,24 @@ from .options import TrainOptions
 VERSION = 1
 #: longest data-set or model name a header holds
 MAX_NAME = 64
+#: chunk fields below this name a schedule (:data:`momos.prequential.code.SCHEDULES`); from it on, a count follows
+NAMED = 8
 
 
-def encode(data: str, models: list[str], seed: int, limit: int | None, bounds: list[int] | None,
+def encode(data: str, models: list[str], seed: int, limit: int | None, bounds: int | list[int],
            opts: TrainOptions) -> bytes:
-    """The header's bytes (``8 * len`` bits of the code); ``bounds`` None for the default doubling schedule."""
+    """The header's bytes (``8 * len`` bits of the code); ``bounds`` is a named schedule's index or the
+    boundaries themselves."""
     out = bytearray([VERSION]) + _text(data) + varint(len(models))
     for name in models:
         out += _text(name)
     out += varint(seed) + varint(0 if limit is None else limit + 1)
-    if bounds is None:
-        out += varint(0)
+    if isinstance(bounds, int):
+        if not 0 <= bounds < NAMED:
+            raise PrequentialError(f"no chunk schedule {bounds}")
+        out += varint(bounds)
     else:
-        out += varint(len(bounds))
+        out += varint(NAMED + len(bounds))
         last = 0
         for b in bounds:
             out += varint(b - last)
@@ -58,8 +65,8 @@ def encode(data: str, models: list[str], seed: int, limit: int | None, bounds: l
 
 
 def decode(buf: bytes | memoryview) -> tuple[dict[str, Any], int]:
-    """The side information (data, models, seed, limit, chunks or None for the default, options) and the
-    position after it; PrequentialError for a damaged header."""
+    """The side information (data, models, seed, limit, chunks: a schedule's index or the boundaries,
+    options) and the position after it; PrequentialError for a damaged header."""
     buf = memoryview(bytes(buf))
     try:
         if buf[0] != VERSION:
@@ -74,11 +81,11 @@ def decode(buf: bytes | memoryview) -> tuple[dict[str, Any], int]:
             models.append(name)
         seed, pos = read_varint(buf, pos)
         limit, pos = read_varint(buf, pos)
-        nbounds, pos = read_varint(buf, pos)
-        bounds: list[int] | None = None
-        if nbounds:
+        field, pos = read_varint(buf, pos)
+        bounds: int | list[int] = field
+        if field >= NAMED:
             bounds, last = [], 0
-            for _ in range(nbounds):
+            for _ in range(field - NAMED):
                 step, pos = read_varint(buf, pos)
                 last += step
                 bounds.append(last)

@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass
 
 from ..errors import PrequentialError
-from .code import default_chunks
+from .code import default_chunks, split_last
 from .options import TrainOptions
 
 
@@ -29,10 +29,7 @@ class Preset:
 
     def chunks(self, n: int) -> list[int]:
         """The chunk boundaries for ``n`` labels."""
-        bounds = default_chunks(n)
-        if self.split_last and bounds and (bounds[-1] + n) // 2 > bounds[-1]:
-            bounds.append((bounds[-1] + n) // 2)
-        return bounds
+        return split_last(n) if self.split_last else default_chunks(n)
 
     @property
     def selection_bits(self) -> float:
