@@ -86,7 +86,7 @@ def _parser(train_options: bool = True) -> argparse.ArgumentParser:
     q = sub.add_parser("prequential", help="prequential (online) code length of a data set's labels (bits)")
     q.add_argument("--model", help="registered model coding each chunk (default: mlp)")
     q.add_argument("--preset", help="a named configuration setting models, chunks and fitting options: best (the "
-                                    "shortest MNIST code we found; about 35 minutes on 2 cores)")
+                                    "shortest MNIST code we found: about 4,500 bits, 17 minutes on 2 cores)")
     q.add_argument("--switch", help="comma-separated models to switch between chunk by chunk (replaces --model)")
     q.add_argument("--data", default="digits", help="data set (default: %(default)s)")
     q.add_argument("--chunks", help="comma-separated chunk boundaries (default: 64, 128, 256, ... doubling)")

@@ -16,7 +16,8 @@ from momos import data, models
 from momos.cli import main
 from momos.config import TrainConfig
 from momos.errors import PrequentialError
-from momos.prequential import TrainOptions, decode, default_chunks, labels_in_order, prequential, shifted
+from momos.prequential import (TrainOptions, decode, default_chunks, labels_in_order, prequential, shifted,
+                               split_last)
 from momos.trainer import train
 
 WORD = 32  # the ANS code ends on whole 32-bit words; its state adds at most two
@@ -88,6 +89,11 @@ def test_the_header_carries_every_option_and_decoding_needs_nothing_else():
     # the options come from the code, not from the result: the bytes alone decode
     r = prequential("mlp", "digits", limit=300, calibrate=True, chunks=[64, 150], quiet=True)
     assert np.array_equal(decode(bytes(r.code)), _seeded_labels("digits", 0, 300))
+    # a named schedule is one byte: the last chunk split in two (256..300 -> 256..278..300)
+    assert split_last(300) == [64, 128, 256, 278]
+    s = prequential("mlp", "digits", limit=300, chunks=split_last(300), quiet=True)
+    assert header.decode(s.code)[0]["chunks"] == 1 and s.header_bits == 8 * 19
+    assert np.array_equal(decode(bytes(s.code)), _seeded_labels("digits", 0, 300))
 
 
 def test_same_seed_same_code_other_seed_other_order():
@@ -261,9 +267,9 @@ def test_the_best_preset_codes_small_data_and_decodes_from_its_bytes(capsys):
     best = PRESETS["best"]
     assert r.models == list(best.models) and r.options["ensemble"] == best.options.ensemble
     assert r.options["preset"] == "best" and r.options["preset_tried"] == best.tried
-    assert [c.end for c in r.chunks] == [64, 128, 144, 160] and best.chunks(160) == [64, 128, (128 + 160) // 2]
+    assert [c.end for c in r.chunks] == [*best.chunks(160), 160]
     assert r.total_bits == r.header_bits + r.stream_bits and r.ideal_bits - WORD <= r.stream_bits
-    assert r.header_bits == 8 * 21  # the split schedule is named, not listed
+    assert r.header_bits == 8 * 21
     assert np.array_equal(decode(bytes(r.code)), _seeded_labels("digits", 0, 160))
     with pytest.raises(PrequentialError, match="preset"):
         prequential("cnn", data="digits", limit=400, preset="best", quiet=True)

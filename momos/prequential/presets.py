@@ -39,10 +39,10 @@ class Preset:
 
 PRESETS = {
     "best": Preset(models=("cnn",),
-                   options=TrainOptions(calibrate=True, warm_start=True, anneal=True, augment=2, ensemble=4),
-                   split_last=True, tried=14,
+                   options=TrainOptions(calibrate=True, warm_start=True, anneal=True, augment=2, ensemble=3),
+                   split_last=False, tried=13,
                    description="CNN, calibrated, warm-started, annealed, images shifted by up to 2 pixels, "
-                               "4 networks averaged, the last chunk split in two"),
+                               "3 networks averaged"),
 }
 
 
