@@ -31,8 +31,9 @@ import numpy as np
 
 from .errors import IntrinsicError, NonFiniteLossError
 from .codecs.bits import read_varint, varint
-from .codecs.quant import (ROW_LEVELS, QuantizedCode, code_quantized, code_rows, decode_quantized, reconstruct,
-                           reconstruct_rows)
+from .codecs.quant import (ROW_LEVELS, QuantizedCode, code_quantized, code_rows, decode_quantized, float_step,
+                           reconstruct, reconstruct_rows)
+from .sources import as_named
 
 #: the search interval for rel: at REL_MAX (step = 16 RMS) nearly every weight rounds to zero;
 #: REL_MIN is finer than any budget we have seen need
@@ -242,11 +243,11 @@ def _allocate(params: list[tuple[str, Any]], saved: dict[str, Any], factors: dic
                 if not ok(loss):
                     break
                 rels, lo_loss = trial, loss
+    coded: dict[str, QuantizedCode] = {}  # the row pass's codes of the matrices it examined, kept as they are
     if allocation == "row" and within:
-        levels, lo_loss = _coarsen_rows(params, saved, rels, lambda lv: loss_with(rels, lv), ok, lo_loss)
+        levels, lo_loss, coded = _coarsen_rows(params, saved, rels, lambda lv: loss_with(rels, lv), ok, lo_loss)
     codes = [code_low_rank(saved[n], factors[n], rels[n]) if n in factors
-             else code_rows(saved[n], rels[n] * _rms(saved[n]), levels[n]) if n in levels
-             else code_quantized(saved[n], rel=rels[n]) for n, _ in params]
+             else coded[n] if n in coded else code_quantized(saved[n], rel=rels[n]) for n, _ in params]
     return {"rel": lo, "loss": lo_loss, "within": within, "rels": rels, "levels": levels, "codes": codes,
             "factors": factors, "bits": sum(c.bits for c in codes)}
 
@@ -307,40 +308,41 @@ def decode_low_rank(data: bytes, shape: tuple[int, ...]) -> np.ndarray:
 
 def _coarsen_rows(params: list[tuple[str, Any]], saved: dict[str, Any], rels: dict[str, float],
                   loss_with: Callable[[dict[str, np.ndarray]], float], ok: Callable[[float], bool], loss: float
-                  ) -> tuple[dict[str, np.ndarray], float]:
+                  ) -> tuple[dict[str, np.ndarray], float, dict[str, QuantizedCode]]:
     """Row levels of each matrix, largest first: its rows in ROW_GROUPS groups by norm (smallest first, where
     a coarser step moves the outputs least), each group's level raised while the loss stays within budget.
     A level is only tried when its code (levels included) is shorter than the matrix's best so far, so no
-    evaluation is spent on a coarsening that would not pay, and every kept level was measured."""
+    evaluation is spent on a coarsening that would not pay, and every kept level was measured. Returns the
+    levels, the loss and each examined matrix's shortest code (quant, or rows when levels were kept)."""
     levels: dict[str, np.ndarray] = {}
+    coded: dict[str, QuantizedCode] = {}
     for name, p in sorted(params, key=lambda item: -item[1].numel()):
         if p.ndim < 2 or p.shape[0] < ROW_GROUPS:
             continue
         src = saved[name]
-        step = rels[name] * _rms(src)
+        step = _step(src, rels[name])
         norms = src.detach().reshape(p.shape[0], -1).double().norm(dim=1).cpu().numpy()
         group = np.searchsorted(np.quantile(norms, np.linspace(0, 1, ROW_GROUPS + 1)[1:-1]), norms, side="right")
         current = np.zeros(p.shape[0], dtype=np.int64)
-        best = code_quantized(src, rel=rels[name]).bits
+        best = coded[name] = code_quantized(src, rel=rels[name])
         for g in range(ROW_GROUPS):
             for up in range(1, ROW_LEVELS):
                 trial = np.where(group == g, up, current)
-                bits = code_rows(src, step, trial).bits
-                if bits >= best:
+                code = code_rows(src, step, trial)
+                if code.bits >= best.bits:
                     continue  # the levels' side information outweighs the saving: try a coarser level
                 value = loss_with({**levels, name: trial})
                 if not ok(value):
                     break
-                current, loss, best = trial, value, bits
+                current, loss, best = trial, value, code
         if current.any():
-            levels[name] = current
-    return levels, loss
+            levels[name], coded[name] = current, best
+    return levels, loss, coded
 
 
-def _rms(t: Any) -> float:
-    """The RMS quant's ``rel`` is relative to (1 for an all-zero tensor, as in quant)."""
-    rms = float(t.detach().double().pow(2).mean().sqrt())
-    return rms if rms > 0 else 1.0
+def _step(t: Any, rel: float) -> float:
+    """quant's step for a tensor at ``rel`` (:func:`~kcomplexity.codecs.quant.float_step`)."""
+    return float_step("tensor", as_named(t).values().reshape(-1).astype(np.float64), rel, None)
 
 
 def _bisect(loss_at: Callable[[float], float], ok: Callable[[float], bool], spent: Callable[[], int],
@@ -396,7 +398,7 @@ def _quantized_like(t: Any, rel: float, levels: np.ndarray | None = None) -> Any
     row ``levels``, returns), same dtype."""
     import torch
 
-    back = reconstruct(t, rel=rel) if levels is None else reconstruct_rows(t, rel * _rms(t), levels)
+    back = reconstruct(t, rel=rel) if levels is None else reconstruct_rows(t, _step(t, rel), levels)
     return torch.from_numpy(back).to(dtype=t.dtype, device=t.device).reshape(t.shape)
 
 

@@ -78,11 +78,33 @@ class FpcCodec(Codec):
         return NamedArray("tensor", storage(fpc.decode(data, max_values), head.dtype), head.dtype)
 
 
-class QuantCodec(Codec):
+class _SteppedCodec(Codec):
+    """A lossy code on a quantisation step whose encoder hands back its distortion (a ``QuantizedCode``)."""
+
+    lossless = False
+
+    @abstractmethod
+    def _code(self, x: Any) -> Any:
+        """The ``QuantizedCode`` of one tensor."""
+
+    def encode(self, x: Any) -> bytes:
+        return self._code(x).data
+
+    def encode_measured(self, x: Any) -> tuple[bytes, dict[str, float]]:
+        from ..distortion import summary
+
+        code = self._code(x)
+        return code.data, summary(code.sse, code.numel, code.max_abs_err)
+
+    def _step_spec(self) -> str:
+        """``NAME:rel=R`` or ``NAME:delta=D``: the start of :meth:`spec`."""
+        return f"{self.name}:rel={self.rel!r}" if self.rel is not None else f"{self.name}:delta={self.delta!r}"
+
+
+class QuantCodec(_SteppedCodec):
     """Uniform quantisation + entropy code (:mod:`.quant`): every value back within ``step / 2``."""
 
     name = "quant"
-    lossless = False
 
     def __init__(self, rel: float | None = None, delta: float | None = None, rdoq: float = 0.0) -> None:
         from .quant import check_precision
@@ -90,15 +112,10 @@ class QuantCodec(Codec):
         self.rel, self.delta = check_precision(rel, delta)
         self.rdoq = float(rdoq)  # rate-distortion optimised levels (errors may then exceed step/2)
 
-    def encode(self, x: Any) -> bytes:
-        return self.encode_measured(x)[0]
-
-    def encode_measured(self, x: Any) -> tuple[bytes, dict[str, float]]:
-        from ..distortion import summary
+    def _code(self, x: Any) -> Any:
         from .quant import code_quantized
 
-        code = code_quantized(x, rel=self.rel, delta=self.delta, rdoq=self.rdoq)
-        return code.data, summary(code.sse, code.numel, code.max_abs_err)
+        return code_quantized(x, rel=self.rel, delta=self.delta, rdoq=self.rdoq)
 
     def decode(self, data: bytes, max_values: int = MAX_VALUES) -> NamedArray:
         from .quant import VERSION, decode_quantized
@@ -107,15 +124,13 @@ class QuantCodec(Codec):
         return NamedArray("tensor", storage(decode_quantized(data, max_values), head.dtype), head.dtype)
 
     def spec(self) -> str:
-        step = f"quant:rel={self.rel!r}" if self.rel is not None else f"quant:delta={self.delta!r}"
-        return step + (f":rdoq={self.rdoq!r}" if self.rdoq else "")
+        return self._step_spec() + (f":rdoq={self.rdoq!r}" if self.rdoq else "")
 
 
-class TcqCodec(Codec):
+class TcqCodec(_SteppedCodec):
     """Trellis-coded quantisation + context-modelled ANS (:mod:`.tcq`): every value back within ``2 step``."""
 
     name = "tcq"
-    lossless = False
 
     def __init__(self, rel: float | None = None, delta: float | None = None, lam: float | None = None) -> None:
         from .quant import check_precision
@@ -124,15 +139,10 @@ class TcqCodec(Codec):
         self.rel, self.delta = check_precision(rel, delta)
         self.lam = DEFAULT_LAM if lam is None else float(lam)  # the search's weight of a bit in squared steps
 
-    def encode(self, x: Any) -> bytes:
-        return self.encode_measured(x)[0]
-
-    def encode_measured(self, x: Any) -> tuple[bytes, dict[str, float]]:
-        from ..distortion import summary
+    def _code(self, x: Any) -> Any:
         from .tcq import code_tcq
 
-        code = code_tcq(x, rel=self.rel, delta=self.delta, lam=self.lam)
-        return code.data, summary(code.sse, code.numel, code.max_abs_err)
+        return code_tcq(x, rel=self.rel, delta=self.delta, lam=self.lam)
 
     def decode(self, data: bytes, max_values: int = MAX_VALUES) -> NamedArray:
         from .tcq import decode_tcq
@@ -141,8 +151,7 @@ class TcqCodec(Codec):
         return NamedArray("tensor", storage(decode_tcq(data, max_values), head.dtype), head.dtype)
 
     def spec(self) -> str:
-        step = f"tcq:rel={self.rel!r}" if self.rel is not None else f"tcq:delta={self.delta!r}"
-        return step + f":lam={self.lam!r}"
+        return self._step_spec() + f":lam={self.lam!r}"
 
 
 class ZstdCodec(Codec):

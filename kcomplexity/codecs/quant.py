@@ -96,11 +96,7 @@ def quantize(a: NamedArray, rel: float | None = None, delta: float | None = None
         sym = values.reshape(-1).astype(np.int64)
         return sym, 1.0, sym.astype(np.float64)
     x = values.reshape(-1).astype(np.float64)
-    if not np.isfinite(x).all():
-        raise EstimatorSettingError(f"tensor '{a.name}' holds NaN/Inf, which no finite step can quantise")
-    step = delta if delta is not None else rel * float(np.sqrt(np.mean(x * x)))
-    if step == 0.0:  # an all-zero tensor: any step codes it exactly
-        step = 1.0
+    step = float_step(a.name, x, rel, delta)
     sym = np.rint(x / step)
     if sym.size and np.abs(sym).max() >= 2.0 ** 62:
         raise EstimatorSettingError(f"step {step:g} is too fine for tensor '{a.name}' (symbols exceed 2**62)")
@@ -108,6 +104,25 @@ def quantize(a: NamedArray, rel: float | None = None, delta: float | None = None
     if rdoq > 0:
         sym = rdo_symbols(x / step, sym, rdoq)
     return sym, float(step), x
+
+
+def float_step(name: str, x: np.ndarray, rel: float | None, delta: float | None) -> float:
+    """The step of a float tensor's flat values ``x`` (float64): ``delta``, or ``rel`` x their RMS (1 for an
+    all-zero tensor, which any step codes exactly); EstimatorSettingError for NaN/Inf, which no step quantises."""
+    if not np.isfinite(x).all():
+        raise EstimatorSettingError(f"tensor '{name}' holds NaN/Inf, which no finite step can quantise")
+    step = delta if delta is not None else rel * float(np.sqrt(np.mean(x * x)))
+    return step if step != 0.0 else 1.0
+
+
+def restored(rec: np.ndarray, dtype: str) -> np.ndarray:
+    """Decoded values as float64, as the decoder hands them back in ``dtype``: float32 for float32/16 and
+    bfloat16, then rounded to float16/bfloat16 storage, so a distortion is measured on what a user gets."""
+    if dtype in ("float32", "float16", "bfloat16"):
+        rec = np.asarray(rec, dtype=np.float32)
+        if dtype != "float32":
+            rec = NamedArray("tensor", storage(rec, dtype), dtype).values()
+    return np.asarray(rec, dtype=np.float64)
 
 
 #: passes of rate-distortion optimised quantisation: each re-estimates the symbol histogram it prices by
@@ -150,10 +165,7 @@ def code_quantized(x: Any, rel: float | None = None, delta: float | None = None,
     method, body = _entropy_code(sym)
     head = Header("quant", VERSION, a.dtype, tuple(int(d) for d in a.shape)).to_bytes()
     data = head + bytes([METHODS.index(method)]) + struct.pack("<d", step) + body
-    rec = _reconstruct(sym, step, a.dtype).reshape(-1)
-    if a.dtype in ("float16", "bfloat16"):  # the distortion of the values as restored in their own dtype
-        rec = NamedArray(a.name, storage(rec, a.dtype), a.dtype).values()
-    err = rec.astype(np.float64) - orig
+    err = restored(_reconstruct(sym, step, a.dtype).reshape(-1), a.dtype) - orig
     return QuantizedCode(data=data, step=step, method=method, numel=int(sym.size), sse=float(np.dot(err, err)),
                          max_abs_err=float(np.abs(err).max()), signal=float(np.dot(orig, orig)))
 
@@ -421,4 +433,4 @@ def _ans_decode(model: object, payload: memoryview, n: int) -> np.ndarray:
     return out
 
 
-__all__ = ["encode_quantized", "decode_quantized", "code_quantized", "reconstruct", "code_rows", "decode_rows", "reconstruct_rows", "QuantizedCode", "check_precision", "quantize"]
+__all__ = ["encode_quantized", "decode_quantized", "code_quantized", "reconstruct", "float_step", "restored", "code_rows", "decode_rows", "reconstruct_rows", "QuantizedCode", "check_precision", "quantize"]

@@ -44,11 +44,11 @@ from typing import Any
 import numpy as np
 
 from ..errors import CorruptFileError, EstimatorSettingError
-from ..sources import NamedArray, as_named
+from ..sources import as_named
 from . import ans
 from .bits import pack_fixed, pack_tables, packed_size, read_varint, unpack_fixed, unpack_tables, unzigzag, varint, zigzag
-from .container import MAX_VALUES, Header, codec_of, read_header, storage
-from .quant import QuantizedCode, check_precision, code_quantized, decode_quantized
+from .container import MAX_VALUES, Header, codec_of, read_header
+from .quant import QuantizedCode, check_precision, code_quantized, decode_quantized, float_step, restored
 
 VERSION = 1
 #: values per chunk; each chunk's trellis starts in state 0
@@ -85,12 +85,8 @@ def code_tcq(x: Any, rel: float | None = None, delta: float | None = None, lam: 
     if not (a.data.dtype.kind == "f" or a.dtype == "bfloat16"):
         return code_quantized(a, delta=1.0)  # integers and bools are coded exactly
     v = a.values().reshape(-1).astype(np.float64)
-    if not np.isfinite(v).all():
-        raise EstimatorSettingError(f"tensor '{a.name}' holds NaN/Inf, which no finite step can quantise")
-    step = delta if delta is not None else rel * float(np.sqrt(np.mean(v * v))) if v.size else 1.0
-    if step == 0.0:
-        step = 1.0
-    if v.size and np.abs(v).max() / step >= 2.0 ** 40:
+    step = float_step(a.name, v, rel, delta)
+    if np.abs(v).max() / step >= 2.0 ** 40:
         raise EstimatorSettingError(f"step {step:g} is too fine for tensor '{a.name}'")
     n = v.size
     length = max(1, min(CHUNK, n))
@@ -98,7 +94,7 @@ def code_tcq(x: Any, rel: float | None = None, delta: float | None = None, lam: 
     k = int(rows.max()) + 1
     at = rows[_row_of(n, a.shape)]  # each value's row class
     q, quantiser = _search(v / step, at, k, length, float(lam))
-    lo, hi = (int(q.min()), int(q.max())) if n else (0, 0)
+    lo, hi = int(q.min()), int(q.max())
     if hi - lo >= ans.MAX_ALPHABET:
         raise EstimatorSettingError(f"step {step:g} is too fine for tensor '{a.name}' (more than "
                                     f"{ans.MAX_ALPHABET:,} levels); use quant")
@@ -113,12 +109,9 @@ def code_tcq(x: Any, rel: float | None = None, delta: float | None = None, lam: 
         body += varint(len(table)) + table
         body += ans.encode(_parts(q - lo, ctx, counts, n, length))
     head = Header("tcq", VERSION, a.dtype, tuple(int(d) for d in a.shape)).to_bytes()
-    rec = levels(q, quantiser) * step
-    if a.dtype != "float64":  # the distortion of the values as restored in their own dtype
-        rec = NamedArray(a.name, storage(rec.astype(np.float32), a.dtype), a.dtype).values().astype(np.float64)
-    err = rec - v
+    err = restored(levels(q, quantiser) * step, a.dtype) - v
     return QuantizedCode(data=head + bytes(body), step=float(step), method="tcq", numel=n,
-                         sse=float(np.dot(err, err)), max_abs_err=float(np.abs(err).max()) if n else 0.0,
+                         sse=float(np.dot(err, err)), max_abs_err=float(np.abs(err).max()),
                          signal=float(np.dot(v, v)))
 
 
@@ -215,8 +208,6 @@ def _search(y: np.ndarray, at: np.ndarray, k: int, length: int, lam: float) -> t
     """Indices and quantiser of each value (``y`` = value / step, ``at`` its row class of ``k``) by a Viterbi
     search of D + lam·R; two passes, the second pricing bits by the first's per-context statistics."""
     n = y.size
-    if n == 0:
-        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
     # first pricing: the nearest Q0 indices' histogram, the same for every context
     q0 = np.rint(y / 2).astype(np.int64)
     lo, hi = int(q0.min()) - 2, int(q0.max()) + 2
@@ -302,9 +293,14 @@ def _quantisers(q: np.ndarray, n: int, length: int) -> np.ndarray:
 
 
 # ---------------------------------------------------------------- entropy coding
+def _models(counts: list[np.ndarray]) -> list[Any]:
+    """Each context's ANS model (None for a context no symbol uses)."""
+    return [ans.categorical(c) if c.sum() else None for c in counts]
+
+
 def _parts(offsets: np.ndarray, ctx: np.ndarray, counts: list[np.ndarray], n: int, length: int) -> list:
     """ANS parts in decoding order: position by position across chunks, and within a position by context."""
-    models = [ans.categorical(c) if c.sum() else None for c in counts]
+    models = _models(counts)
     Q, C = _grid(offsets, n, length), _grid(ctx, n, length, -1)
     parts = []
     for t in range(length):
@@ -319,7 +315,7 @@ def _parts(offsets: np.ndarray, ctx: np.ndarray, counts: list[np.ndarray], n: in
 def _decode_symbols(payload: memoryview, counts: list[np.ndarray], at: np.ndarray, lo: int, n: int, length: int,
                     k: int) -> tuple[np.ndarray, np.ndarray]:
     """Indices (with ``lo`` added) and quantisers, tracking every chunk's state as its symbols come in."""
-    models = [ans.categorical(c) if c.sum() else None for c in counts]
+    models = _models(counts)
     decoder = ans.Decoder(payload, "tcq code")
     m = -(-n // length)
     RC = _grid(at, n, length)

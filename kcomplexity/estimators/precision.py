@@ -55,16 +55,24 @@ class Quant(Estimator):
     kind = "lossy code length"
 
     def __init__(self, rel: float | None = None, delta: float | None = None, rdoq: float = 0.0) -> None:
-        if rel is None and delta is None:
-            rel = DEFAULT_REL
-        v = self._validated(rel=rel, delta=delta, rdoq=rdoq)
-        self.rel, self.delta = check_precision(v["rel"], v["delta"])
-        self.rdoq = v["rdoq"]
+        self.rdoq = self._set_step(rel, delta, rdoq=rdoq)["rdoq"]
         self.description = ("uniform quantisation per tensor (step = rel x RMS, or delta) + the shortest of "
                             "order-0 / Gaussian / Laplace ANS codes and zstd; details: mse, max_abs_err")
 
+    def _set_step(self, rel: float | None, delta: float | None, **extra: Any) -> dict[str, Any]:
+        """Validate the step (``rel`` DEFAULT_REL when neither is given) with the ``extra`` settings, set
+        ``rel``/``delta``, and return the validated values."""
+        if rel is None and delta is None:
+            rel = DEFAULT_REL
+        v = self._validated(rel=rel, delta=delta, **extra)
+        self.rel, self.delta = check_precision(v["rel"], v["delta"])
+        return v
+
+    def _step_settings(self) -> dict[str, Any]:
+        return {"rel": self.rel} if self.rel is not None else {"delta": self.delta}
+
     def settings(self) -> dict[str, Any]:
-        step = {"rel": self.rel} if self.rel is not None else {"delta": self.delta}
+        step = self._step_settings()
         return {**step, "rdoq": self.rdoq} if self.rdoq else step
 
     def code(self, a: NamedArray) -> QuantizedCode:
@@ -107,18 +115,13 @@ class Tcq(Quant):
     name = "tcq"
 
     def __init__(self, rel: float | None = None, delta: float | None = None, lam: float = DEFAULT_LAM) -> None:
-        if rel is None and delta is None:
-            rel = DEFAULT_REL
-        v = self._validated(rel=rel, delta=delta, lam=lam)
-        self.rel, self.delta = check_precision(v["rel"], v["delta"])
-        self.lam = v["lam"]
+        self.lam = self._set_step(rel, delta, lam=lam)["lam"]
         self.description = ("trellis-coded (dependent) quantisation per tensor (step = rel x RMS, or delta; every "
                             "value within 2 steps) + ANS with a table per quantiser and row-scale class; details: "
                             "mse, max_abs_err")
 
     def settings(self) -> dict[str, Any]:
-        step = {"rel": self.rel} if self.rel is not None else {"delta": self.delta}
-        return {**step, "lam": self.lam}
+        return {**self._step_settings(), "lam": self.lam}
 
     def code(self, a: NamedArray) -> QuantizedCode:
         return code_tcq(a, rel=self.rel, delta=self.delta, lam=self.lam)
