@@ -86,10 +86,12 @@ def _parser(train_options: bool = True) -> argparse.ArgumentParser:
     q = sub.add_parser("prequential", help="prequential (online) code length of a data set's labels (bits)")
     q.add_argument("--model", help="registered model coding each chunk (default: mlp)")
     q.add_argument("--preset", help="a named configuration setting models, chunks and fitting options: best (the "
-                                    "shortest MNIST code we found: about 4,500 bits, 17 minutes on 2 cores)")
+                                    "shortest MNIST code we found)")
     q.add_argument("--switch", help="comma-separated models to switch between chunk by chunk (replaces --model)")
     q.add_argument("--data", default="digits", help="data set (default: %(default)s)")
-    q.add_argument("--chunks", help="comma-separated chunk boundaries (default: 64, 128, 256, ... doubling)")
+    q.add_argument("--chunks", help="comma-separated chunk boundaries, or a named schedule: doubling (64, 128, "
+                                    "256, ...; the default), split-last (its last chunk cut in two), fine (growing "
+                                    "by sqrt 2: 64, 91, 128, 181, ...)")
     q.add_argument("--seed", type=seed_arg, default=0)
     if train_options:  # the fitting options come from TrainOptions (the prequential package imports torch)
         from .prequential.options import TrainOptions
@@ -215,9 +217,18 @@ def _prequential(args: argparse.Namespace) -> None:
     from kcomplexity.sources import refuse_output_onto
 
     from .prequential import TrainOptions, prequential
+    from .prequential.code import SCHEDULE_NAMES
 
     names = _list(args.switch, str) if args.switch else [args.model] if args.model else None
-    chunks = _list(args.chunks, int) if args.chunks else None
+    chunks = None
+    if args.chunks in SCHEDULE_NAMES:
+        chunks = args.chunks
+    elif args.chunks:
+        try:
+            chunks = _list(args.chunks, int)
+        except MoMosError:
+            raise MoMosError(f"--chunks takes whole-number boundaries or a schedule ({', '.join(SCHEDULE_NAMES)}), "
+                             f"got '{args.chunks}'") from None
     refuse_output_onto(args.output, args.plot, args.data_dir)
     refuse_output_onto(args.plot, args.data_dir)
     options = TrainOptions(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainOptions)})

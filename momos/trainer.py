@@ -146,6 +146,7 @@ class _Trainer:
             self.track("start", self.run_dir, self.cfg.to_json())
             start = self.restore(pool) + 1 if resume else 0
             for epoch in range(start, self.cfg.epochs + 1):
+                began = time.perf_counter()
                 record, mosaic = self.one_epoch(epoch)
                 if not self.ranks.main:  # rank 0 alone writes the run directory and measures
                     continue
@@ -156,7 +157,10 @@ class _Trainer:
                     checkpoint.save_best(self.run_dir, self.model, self.best)
                 checkpoint.save(self.ckpt_root, epoch, self.model, self.state(epoch, record), mosaic, self.previous)
                 weights = self.measure.snapshot()
-                waiting = (record, pool.submit(self.measure.job(weights, mosaic, self.previous)))
+                job = self.measure.job(weights, mosaic, self.previous)
+                # the epoch's whole cycle: training, the wait for the previous epoch's estimators, the checkpoint
+                record["time"]["epoch_s"] = time.perf_counter() - began
+                waiting = (record, pool.submit(job))
                 if self.measure.keep_previous:
                     self.previous = weights
             if waiting is not None:

@@ -16,8 +16,8 @@ from momos import data, models
 from momos.cli import main
 from momos.config import TrainConfig
 from momos.errors import PrequentialError
-from momos.prequential import (TrainOptions, decode, default_chunks, labels_in_order, prequential, shifted,
-                               split_last)
+from momos.prequential import (TrainOptions, decode, default_chunks, fine_chunks, labels_in_order, prequential,
+                               shifted, split_last)
 from momos.trainer import train
 
 WORD = 32  # the ANS code ends on whole 32-bit words; its state adds at most two
@@ -94,6 +94,20 @@ def test_the_header_carries_every_option_and_decoding_needs_nothing_else():
     s = prequential("mlp", "digits", limit=300, chunks=split_last(300), quiet=True)
     assert header.decode(s.code)[0]["chunks"] == 1 and s.header_bits == 8 * 19
     assert np.array_equal(decode(bytes(s.code)), _seeded_labels("digits", 0, 300))
+
+
+def test_named_schedules_and_the_sqrt2_schedule():
+    from momos.prequential import header
+
+    assert fine_chunks(1000) == [64, 91, 128, 181, 256, 362, 512, 724]
+    assert fine_chunks(60000)[-1] == 46341 and len(fine_chunks(60000)) == 20
+    ratios = np.diff(np.log2(fine_chunks(60000)))
+    assert np.allclose(ratios, 0.5, atol=0.03)  # each boundary sqrt 2 times the last
+    f = prequential("mlp", "digits", limit=300, chunks="fine", quiet=True)
+    assert [c.end for c in f.chunks] == [64, 91, 128, 181, 256, 300] and header.decode(f.code)[0]["chunks"] == 2
+    assert f.header_bits == 8 * 19 and np.array_equal(decode(bytes(f.code)), _seeded_labels("digits", 0, 300))
+    with pytest.raises(PrequentialError, match="unknown chunk schedule 'halving'"):
+        prequential("mlp", "digits", limit=300, chunks="halving", quiet=True)
 
 
 def test_same_seed_same_code_other_seed_other_order():
@@ -203,7 +217,7 @@ def test_cli_json_csv_and_plot(tmp_path, capsys):
     assert main(["prequential", "--limit", "300", "--chunks", "64", "-f", "csv", "--quiet"]) == 0
     assert capsys.readouterr().out.splitlines()[0].startswith("start,end,trained_on")
     assert main(["prequential", "--chunks", "64,x", "--quiet"]) == 2
-    assert "comma-separated" in capsys.readouterr().err
+    assert "whole-number boundaries or a schedule (doubling, split-last, fine)" in capsys.readouterr().err
 
 
 def test_cnn_is_a_registered_model():
@@ -261,6 +275,7 @@ def test_two_part_model_part_is_one_stream_that_decodes(tmp_path):
 
 
 def test_the_best_preset_codes_small_data_and_decodes_from_its_bytes(capsys):
+    from momos.prequential import header, presets
     from momos.prequential.presets import PRESETS
 
     r = prequential(data="digits", limit=160, preset="best", quiet=True)  # its MNIST run is in the README
@@ -269,8 +284,12 @@ def test_the_best_preset_codes_small_data_and_decodes_from_its_bytes(capsys):
     assert r.options["preset"] == "best" and r.options["preset_tried"] == best.tried
     assert [c.end for c in r.chunks] == [*best.chunks(160), 160]
     assert r.total_bits == r.header_bits + r.stream_bits and r.ideal_bits - WORD <= r.stream_bits
-    assert r.header_bits == 8 * 21
+    # the header names the preset instead of its model, schedule and options: version, "digits", 0, index,
+    # seed, limit + 1 (two bytes)
+    assert r.header_bits == 8 * 13 and header.decode(r.code)[0]["preset"] == presets.index("best")
     assert np.array_equal(decode(bytes(r.code)), _seeded_labels("digits", 0, 160))
+    with pytest.raises(PrequentialError, match="no preset 9"):
+        decode(header.encode_preset("digits", 9, 0, 160) + r.code[r.header_bits // 8:])
     with pytest.raises(PrequentialError, match="preset"):
         prequential("cnn", data="digits", limit=400, preset="best", quiet=True)
     with pytest.raises(PrequentialError, match="unknown preset"):

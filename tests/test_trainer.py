@@ -36,7 +36,9 @@ def test_each_method_and_log_schema(method, tmp_path):
         assert {"epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "time", "projection",
                 "complexity", "n_params", "sparsity", "l2_norm"} <= set(r)
         assert 0 <= r["sparsity"] <= 1 and r["l2_norm"] > 0
-        assert {"train_s", "project_s", "val_s", "estimators_s"} <= set(r["time"])
+        assert {"train_s", "project_s", "val_s", "estimators_s", "epoch_s"} <= set(r["time"])
+        # the whole cycle holds its training and validation
+        assert r["time"]["epoch_s"] >= r["time"]["train_s"] + r["time"]["val_s"]
         assert set(FAST["estimators"]) <= set(r["complexity"])
         assert all(v > 0 for v in r["complexity"].values())
     assert log[0]["projection"] is None

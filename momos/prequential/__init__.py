@@ -38,16 +38,17 @@ from .. import models
 from ..config import check_device
 from ..errors import PrequentialError
 from . import header, presets
-from .code import SCHEDULES, _Run, check_chunks, default_chunks, labels_in_order, split_last
+from .code import (SCHEDULES, _Run, check_chunks, default_chunks, fine_chunks, labels_in_order, named_chunks,
+                   split_last)
 from .fit import shifted
 from .options import HOLDOUT, MAX_AUGMENT, TrainOptions
 from .result import Chunk, PrequentialResult
 
 
-def prequential(model: str | Sequence[str] | None = None, data: str = "digits", chunks: Sequence[int] | None = None,
-                seed: int = 0, limit: int | None = None, device: str = "cpu", data_dir: str | None = None,
-                quiet: bool = False, options: TrainOptions | None = None, preset: str | None = None,
-                **option_values: Any) -> PrequentialResult:
+def prequential(model: str | Sequence[str] | None = None, data: str = "digits",
+                chunks: Sequence[int] | str | None = None, seed: int = 0, limit: int | None = None,
+                device: str = "cpu", data_dir: str | None = None, quiet: bool = False,
+                options: TrainOptions | None = None, preset: str | None = None, **option_values: Any) -> PrequentialResult:
     """Prequential code length (bits) of the training labels of ``data`` under ``model``.
 
     ``model`` may list several registered models: each chunk is then coded
@@ -56,7 +57,8 @@ def prequential(model: str | Sequence[str] | None = None, data: str = "digits", 
     :class:`TrainOptions` (``options``, or its fields as keywords:
     ``calibrate``, ``warm_start``, ``anneal``, ``augment``, ``ensemble``,
     ``max_epochs``, ``patience``, ``lr``, ``batch_size``). ``chunks`` are
-    the boundaries t_1 < t_2 < ... (default: doubling from 64). The labels
+    the boundaries t_1 < t_2 < ... or a named schedule (``"doubling"`` from
+    64, the default; ``"split-last"``; ``"fine"``, growing by sqrt 2). The labels
     are all of the data set's training data (its train and validation
     splits) in an order drawn from ``seed``; ``limit`` keeps the first
     ``limit`` of them. ``model`` defaults to ``"mlp"``.
@@ -80,12 +82,17 @@ def prequential(model: str | Sequence[str] | None = None, data: str = "digits", 
     x, y, classes = labels_in_order(data, seed, limit, data_dir)
     if chosen is not None:
         chunks = chosen.chunks(len(y))
+    if isinstance(chunks, str):
+        chunks = named_chunks(chunks, len(y))
     bounds = check_chunks(default_chunks(len(y)) if chunks is None else chunks, len(y))
     start = time.perf_counter()
     run = _Run(names, x, classes, bounds, opts, seed, torch.device(device), quiet)
     records, segments = run.encode(y)
-    named = [i for i, schedule in enumerate(SCHEDULES) if schedule(len(y)) == bounds]
-    side = header.encode(data, names, seed, limit, named[0] if named else bounds, opts)
+    if chosen is not None:
+        side = header.encode_preset(data, presets.index(preset), seed, limit)
+    else:
+        named = [i for i, schedule in enumerate(SCHEDULES) if schedule(len(y)) == bounds]
+        side = header.encode(data, names, seed, limit, named[0] if named else bounds, opts)
     code = side + label_code.encode_labels(segments)
     recorded = {"chunks": bounds, "seed": seed, "limit": limit, **asdict(opts),
                 **({"preset": preset, "preset_tried": chosen.tried} if chosen is not None else {})}
@@ -103,6 +110,9 @@ def decode(result: PrequentialResult | bytes, data_dir: str | None = None, devic
     code = result.code if isinstance(result, PrequentialResult) else bytes(result)
     side, pos = header.decode(code)
     x, _, classes = labels_in_order(side["data"], side["seed"], side["limit"], data_dir)
+    if "preset" in side:
+        chosen = presets.by_index(side["preset"])[1]
+        side.update(models=list(chosen.models), options=chosen.options, chunks=chosen.chunks(len(x)))
     chunks = side["chunks"]
     if isinstance(chunks, int):
         if chunks >= len(SCHEDULES):
@@ -129,5 +139,6 @@ def _options(names: list[str], options: TrainOptions | None, values: dict[str, A
 
 
 __all__ = ["prequential", "decode", "PrequentialResult", "Chunk", "TrainOptions", "default_chunks", "split_last",
+           "fine_chunks",
            "check_chunks",
            "labels_in_order", "shifted", "HOLDOUT", "MAX_AUGMENT"]

@@ -39,8 +39,29 @@ def split_last(n: int, first: int = 64) -> list[int]:
     return bounds + [middle] if bounds and middle > bounds[-1] else bounds
 
 
+def fine_chunks(n: int, first: int = 64) -> list[int]:
+    """Boundaries growing by sqrt(2) from ``first`` (64, 91, 128, 181, 256, ...): each label is coded by a network
+    trained on at least 71 % of the labels before it, where doubling leaves 50 %. With held-out loss falling
+    like n^-1/2, that is about 9 % fewer bits than doubling, for about twice the training."""
+    out, k = [], 0
+    while (t := round(first * 2 ** (k / 2))) < n:
+        out.append(t)
+        k += 1
+    return out
+
+
 #: named chunk schedules, by the index a code's header writes
-SCHEDULES = (default_chunks, split_last)
+SCHEDULES = (default_chunks, split_last, fine_chunks)
+#: their names (``chunks="fine"``, ``--chunks fine``), in the same order
+SCHEDULE_NAMES = ("doubling", "split-last", "fine")
+
+
+def named_chunks(name: str, n: int) -> list[int]:
+    """The boundaries of the schedule called ``name`` for ``n`` labels."""
+    if name not in SCHEDULE_NAMES:
+        raise PrequentialError(f"unknown chunk schedule '{name}'; available: {', '.join(SCHEDULE_NAMES)}, "
+                               "or a list of boundaries")
+    return SCHEDULES[SCHEDULE_NAMES.index(name)](n)
 
 
 def check_chunks(chunks: Sequence[int], n: int) -> list[int]:

@@ -3,6 +3,9 @@
 A preset was picked among the configurations tried on MNIST; that choice is
 information too, and :attr:`Preset.tried` says how many there were, so a
 reader can charge ``log2(tried)`` bits for it (the README reports both).
+
+A code made under a preset names it by its index in :data:`PRESETS` (see
+:mod:`.header`), so presets are only ever appended, never reordered.
 """
 from __future__ import annotations
 
@@ -10,7 +13,7 @@ import math
 from dataclasses import dataclass
 
 from ..errors import PrequentialError
-from .code import default_chunks, split_last
+from .code import SCHEDULES
 from .options import TrainOptions
 
 
@@ -20,16 +23,15 @@ class Preset:
 
     models: tuple[str, ...]
     options: TrainOptions
-    #: cut the last chunk of the doubling schedule in two halves, so its second half is coded by a network
-    #: trained on more labels (the last chunk holds nearly half of them)
-    split_last: bool
+    #: the chunk boundaries, as an index of :data:`momos.prequential.code.SCHEDULES`
+    schedule: int
     #: configurations tried on MNIST to choose this one
     tried: int
     description: str
 
     def chunks(self, n: int) -> list[int]:
         """The chunk boundaries for ``n`` labels."""
-        return split_last(n) if self.split_last else default_chunks(n)
+        return SCHEDULES[self.schedule](n)
 
     @property
     def selection_bits(self) -> float:
@@ -40,7 +42,7 @@ class Preset:
 PRESETS = {
     "best": Preset(models=("cnn",),
                    options=TrainOptions(calibrate=True, warm_start=True, anneal=True, augment=2, ensemble=3),
-                   split_last=False, tried=13,
+                   schedule=0, tried=15,
                    description="CNN, calibrated, warm-started, annealed, images shifted by up to 2 pixels, "
                                "3 networks averaged"),
 }
@@ -52,4 +54,18 @@ def get(name: str) -> Preset:
     return PRESETS[name]
 
 
-__all__ = ["Preset", "PRESETS", "get"]
+def index(name: str) -> int:
+    """The number a code's header names preset ``name`` by."""
+    get(name)
+    return list(PRESETS).index(name)
+
+
+def by_index(i: int) -> tuple[str, Preset]:
+    """(name, preset) of the header's preset number ``i``; PrequentialError if there is none."""
+    names = list(PRESETS)
+    if not 0 <= i < len(names):
+        raise PrequentialError(f"corrupt prequential code: no preset {i}")
+    return names[i], PRESETS[names[i]]
+
+
+__all__ = ["Preset", "PRESETS", "get", "index", "by_index"]
