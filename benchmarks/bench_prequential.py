@@ -16,6 +16,7 @@ import time
 
 import numpy as np
 
+from kcomplexity.fileio import write_atomic
 from momos.prequential import decode, labels_in_order, prequential
 from momos.prequential.presets import get
 
@@ -38,9 +39,8 @@ def main() -> None:
           f"{BLIER_OLLIVIER_BITS:,}, {r.total_bits / r.uniform_bits:.4f}x uniform; chosen among "
           f"{get(args.preset).tried} configurations (log2 = {get(args.preset).selection_bits:.1f} bits); "
           f"encoded in {encode_s / 60:.1f} min")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({**r.to_json(), "encode_s": encode_s}, f, indent=2)
+    if args.json:  # as `-o` writes a report: atomically, so a failure leaves the old file or none
+        write_atomic(args.json, json.dumps({**r.to_json(), "encode_s": encode_s}, indent=2))
     if not args.no_decode:
         t = time.perf_counter()
         labels = decode(bytes(r.code), quiet=False)

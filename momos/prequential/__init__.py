@@ -82,7 +82,7 @@ def prequential(model: str | Sequence[str] | None = None, data: str = "digits",
     opts = _options(names, options, option_values)
     x, y, classes = labels_in_order(data, seed, limit, data_dir)
     if chosen is not None:
-        chunks = chosen.chunks(len(y))
+        chunks = chosen.schedule
     if isinstance(chunks, str):
         chunks = named_chunks(chunks, len(y))
     bounds = check_chunks(default_chunks(len(y)) if chunks is None else chunks, len(y))
@@ -112,7 +112,7 @@ def decode(result: PrequentialResult | bytes, data_dir: str | None = None, devic
     side, pos = header.decode(code)
     x, _, classes = labels_in_order(side["data"], side["seed"], side["limit"], data_dir)
     if "preset" in side:
-        chosen = presets.by_index(side["preset"])[1]
+        chosen = presets.by_index(side["preset"])
         side.update(models=list(chosen.models), options=chosen.options, chunks=chosen.chunks(len(x)))
     chunks = side["chunks"]
     if isinstance(chunks, int):

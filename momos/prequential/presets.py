@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass
 
 from ..errors import PrequentialError
-from .code import SCHEDULES
+from .code import named_chunks
 from .options import TrainOptions
 
 
@@ -23,15 +23,15 @@ class Preset:
 
     models: tuple[str, ...]
     options: TrainOptions
-    #: the chunk boundaries, as an index of :data:`momos.prequential.code.SCHEDULES`
-    schedule: int
+    #: the chunk schedule's name (:data:`momos.prequential.code.SCHEDULE_NAMES`)
+    schedule: str
     #: configurations tried on MNIST to choose this one
     tried: int
     description: str
 
     def chunks(self, n: int) -> list[int]:
         """The chunk boundaries for ``n`` labels."""
-        return SCHEDULES[self.schedule](n)
+        return named_chunks(self.schedule, n)
 
     @property
     def selection_bits(self) -> float:
@@ -42,7 +42,7 @@ class Preset:
 PRESETS = {
     "best": Preset(models=("cnn",),
                    options=TrainOptions(calibrate=True, warm_start=True, anneal=True, augment=2, ensemble=3),
-                   schedule=0, tried=15,
+                   schedule="doubling", tried=15,
                    description="CNN, calibrated, warm-started, annealed, images shifted by up to 2 pixels, "
                                "3 networks averaged"),
 }
@@ -60,12 +60,11 @@ def index(name: str) -> int:
     return list(PRESETS).index(name)
 
 
-def by_index(i: int) -> tuple[str, Preset]:
-    """(name, preset) of the header's preset number ``i``; PrequentialError if there is none."""
-    names = list(PRESETS)
-    if not 0 <= i < len(names):
+def by_index(i: int) -> Preset:
+    """The preset a header names by number ``i``; PrequentialError if there is none."""
+    if not 0 <= i < len(PRESETS):
         raise PrequentialError(f"corrupt prequential code: no preset {i}")
-    return names[i], PRESETS[names[i]]
+    return list(PRESETS.values())[i]
 
 
 __all__ = ["Preset", "PRESETS", "get", "index", "by_index"]
