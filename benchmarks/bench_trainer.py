@@ -7,7 +7,9 @@ still cost. The precision estimators (quant, intrinsic on a fixed 4,096-example
 loss, delta) are measured as a set of their own, and with the default set (the
 target: at most 1.10x the epoch without logging). The last row trains on one
 intra-op thread (``threads=1``), which leaves the estimator thread a core of
-its own.
+its own. The last runs both sets every ``--every`` epochs (``measure_every``)
+for 2 x that many epochs, which holds two measurements (epoch 0's, run while
+epoch 1 trains, and epoch N's): its steady per-epoch cost.
 
 An epoch's time is its whole cycle as the trainer logs it (``time.epoch_s``:
 training, projection, validation, the wait for the previous epoch's estimators,
@@ -33,21 +35,25 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--method", default="momos")
+    ap.add_argument("--every", type=int, default=10, help="measure_every of the last row")
     args = ap.parse_args()
     precision = ["quant", "intrinsic", "delta"]
-    configs = {"no logging": ([], None),
-               "default (" + ",".join(LOGGED) + ")": (list(LOGGED), None),
-               "quant,intrinsic,delta": (precision, None),
-               "default + quant,intrinsic,delta": ([*LOGGED, *precision], None),
-               "the same, training on 1 thread": ([*LOGGED, *precision], 1)}
+    both = [*LOGGED, *precision]
+    # label: (estimators, training threads, measure_every)
+    configs = {"no logging": ([], None, 1),
+               "default (" + ",".join(LOGGED) + ")": (list(LOGGED), None, 1),
+               "quant,intrinsic,delta": (precision, None, 1),
+               "default + quant,intrinsic,delta": (both, None, 1),
+               "the same, training on 1 thread": (both, 1, 1),
+               f"the same, every {args.every} epochs": (both, None, args.every)}
     epoch_s: dict[str, list[float]] = {k: [] for k in configs}
     est_s: dict[str, list[float]] = {k: [] for k in configs}
     once_s: dict[str, list[float]] = {k: [] for k in configs}
     with tempfile.TemporaryDirectory() as tmp:
         for rep in range(args.repeats):
-            for i, (label, (ests, threads)) in enumerate(configs.items()):
-                cfg = TrainConfig(model="mlp", data="mnist", method=args.method, epochs=args.epochs, estimators=ests,
-                                  threads=threads)
+            for i, (label, (ests, threads, every)) in enumerate(configs.items()):
+                cfg = TrainConfig(model="mlp", data="mnist", method=args.method, estimators=ests, threads=threads,
+                                  epochs=2 * every if every > 1 else args.epochs, measure_every=every)
                 run = f"{tmp}/{rep}-{i}"
                 t = time.perf_counter()
                 train(cfg, run, quiet=True)

@@ -91,7 +91,8 @@ def _parser(train_options: bool = True) -> argparse.ArgumentParser:
     q.add_argument("--data", default="digits", help="data set (default: %(default)s)")
     q.add_argument("--chunks", help="comma-separated chunk boundaries, or a named schedule: doubling (64, 128, "
                                     "256, ...; the default), split-last (its last chunk cut in two), fine (growing "
-                                    "by sqrt 2: 64, 91, 128, 181, ...)")
+                                    "by sqrt 2: 64, 91, 128, 181, ...), fine-doubling (sqrt 2 below a quarter "
+                                    "of the labels, then doubling)")
     q.add_argument("--seed", type=seed_arg, default=0)
     if train_options:  # the fitting options come from TrainOptions (the prequential package imports torch)
         from .prequential.options import TrainOptions

@@ -57,13 +57,18 @@ class Measurement:
         latent = self.latent_snapshot() if qat_run else None
         return lambda: self.complexity(weights, context, latent, Context(extra={"mosaic": mosaic, "q": self.cfg.q}))
 
+    @staticmethod
+    def skipped() -> tuple[dict[str, Any], float]:
+        """The record fields of an epoch the estimators skip (``measure_every``): no complexity, no time."""
+        return {"complexity": {}, "details": {}}, 0.0
+
     def complexity(self, weights: dict[str, torch.Tensor], context: Context,
                    latent: dict[str, torch.Tensor] | None = None, latent_context: Context | None = None
                    ) -> tuple[dict[str, Any], float]:
         """Every requested estimator through the registry: (record fields, seconds)."""
         t = time.perf_counter()
         if not self.estimators:
-            return {"complexity": {}, "details": {}}, 0.0
+            return self.skipped()
         bits, details = split_estimates(measure_estimates(weights, self.estimators, whole=True, context=context))
         fields: dict[str, Any] = {"complexity": bits, "details": details}
         if latent is not None:

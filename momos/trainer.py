@@ -1,4 +1,5 @@
-"""Train a baseline, QAT, MoMos or MoMos+QAT model and log every complexity estimate every epoch.
+"""Train a baseline, QAT, MoMos or MoMos+QAT model and log every complexity estimate every epoch (or every
+``measure_every`` epochs).
 
 Per epoch: train -> MoMos projection (after the optimiser steps) -> validate
 -> checkpoint -> estimators. The estimators of epoch e run in a background
@@ -81,7 +82,7 @@ class _Trainer:
         if not self.quiet:
             c = ", ".join(f"{k} {v:,.0f}" for k, v in record["complexity"].items() if v is not None)
             tqdm.write(f"epoch {record['epoch']:>3}: val_acc {record['val_acc']:.4f} val_loss {record['val_loss']:.4f}"
-                       f" | {c} bits", file=sys.stderr)
+                       + (f" | {c} bits" if c else ""), file=sys.stderr)
 
     def track(self, event: str, *args: Any) -> None:
         """Send an event to every tracker; one that fails is reported and dropped, the run goes on."""
@@ -129,8 +130,10 @@ class _Trainer:
                 from .mosaic import Mosaic
 
                 mosaic = Mosaic.load(folder / "mosaic.safetensors")
+            job = (self.measure.job(weights, mosaic, previous) if self.measures(pending["epoch"])
+                   else Measurement.skipped)
             # on the estimator thread, as in an uninterrupted run, so the numbers are the same
-            self.write(pending, pool.submit(self.measure.job(weights, mosaic, previous)).result())
+            self.write(pending, pool.submit(job).result())
         if self.measure.keep_previous:
             self.previous = weights
         return epoch
@@ -157,7 +160,7 @@ class _Trainer:
                     checkpoint.save_best(self.run_dir, self.model, self.best)
                 checkpoint.save(self.ckpt_root, epoch, self.model, self.state(epoch, record), mosaic, self.previous)
                 weights = self.measure.snapshot()
-                job = self.measure.job(weights, mosaic, self.previous)
+                job = self.measure.job(weights, mosaic, self.previous) if self.measures(epoch) else Measurement.skipped
                 # the epoch's whole cycle: training, the wait for the previous epoch's estimators, the checkpoint
                 record["time"]["epoch_s"] = time.perf_counter() - began
                 waiting = (record, pool.submit(job))
@@ -168,6 +171,11 @@ class _Trainer:
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
         return self.finish() if self.ranks.main else None
+
+    def measures(self, epoch: int) -> bool:
+        """Are the estimators run on this epoch? Every ``measure_every``-th, and always the first and the last,
+        so a run's start and end are measured whatever N is."""
+        return epoch % self.cfg.measure_every == 0 or epoch == self.cfg.epochs
 
     def one_epoch(self, epoch: int) -> tuple[dict[str, Any], Any]:
         t0 = time.perf_counter()

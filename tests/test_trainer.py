@@ -1,6 +1,7 @@
 """momos trainer: every method, the log schema, resume after SIGKILL, determinism, run-dir safety, compare."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -239,6 +240,24 @@ def test_precision_estimators_in_the_trainer_and_their_resume(tmp_path):
     assert _strip_times(read_log(run / "log.jsonl")) == _strip_times(log)
 
 
+def test_measure_every_skips_epochs_but_not_the_first_last_or_delta(tmp_path):
+    every = TrainConfig(method="momos", epochs=5, width=32, estimators=["lzma", "delta"], measure_every=2)
+    train(every, tmp_path / "every2", quiet=True)
+    log = read_log(tmp_path / "every2" / "log.jsonl")
+    assert [r["epoch"] for r in log] == list(range(6))
+    measured = [r["epoch"] for r in log if r["complexity"]]
+    assert measured == [0, 2, 4, 5]  # every 2nd, and the last
+    assert all(r["time"]["estimators_s"] == 0 and r["details"] == {} for r in log if r["epoch"] in (1, 3))
+    # the same epochs measured every epoch give the same numbers: delta is still the change since the epoch before
+    full = read_log(train(dataclasses.replace(every, measure_every=1), tmp_path / "every1", quiet=True).run_dir
+                    / "log.jsonl")
+    for r in log:
+        if r["complexity"]:
+            assert r["complexity"] == full[r["epoch"]]["complexity"]
+    with pytest.raises(momos.MoMosError, match="measure_every must be >= 1"):
+        TrainConfig(measure_every=0).resolved()
+
+
 def test_modadd_and_grok_mlp_registry_checks(tmp_path):
     ds = momos.data.load("modadd", modulus=11, train_fraction=0.5)
     assert ds.tokens and ds.num_classes == 11 and len(ds.train) + len(ds.val) + len(ds.test) == 121
@@ -336,8 +355,6 @@ def test_a_model_and_a_data_set_are_one_registry_entry_each(tmp_path):
 
 
 def test_the_train_cli_is_generated_from_the_config_fields():
-    import dataclasses
-
     from momos.cli import _parser_defaults
 
     defaults = _parser_defaults()

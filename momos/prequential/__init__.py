@@ -38,7 +38,7 @@ from .. import models
 from ..config import check_device
 from ..errors import PrequentialError
 from . import header, presets
-from .code import (SCHEDULES, _Run, check_chunks, default_chunks, fine_chunks, labels_in_order, named_chunks,
+from .code import (SCHEDULES, _Run, check_chunks, default_chunks, fine_chunks, fine_doubling, labels_in_order, named_chunks,
                    split_last)
 from .fit import shifted
 from .options import HOLDOUT, MAX_AUGMENT, TrainOptions
@@ -59,7 +59,8 @@ def prequential(model: str | Sequence[str] | None = None, data: str = "digits",
     ``calibrate``, ``warm_start``, ``anneal``, ``augment``, ``ensemble``,
     ``max_epochs``, ``patience``, ``lr``, ``batch_size``). ``chunks`` are
     the boundaries t_1 < t_2 < ... or a named schedule (``"doubling"`` from
-    64, the default; ``"split-last"``; ``"fine"``, growing by sqrt 2). The labels
+    64, the default; ``"split-last"``; ``"fine"``, growing by sqrt 2; ``"fine-doubling"``,
+    sqrt 2 below a quarter of the labels, then doubling). The labels
     are all of the data set's training data (its train and validation
     splits) in an order drawn from ``seed``; ``limit`` keeps the first
     ``limit`` of them. ``model`` defaults to ``"mlp"``.
@@ -140,4 +141,4 @@ def _options(names: list[str], options: TrainOptions | None, values: dict[str, A
 
 
 __all__ = ["prequential", "decode", "PrequentialResult", "Chunk", "TrainOptions", "default_chunks", "split_last",
-           "fine_chunks", "check_chunks", "labels_in_order", "shifted", "HOLDOUT", "MAX_AUGMENT"]
+           "fine_chunks", "fine_doubling", "check_chunks", "labels_in_order", "shifted", "HOLDOUT", "MAX_AUGMENT"]
