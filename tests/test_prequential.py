@@ -16,8 +16,8 @@ from momos import data, models
 from momos.cli import main
 from momos.config import TrainConfig
 from momos.errors import PrequentialError
-from momos.prequential import (TrainOptions, decode, default_chunks, fine_chunks, fine_doubling, labels_in_order, prequential,
-                               shifted, split_last)
+from momos.prequential import (TrainOptions, decode, default_chunks, fine_chunks, fine_doubling, labels_in_order,
+                               prequential, shifted, split_last)
 from momos.trainer import train
 
 WORD = 32  # the ANS code ends on whole 32-bit words; its state adds at most two
@@ -108,7 +108,7 @@ def test_named_schedules_and_the_sqrt2_schedule():
     assert f.header_bits == 8 * 19 and np.array_equal(decode(bytes(f.code)), _seeded_labels("digits", 0, 300))
     # sqrt 2 below a quarter of the labels, then doubling: the large (slow) chunks stay few
     assert fine_doubling(60000) == fine_chunks(15000) + [23170, 46340]
-    assert fine_doubling(600) == [64, 91, 128, 256, 512] and fine_doubling(100) == [64]
+    assert fine_doubling(600) == [64, 91, 128, 256, 512] and fine_doubling(100) == [64] and fine_doubling(64) == []
     g = prequential("mlp", "digits", limit=600, chunks="fine-doubling", quiet=True)
     assert [c.end for c in g.chunks] == [64, 91, 128, 256, 512, 600] and header.decode(g.code)[0]["chunks"] == 3
     assert np.array_equal(decode(bytes(g.code)), _seeded_labels("digits", 0, 600))
@@ -223,7 +223,8 @@ def test_cli_json_csv_and_plot(tmp_path, capsys):
     assert main(["prequential", "--limit", "300", "--chunks", "64", "-f", "csv", "--quiet"]) == 0
     assert capsys.readouterr().out.splitlines()[0].startswith("start,end,trained_on")
     assert main(["prequential", "--chunks", "64,x", "--quiet"]) == 2
-    assert "whole-number boundaries or a schedule (doubling, split-last, fine, fine-doubling)" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "whole-number boundaries or a schedule (doubling, split-last, fine, fine-doubling)" in err
 
 
 def test_cnn_is_a_registered_model():

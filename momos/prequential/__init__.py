@@ -38,8 +38,8 @@ from .. import models
 from ..config import check_device
 from ..errors import PrequentialError
 from . import header, presets
-from .code import (SCHEDULES, _Run, check_chunks, default_chunks, fine_chunks, fine_doubling, labels_in_order, named_chunks,
-                   split_last)
+from .code import (SCHEDULES, _Run, check_chunks, default_chunks, fine_chunks, fine_doubling, labels_in_order,
+                   named_chunks, split_last)
 from .fit import shifted
 from .options import HOLDOUT, MAX_AUGMENT, TrainOptions
 from .result import Chunk, PrequentialResult

@@ -55,6 +55,8 @@ def fine_doubling(n: int, first: int = 64) -> list[int]:
     steps where the networks are small and cheap to train, doubling where training on many labels dominates
     the time (the chunks past n/4 hold three quarters of the labels and cost most of the training)."""
     out = fine_chunks(max(n // 4, first + 1), first)
+    if out[-1] >= n:  # fewer labels than the first chunk holds: no boundary, as with the other schedules
+        return []
     t = 2 * out[-1]
     while t < n:
         out.append(t)
