@@ -42,14 +42,22 @@ class Measurement:
         """The latent float weights QAT trains and MoMos projects (what the official code measures)."""
         return {k: v.detach().to("cpu", copy=True) for k, v in qat.latent_weights(self.model).items()}
 
-    def job(self, weights: dict[str, torch.Tensor], mosaic: Any, previous: dict[str, torch.Tensor] | None
-            ) -> Callable[[], tuple[dict[str, Any], float]]:
-        """Everything the estimator thread needs for this epoch, copied now: () -> (record fields, seconds).
+    def measures(self, epoch: int) -> bool:
+        """Are the estimators run on this epoch? Every ``measure_every``-th, and always the first and the last,
+        so a run's start and end are measured whatever N is."""
+        return epoch % self.cfg.measure_every == 0 or epoch == self.cfg.epochs
+
+    def job(self, epoch: int, weights: dict[str, torch.Tensor], mosaic: Any,
+            previous: dict[str, torch.Tensor] | None) -> Callable[[], tuple[dict[str, Any], float]]:
+        """Everything the estimator thread needs for this epoch, copied now: () -> (record fields, seconds);
+        :meth:`skipped` on an epoch ``measure_every`` leaves out, with nothing copied.
 
         ``weights`` is this epoch's :meth:`snapshot`. The effective weights get the model copy, the fixed loss,
         the previous weights and q; the mosaic describes the latent weights, so under QAT it goes with the latent
         measurement, logged as ``complexity_latent`` / ``details_latent`` beside ``complexity`` / ``details``.
         """
+        if not self.measures(epoch):
+            return self.skipped
         qat_run = self.cfg.uses_qat
         context = Context(model=copy.deepcopy(self.model) if self.keep_model else None, loss_fn=self.loss_fn,
                           previous=list(open_source(previous, allow_nonfinite=True)) if previous is not None else None,

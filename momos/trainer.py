@@ -130,10 +130,8 @@ class _Trainer:
                 from .mosaic import Mosaic
 
                 mosaic = Mosaic.load(folder / "mosaic.safetensors")
-            job = (self.measure.job(weights, mosaic, previous) if self.measures(pending["epoch"])
-                   else Measurement.skipped)
             # on the estimator thread, as in an uninterrupted run, so the numbers are the same
-            self.write(pending, pool.submit(job).result())
+            self.write(pending, pool.submit(self.measure.job(pending["epoch"], weights, mosaic, previous)).result())
         if self.measure.keep_previous:
             self.previous = weights
         return epoch
@@ -160,7 +158,7 @@ class _Trainer:
                     checkpoint.save_best(self.run_dir, self.model, self.best)
                 checkpoint.save(self.ckpt_root, epoch, self.model, self.state(epoch, record), mosaic, self.previous)
                 weights = self.measure.snapshot()
-                job = self.measure.job(weights, mosaic, self.previous) if self.measures(epoch) else Measurement.skipped
+                job = self.measure.job(epoch, weights, mosaic, self.previous)
                 # the epoch's whole cycle: training, the wait for the previous epoch's estimators, the checkpoint
                 record["time"]["epoch_s"] = time.perf_counter() - began
                 waiting = (record, pool.submit(job))
@@ -171,11 +169,6 @@ class _Trainer:
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
         return self.finish() if self.ranks.main else None
-
-    def measures(self, epoch: int) -> bool:
-        """Are the estimators run on this epoch? Every ``measure_every``-th, and always the first and the last,
-        so a run's start and end are measured whatever N is."""
-        return epoch % self.cfg.measure_every == 0 or epoch == self.cfg.epochs
 
     def one_epoch(self, epoch: int) -> tuple[dict[str, Any], Any]:
         t0 = time.perf_counter()

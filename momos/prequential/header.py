@@ -8,8 +8,8 @@ UTF-8)::
 
     version data-set  #models model...  seed  limit+1 (0: all)
     chunks: a named schedule's index (< 8: 0 doubling from 64, 1 the same
-            with the last chunk split, 2 growing by sqrt 2) | 8 + count,
-            then each boundary less the last
+            with the last chunk split, 2 growing by sqrt 2, 3 sqrt 2 then
+            doubling) | 8 + count, then each boundary less the last
     options: a bitmap of the TrainOptions fields that differ from their
              defaults (field order), then, for those that are not bools
              (a set bool means True), the value: int as varint, float as
