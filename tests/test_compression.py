@@ -13,6 +13,8 @@ import zstandard
 import kcomplexity as kc
 from kcomplexity.estimators import available, get
 from kcomplexity.errors import EstimatorSettingError, UnknownEstimatorError
+from kcomplexity.estimators.compression import LZMA_PRESET_DICT, lzma_dict_size
+from kcomplexity.sources import NamedArray
 
 CODE_ESTIMATORS = ["lzma", "zstd", "gzip", "bz2", "lzma-bg", "zstd-bg"]
 
@@ -48,6 +50,24 @@ def test_lengths_equal_direct_compressor_calls(rng):
     planes = x.view(np.uint8).reshape(-1, 4).T
     expect = sum(8 * len(zstandard.ZstdCompressor(level=19).compress(planes[j].tobytes())) for j in range(4))
     assert get("zstd-bg").bits(x) == expect
+
+
+@pytest.mark.parametrize("preset", [0, 6, 9])
+def test_lzma_fitted_dictionary_writes_the_presets_stream(rng, preset):
+    """lzma sizes its dictionary to the input; the stream is byte for byte the preset's own, and decodes."""
+    props = lzma._decode_filter_properties(  # the table agrees with liblzma's presets
+        lzma.FILTER_LZMA2, lzma._encode_filter_properties({"id": lzma.FILTER_LZMA2, "preset": preset}))
+    assert props["dict_size"] == LZMA_PRESET_DICT[preset]
+    assert lzma_dict_size(9, 10) == 4096 and lzma_dict_size(9, 4097) == 8192 and lzma_dict_size(0, 10**6) == 1 << 18
+    motifs = rng.standard_normal((16, 64)).astype(np.float32)
+    for x in (rng.standard_normal(300_000).astype(np.float32),  # 1.2 MB: a 2 MiB dictionary
+              motifs[rng.integers(0, 16, 5000)].ravel(),  # repeats far apart
+              np.where(rng.random(70_000) < 0.05, rng.standard_normal(70_000), 0).astype(np.float16),
+              np.zeros(3, np.float32)):
+        est = get("lzma", preset=preset)
+        full = lzma.compress(x.tobytes(), format=lzma.FORMAT_RAW, filters=[{"id": lzma.FILTER_LZMA2, "preset": preset}])
+        assert est.compress(x.tobytes()) == full
+        assert np.array_equal(est.decode(est.encode(NamedArray("w", x, str(x.dtype))), NamedArray("w", x, str(x.dtype))).data, x)
 
 
 def test_raw_lzma_has_no_container():
