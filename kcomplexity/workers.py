@@ -40,8 +40,10 @@ def _nothing() -> None:
 
 def abandon(executor: cf.Executor) -> None:
     """Cancel queued work and kill any worker processes now (threads finish their current task on their own)."""
+    # taken before shutdown, which drops the executor's table of its processes
+    processes = list((getattr(executor, "_processes", None) or {}).values())
     executor.shutdown(wait=False, cancel_futures=True)
-    for process in list((getattr(executor, "_processes", None) or {}).values()):
+    for process in processes:
         try:
             process.kill()
         except (OSError, AttributeError, ValueError):  # already gone

@@ -1,6 +1,7 @@
 """Reliability, second round (issue #21): hangs and tracebacks fixed by one rule each."""
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import time
@@ -330,6 +331,23 @@ def test_two_interrupts_end_score_with_worker_processes_promptly(tmp_path):
     finally:
         proc.kill()
     assert rc != 0 and time.perf_counter() - t < 30
+
+
+def test_an_abandoned_pool_kills_its_worker_processes():
+    """The pool's processes die when its body raises: a busy worker left behind outlived the program, orphaned."""
+    from kcomplexity import workers
+
+    with pytest.raises(KeyboardInterrupt):
+        with workers.pool(2) as executor:
+            processes = list(executor._processes.values())
+            busy = [executor.submit(time.sleep, 120) for _ in range(2)]
+            while not all(f.running() for f in busy):
+                time.sleep(0.05)
+            raise KeyboardInterrupt
+    assert len(processes) == 2
+    for process in processes:
+        process.join(timeout=60)  # killed at once; a surviving worker would still be asleep here
+        assert process.exitcode == -signal.SIGKILL
 
 
 # ------------------------------------------------------------------ 10/16. .npz members of any name, negative shapes
