@@ -42,7 +42,8 @@ def small_tensors() -> None:
     t_direct = best_of(lambda: [lzma.compress(v.tobytes(), format=lzma.FORMAT_RAW, filters=preset9)
                                 for v in model.values()], 3)
     t_ours = best_of(lambda: kc.score(model, ["lzma"]), 3)
-    print(f"lzma 100 x 4 kB tensors: preset-9 calls {t_direct:.3f}s  score() {t_ours:.3f}s  ratio {t_ours / t_direct:.3f}")
+    print(f"lzma 100 x 4 kB tensors: preset-9 calls {t_direct:.3f}s  score() {t_ours:.3f}s  "
+          f"ratio {t_ours / t_direct:.3f}")
 
 
 def threading() -> None:

@@ -8,10 +8,11 @@ loss, delta) are measured as a set of their own, and with the default set (the
 target: at most 1.10x the epoch without logging). One row trains on one
 intra-op thread (``threads=1``), which leaves the estimator thread a core of
 its own; the trainer cannot switch to it only while estimators run, because
-the thread count changes the trained weights bit for bit. The last runs both sets every ``--every`` epochs (``measure_every``, 12 by
-default) for 2 x that many epochs, which holds two measurements (epoch 0's, run
-while epoch 1 trains, and epoch N's): its steady per-epoch cost, against a run
-without logging of the same length.
+the thread count changes the trained weights bit for bit. The last runs both
+sets every ``--every`` epochs (``measure_every``, 12 by default) for 2 x that
+many epochs, which holds two measurements (epoch 0's, run while epoch 1
+trains, and epoch N's): its steady per-epoch cost, against a run without
+logging of the same length.
 
 An epoch's time is its whole cycle as the trainer logs it (``time.epoch_s``:
 training, projection, validation, the wait for the previous epoch's estimators,

@@ -67,7 +67,8 @@ def test_lzma_fitted_dictionary_writes_the_presets_stream(rng, preset):
         est = get("lzma", preset=preset)
         full = lzma.compress(x.tobytes(), format=lzma.FORMAT_RAW, filters=[{"id": lzma.FILTER_LZMA2, "preset": preset}])
         assert est.compress(x.tobytes()) == full
-        assert np.array_equal(est.decode(est.encode(NamedArray("w", x, str(x.dtype))), NamedArray("w", x, str(x.dtype))).data, x)
+        named = NamedArray("w", x, str(x.dtype))
+        assert np.array_equal(est.decode(est.encode(named), named).data, x)
 
 
 def test_raw_lzma_has_no_container():
