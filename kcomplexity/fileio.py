@@ -42,6 +42,10 @@ class OutputIsInputError(KComplexityError, ValueError):
     """An output path that would overwrite or land inside something an input reads."""
 
 
+class OutputExistsError(KComplexityError, FileExistsError):
+    """The output exists (or appeared while it was being written) and replacing it was not asked for."""
+
+
 def open_regular(path: str | os.PathLike, what: str = "file") -> int:
     """A read-only descriptor of ``path`` once it is known to be a regular file (links followed).
 
@@ -91,21 +95,26 @@ def read_text(path: str | os.PathLike, limit: int = TEXT_LIMIT, what: str = "fil
     return read_bytes(path, limit, what).decode("utf-8")
 
 
-def write_atomic(path: str | os.PathLike, data: str | bytes) -> None:
-    """Replace ``path`` with ``data``: readers see the old file or the new one, never a mix or a half."""
+def write_atomic(path: str | os.PathLike, data: str | bytes, replace: bool = True) -> None:
+    """Write ``data`` to ``path``: readers see the old file or the new one, never a mix or a half
+    (``replace=False``: :class:`OutputExistsError` if anything is at ``path`` when the file is published)."""
     raw = data.encode("utf-8") if isinstance(data, str) else data
-    with atomic_writer(path) as fh:
+    with atomic_writer(path, replace) as fh:
         fh.write(raw)
 
 
 @contextmanager
-def atomic_writer(path: str | os.PathLike) -> Iterator[BinaryIO]:
+def atomic_writer(path: str | os.PathLike, replace: bool = True) -> Iterator[BinaryIO]:
     """A binary file that becomes ``path`` only when the block ends without an exception (streamed writes of
     any size; an error or interrupt removes the partial file and leaves ``path`` as it was).
 
     The temporary file is created with ``O_EXCL`` (``mkstemp``), so a file or
     symlink a user left at any name is never opened; ``os.replace`` swaps a
     symlink at ``path`` itself for our file rather than writing through it.
+    With ``replace=False`` the file is published by a hard link, which fails
+    when any name exists at ``path``, so a file created there while we wrote
+    (another run, a user) is kept and :class:`OutputExistsError` is raised;
+    a check before the work cannot promise that, only the publishing step can.
     """
     if "\0" in str(path):
         raise FileTypeError(f"cannot write {str(path)!r}: the path holds a NUL byte")
@@ -119,13 +128,38 @@ def atomic_writer(path: str | os.PathLike) -> Iterator[BinaryIO]:
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        if replace:
+            os.replace(tmp, path)
+        else:
+            _publish_new(tmp, path)
     except BaseException:
         try:
             os.unlink(tmp)
         except OSError:
             pass
         raise
+
+
+def _publish_new(tmp: str, path: Path) -> None:
+    """Give the finished ``tmp`` the name ``path`` unless something already has it (no-replace publish)."""
+    try:
+        os.link(tmp, path, follow_symlinks=False)
+    except FileExistsError:
+        raise OutputExistsError(f"{path} exists (it appeared while this output was written); "
+                                "pass --overwrite (overwrite=True) to replace it") from None
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
+            raise
+        # a file system without hard links: O_EXCL creation of the name is still no-replace
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o666 & ~_UMASK)
+        except FileExistsError:
+            raise OutputExistsError(f"{path} exists (it appeared while this output was written); "
+                                    "pass --overwrite (overwrite=True) to replace it") from None
+        os.close(fd)
+        os.replace(tmp, path)  # the name is ours now (an empty file we made), so replacing it loses nothing
+        return
+    os.unlink(tmp)
 
 
 def resolved(path: str | os.PathLike) -> Path:

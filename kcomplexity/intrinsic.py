@@ -19,6 +19,14 @@ keeps the coarser of the two passing steps. So the answer is never finer
 than the coarsest passing grid step it scanned, nor than the bisection's.
 Losses are cached by step, and the evaluations stay within ``max_evals``.
 ``search="bisect"`` is the bisection alone.
+
+What the search guarantees, and no more: the step it returns passes the
+budget, and is the coarsest passing step among those it evaluated; the
+bisection stops once its bracket is within REL_TOLERANCE (5 %). It does not
+guarantee the coarsest passing step of all: with a loss that is not monotone
+in the step, a narrow failing notch can stop the bisection below a coarser
+passing window (an audit found one run at 0.916x the coarsest passing step
+of a fine scan). "Coarsest" in this package's reports means this.
 """
 from __future__ import annotations
 
@@ -56,7 +64,8 @@ RANK_FRACTIONS = (1.0, 0.5, 0.25, 0.125)
 
 @dataclass(frozen=True)
 class Intrinsic:
-    """Result of :func:`intrinsic`: the code length at the coarsest precision within the budget."""
+    """Result of :func:`intrinsic`: the code length at the coarsest precision the search found within the budget
+    (the coarsest passing step it evaluated; see the module's docstring for what that guarantees)."""
 
     bits: int                #: the quantised code of every trainable tensor at ``rel`` plus the buffers' lossless code
     rel: float               #: the coarsest global step / RMS found within the budget
@@ -181,7 +190,8 @@ def intrinsic(model: Any, loss_fn: Callable[[Any], float], eps: float = 0.1, rel
         before = loss_at(None)
         if not math.isfinite(before):
             raise NonFiniteLossError(f"the model's loss is already {before}; intrinsic complexity needs a finite loss")
-        budget = before * (1 + eps) if relative else before + eps
+        # relative to the loss's size: a negative loss (a log-likelihood, say) gets its budget above it too
+        budget = before + eps * abs(before) if relative else before + eps
         ok = lambda loss: math.isfinite(loss) and loss <= budget  # noqa: E731 - NaN/inf never fit a budget
         tried = []
         for fraction in RANK_FRACTIONS if low_rank else (1.0,):

@@ -126,7 +126,7 @@ def rd(source: Any, rel: Sequence[float] | None = None, include_buffers: bool = 
         raise EstimatorSettingError(f"rdoq must be a finite number >= 0, got {rdoq!r}")
     rels = [check_precision(r, None)[0] for r in _as_list(rel if rel is not None else
                                                           (DEFAULT_RELS if mse is None else ()))]
-    targets = [check_precision(None, m)[1] for m in _as_list(mse if mse is not None else ())]
+    targets = [_target(m) for m in _as_list(mse if mse is not None else ())]
     if not rels and not extra and not targets:
         raise EstimatorSettingError("rd needs at least one rel or mse")
     coder, label = _coder(trellis, float(rdoq))
@@ -168,6 +168,14 @@ def _coder(trellis: bool, rdoq: float) -> tuple[Callable[..., Any], str]:
         lam = rdoq or DEFAULT_LAM
         return (lambda a, **step: code_tcq(a, lam=lam, **step)), f"tcq lam={lam:g}"
     return (lambda a, **step: code_quantized(a, rdoq=rdoq, **step)), "quant" + (f" rdoq={rdoq:g}" if rdoq else "")
+
+
+def _target(mse: Any) -> float:
+    """A target MSE: a finite number > 0 (EstimatorSettingError naming it, not the step it is turned into)."""
+    if isinstance(mse, bool) or not isinstance(mse, (int, float, np.integer, np.floating)) \
+            or not math.isfinite(mse) or mse <= 0:
+        raise EstimatorSettingError(f"an MSE target must be a finite number > 0, got {mse!r}")
+    return float(mse)
 
 
 def _mse_at(arrays: Sequence[NamedArray], delta: float, rdoq: float = 0.0) -> float:

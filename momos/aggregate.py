@@ -17,7 +17,7 @@ import pandas as pd
 
 from kcomplexity.distortion import DISTORTION
 
-from .errors import MoMosError
+from .errors import MoMosError, RunError
 from .rundir import read_log, read_result
 from .sweep import point_dirs
 
@@ -33,12 +33,20 @@ def _num(x: Any) -> float:
 def load_points(out: str | Path) -> tuple[pd.DataFrame, list[str]]:
     """One row per finished point of a sweep folder (axes, then metrics) and the axis names, in spec order.
 
-    Points without ``result.json`` (not run, failed or still running) are left out.
+    Points without ``result.json`` (not run, failed or still running) are left out; so is a point whose
+    records are damaged (a truncated ``result.json``), named in a warning and in ``df.attrs["damaged"]``, so one
+    bad file does not cost the whole table.
     """
-    rows, axes = [], []
+    rows, axes, damaged = [], [], []
     for name, values, run_dir in point_dirs(Path(out)):
         axes = list(values)
-        result = read_result(run_dir) if run_dir.is_dir() else None
+        try:
+            result = read_result(run_dir) if run_dir.is_dir() else None
+            two = read_result(run_dir, "two_part.json") if result is not None else None
+        except RunError as exc:
+            damaged.append(name)
+            warnings.warn(f"point {name} left out: {exc}", stacklevel=2)
+            continue
         if result is None:
             continue
         last = _mapping(result.get("final"))
@@ -49,13 +57,16 @@ def load_points(out: str | Path) -> tuple[pd.DataFrame, list[str]]:
         # a lossy code's bits travel with the distortion they buy
         row.update({f"{est}:{k}": _num(d[k]) for est, d in _mapping(last.get("details")).items()
                     if isinstance(d, dict) for k in DISTORTION if k in d})
-        two = read_result(run_dir, "two_part.json")
         if two:
             row["two_part"] = _num(two.get("total_bits"))
+            row["no_model"] = _num(two.get("no_model_bits"))
         rows.append(row)
     if not rows:
-        raise MoMosError(f"{out}: no point has finished yet (none has result.json)")
-    return pd.DataFrame(rows), axes
+        why = f"; damaged: {', '.join(damaged)}" if damaged else ""
+        raise MoMosError(f"{out}: no point has finished yet (none has a readable result.json{why})")
+    df = pd.DataFrame(rows)
+    df.attrs["damaged"] = damaged
+    return df, axes
 
 
 def _mapping(x: Any) -> dict[str, Any]:
@@ -253,6 +264,43 @@ def curves(out: str | Path, estimator: str) -> dict[str, pd.DataFrame]:
     return {k: pd.DataFrame(v) for k, v in groups.items()}
 
 
+def bits_metrics(summary: list[dict[str, Any]]) -> list[str]:
+    """The metrics of a summary that are bits (estimators, the two-part total), not accuracy or distortion."""
+    return sorted({m for g in summary for m in g["mean"]} - {"test_acc", "no_model"}
+                  - {m for g in summary for m in g["mean"] if m.endswith(DISTORTION)})
+
+
+def check_frontier(summary: list[dict[str, Any]], estimator: str) -> None:
+    """MoMosError unless ``estimator`` is a bits metric of the sweep (the frontier's x axis is bits)."""
+    known = bits_metrics(summary)
+    if estimator not in known:
+        what = "is the y axis" if estimator == "test_acc" else (
+            "is a distortion, not bits" if estimator.endswith(DISTORTION) else "is not in this sweep's logs")
+        raise MoMosError(f"--frontier takes bits: '{estimator}' {what}; logged: {', '.join(known)}")
+
+
+def check_curves(out: str | Path, estimator: str) -> dict[str, pd.DataFrame]:
+    """The per-epoch curves of ``estimator``, or MoMosError when no point logged it per epoch (a final figure
+    such as ``two_part`` has no curve): checked before any figure is written."""
+    frames = curves(out, estimator)
+    if not any(frame.notna().to_numpy().any() for frame in frames.values()):
+        raise MoMosError(f"--curves draws an estimator logged every epoch; no point logged '{estimator}' per "
+                         "epoch (two_part and distortions are final figures)")
+    return frames
+
+
+def _keep_inside(fig: Any, ax: Any, notes: list[Any]) -> None:
+    """Move each point label to the other side of its point if it runs past the axes (long group names)."""
+    fig.canvas.draw()
+    box = ax.get_window_extent()
+    for note in notes:
+        extent = note.get_window_extent()
+        if extent.x1 > box.x1 or extent.x0 < box.x0:
+            flip = extent.x1 > box.x1
+            note.set_horizontalalignment("right" if flip else "left")
+            note.set_position((-6 if flip else 6, note.get_position()[1]))
+
+
 def frontier_plot(summary: list[dict[str, Any]], estimator: str, path: str | Path) -> Path:
     """Test accuracy against the estimator's final bits (log x), error bars over seeds, the Pareto set joined."""
     import matplotlib
@@ -262,9 +310,7 @@ def frontier_plot(summary: list[dict[str, Any]], estimator: str, path: str | Pat
 
     from kcomplexity.rd import save_figure
 
-    if not any(estimator in g["mean"] for g in summary):
-        known = sorted({m for g in summary for m in g["mean"]} - {"test_acc"})
-        raise MoMosError(f"no estimator '{estimator}' in this sweep's logs; logged: {', '.join(known)}")
+    check_frontier(summary, estimator)
     bits = np.array([g["mean"].get(estimator, math.nan) for g in summary], dtype=float)
     acc = np.array([g["mean"]["test_acc"] for g in summary], dtype=float)
     xerr = np.nan_to_num([g["std"].get(estimator, math.nan) for g in summary])
@@ -280,11 +326,12 @@ def frontier_plot(summary: list[dict[str, Any]], estimator: str, path: str | Pat
     varying = [k for k in (summary[0]["group"] if summary else {})
                if len({str(g["group"][k]) for g in summary}) > 1]
     middle = np.exp(np.nanmean(np.log(bits[best]))) if best.any() else 1.0
+    notes = []
     for i in np.flatnonzero(best):  # labels name only the axes that differ between groups, and stay inside
         right = bits[i] > middle
-        ax.annotate(group_label({k: summary[i]["group"][k] for k in varying}), (bits[i], acc[i]),
-                    textcoords="offset points", xytext=(-6 if right else 6, -12), ha="right" if right else "left",
-                    fontsize=7)
+        notes.append(ax.annotate(group_label({k: summary[i]["group"][k] for k in varying}), (bits[i], acc[i]),
+                                 textcoords="offset points", xytext=(-6 if right else 6, -12),
+                                 ha="right" if right else "left", fontsize=7))
     ax.set_xscale("log")
     ax.set_xlabel(f"{estimator} (bits, final epoch; mean ± std over seeds)")
     ax.set_ylabel("test accuracy")
@@ -292,6 +339,7 @@ def frontier_plot(summary: list[dict[str, Any]], estimator: str, path: str | Pat
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
+    _keep_inside(fig, ax, notes)
     return save_figure(fig, path)
 
 
@@ -306,7 +354,7 @@ def curves_plot(out: str | Path, estimator: str, path: str | Path) -> Path:
 
     fig, ax = plt.subplots(figsize=(10, 5))
     styles = ["-", "--", ":", "-."]
-    for i, (label, frame) in enumerate(curves(out, estimator).items()):
+    for i, (label, frame) in enumerate(check_curves(out, estimator).items()):
         mean, std = frame.mean(axis=1), frame.std(axis=1, ddof=1).fillna(0)
         color = plt.cm.tab20(i % 20)  # 20 distinct colours, then line styles, so no two groups look alike
         ax.plot(mean.index, mean, color=color, ls=styles[(i // 20) % 4], label=label, lw=1.3)

@@ -142,7 +142,7 @@ def _train(args: argparse.Namespace) -> None:
 def _run_trackers(args: argparse.Namespace) -> list:
     from . import trackers
 
-    return trackers.make(args.tensorboard, args.mlflow, run_name=Path(args.out).name)
+    return trackers.make(args.tensorboard, args.mlflow, run_name=Path(args.out).name, outputs=args.out)
 
 
 def _sweep(args: argparse.Namespace) -> None:
@@ -204,6 +204,9 @@ def _compare_sweep(args: argparse.Namespace) -> None:
     if args.frontier:
         if not args.plot:
             raise MoMosError("--frontier needs --plot PATH for the figure")
+        aggregate.check_frontier(summary, args.frontier)  # both figures' inputs are checked before either is written
+        if args.curves:
+            aggregate.check_curves(args.runs[0], args.frontier)
         print(f"plot: {aggregate.frontier_plot(summary, args.frontier, args.plot)}", file=sys.stderr)
         if args.curves:
             plot = Path(args.plot)
@@ -300,6 +303,9 @@ def _demo(args: argparse.Namespace) -> None:
     tab = compare.table(runs)
     print(tab.to_string(float_format=_number))
     print(compare.shortest_two_part(tab) or "")
+    print(f"one seed, so no interval: for mean and 95 % intervals over seeds, run\n"
+          f"  momos sweep --grid method=baseline,momos --grid seed=0,1,2,3,4 --set epochs={args.epochs} "
+          f"--set estimators=lzma,mdl --out {out}-sweep\n  momos compare {out}-sweep --reference method=baseline")
     print(f"plot: {compare.plot(runs, out / 'compare.png')}")
 
 

@@ -51,21 +51,37 @@ def _number(x: Any) -> float:
 TABLE_DETAILS = ("rac", "mse", "max_abs_err", "rel")
 
 
-#: the two-part code's columns (``two_part.json``): weights at rel, labels given them, their sum, and the distortion
-TWO_PART = ("model_bits", "data_bits", "total_bits", "rel", "mse")
+#: the two-part code's columns (``two_part.json``): weights at rel, labels given them, their sum, the labels with
+#: no model beside it, and the distortion
+TWO_PART = ("model_bits", "data_bits", "total_bits", "no_model_bits", "rel", "mse")
 
 
 def shortest_two_part(tab: pd.DataFrame) -> str | None:
-    """One sentence naming the run with the shortest two-part total and its margin over the next, if two have one."""
+    """One sentence on the two-part totals, always beside the no-model code: a run is named shortest only when
+    its total beats sending the labels with no model, and a minimum at the edge of the steps tried is a bound."""
     if "two_part:total_bits" not in tab.columns:
         return None
-    totals = tab["two_part:total_bits"].dropna().sort_values()
-    if len(totals) < 2:
+    totals = pd.to_numeric(tab["two_part:total_bits"], errors="coerce").dropna().sort_values()
+    if totals.empty:
         return None
-    (best, low), (second, high) = list(totals.items())[:2]
+    best, low = totals.index[0], float(totals.iloc[0])
+    no_model = pd.to_numeric(tab.get("two_part:no_model_bits", pd.Series(dtype=float)), errors="coerce").dropna()
+    edges = tab.get("two_part:edge", pd.Series(dtype=object))
+    bound = [str(run) for run in totals.index if isinstance(edges.get(run), str)]
+    note = (f"; {', '.join(bound)}: the minimum lies at the {edges[bound[0]]} edge of the steps tried, an upper "
+            "bound") if bound else ""
+    if no_model.empty:
+        return f"two-part totals without the no-model code beside them (recompute with momos two-part){note}"
+    plain = float(no_model.max())
+    if low >= plain:
+        return (f"no two-part total beats the labels sent with no model ({plain:,.0f} bits): the shortest, {best} "
+                f"({low:,.0f} bits), is {low - plain:,.0f} bits longer, so no model pays for itself here{note}")
+    if len(totals) < 2:
+        return f"two-part total: {best} ({low:,.0f} bits), {plain - low:,.0f} bits below no model{note}"
+    second, high = totals.index[1], float(totals.iloc[1])
     gap = high - low
     return (f"shortest two-part total: {best} ({low:,.0f} bits), {gap:,.0f} bits ({gap / high:.1%}) below "
-            f"{second} ({high:,.0f} bits)")
+            f"{second} ({high:,.0f} bits) and {plain - low:,.0f} below no model ({plain:,.0f} bits){note}")
 
 
 def estimator_columns(runs: list[dict[str, Any]]) -> list[str]:
@@ -105,6 +121,8 @@ def table(runs: list[dict[str, Any]]) -> pd.DataFrame:
             row["rac"] = last["bits:rac"]
         two = _mapping(run.get("two_part"))
         row.update({f"two_part:{k}": _number(two.get(k)) for k in TWO_PART if two})
+        if two and isinstance(two.get("edge"), str):
+            row["two_part:edge"] = two["edge"]
         rows[run["label"]] = row
     out = pd.DataFrame.from_dict(rows, orient="index")
     out.index.name = "run"

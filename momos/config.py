@@ -33,6 +33,9 @@ DATA_PROFILES: dict[tuple[str, str], dict[str, Any]] = {
 BEST_BY = ("val_acc", "val_loss")
 #: the widest model a run may ask for: an MLP's hidden matrices grow with the square of the width
 MAX_WIDTH = 16384
+#: the largest learning rate a run takes: far beyond any that trains, and one whose Adam step (lr over the
+#: bias correction, up to 10 lr) still fits the float32 the optimisers compute it in (1e38 does not)
+MAX_LR = 1e6
 #: what a run logs: the logger's defaults and the paper's bound beside the real mosaic code
 DEFAULT_ESTIMATORS = [*LOGGED, "mdl-paper"]
 
@@ -176,7 +179,7 @@ def _check_types(cfg: TrainConfig) -> None:
 def _check_ranges(cfg: TrainConfig) -> None:
     """Numbers a run cannot use, and a device this machine does not have."""
     checks = [
-        ("lr", cfg.lr, lambda v: v > 0, "> 0 (inf is allowed and diverges)"),
+        ("lr", cfg.lr, lambda v: 0 < v <= MAX_LR, f"in (0, {MAX_LR:g}]"),
         ("weight_decay", cfg.weight_decay, lambda v: 0 <= v < math.inf, "finite and >= 0"),
         ("momentum", cfg.momentum, lambda v: 0 <= v < 1, "in [0, 1)"),
         ("beta2", cfg.beta2, lambda v: 0 <= v < 1, "in [0, 1)"),

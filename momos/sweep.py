@@ -100,6 +100,11 @@ def prepare(out: Path, spec: Spec, points: list[Point]) -> None:
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise SweepSpecError(f"{out} is a file, not a sweep folder")
+    failures = out / FAILURES
+    if os.path.lexists(failures) and (failures.is_symlink() or not failures.is_file()):
+        # record_failure appends there without following links: check it now, not at the first failure
+        raise SweepSpecError(f"{failures} is not a regular file of ours (a link or a folder); move it away: "
+                             "nothing was started")
     old = stored_spec(out) if out.is_dir() else None
     if old is None:
         if out.is_dir() and any(out.iterdir()):
@@ -160,12 +165,12 @@ def run_point(out: str, name: str, config: dict[str, Any], trackers: dict[str, A
         return Outcome(name, "failed", time.perf_counter() - t0, error=f"{type(exc).__name__}: {first}")
 
 
-def _trackers(options: dict[str, Any], sweep_name: str, point: str) -> list[Any]:
+def _trackers(options: dict[str, Any], sweep_name: str, point: str, outputs: Path | None = None) -> list[Any]:
     from . import trackers
 
     tb = options.get("tensorboard")
     return trackers.make(tensorboard=Path(tb) / point if tb else None, mlflow=options.get("mlflow"),
-                         run_name=point, experiment=sweep_name or "momos")
+                         run_name=point, experiment=sweep_name or "momos", outputs=outputs)
 
 
 # ------------------------------------------------------------------ backends
@@ -306,11 +311,11 @@ def sweep(spec: Spec, out: str | Path, jobs: int = 1, backend: str = "local", ad
         raise SweepSpecError(f"--jobs {jobs} exceeds this machine's {cores} cores; each run needs at least one")
     out = Path(out)
     points = spec.points()  # every point validated before any starts
+    if tensorboard or mlflow:  # a missing extra, a store that is not MLflow's or is inside the sweep fail now
+        _trackers({"tensorboard": tensorboard, "mlflow": mlflow}, out.name, "check", outputs=out)
     if backend == "ray":
         _connect_ray(address)  # an unreachable cluster fails before anything is written
     prepare(out, spec, points)
-    if tensorboard or mlflow:
-        _trackers({"tensorboard": tensorboard, "mlflow": mlflow}, out.name, "check")  # a missing extra fails now
     options = {"tensorboard": tensorboard, "mlflow": mlflow}
     result, t0 = SweepResult(out), time.perf_counter()
     outcomes = (_local(out, points, min(jobs, len(points)), options) if backend == "local"

@@ -37,6 +37,8 @@ from kcomplexity.fileio import read_text
 from .errors import MoMosError
 
 SECTIONS = ("base", "grid", "zip", "resources")
+#: the most points one sweep may hold: each is a run directory, and every point is validated before any starts
+MAX_POINTS = 10_000
 #: per-run resources: CPUs (also the run's torch threads, so results do not depend on --jobs) and GPUs
 RESOURCES = {"cpus": 1, "gpus": 0}
 FORMAT, FORMAT_VERSION = "momos-sweep", 1
@@ -121,6 +123,10 @@ class Spec:
         if len(set(lengths.values())) > 1:
             raise SweepSpecError(f"{where}: [zip] axes must have one length, got "
                                  + ", ".join(f"{k}: {n}" for k, n in lengths.items()))
+        count = max(lengths.values(), default=1) * math.prod(len(v) for v in axes["grid"].values())
+        if count > MAX_POINTS:  # counted before any point is expanded or validated
+            raise SweepSpecError(f"{where}: the spec makes {count:,} points, more than a sweep holds "
+                                 f"({MAX_POINTS:,}); split it into several sweeps")
         resources = dict(RESOURCES)
         for key, value in data.get("resources", {}).items():
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import tempfile
 import warnings
@@ -71,13 +72,16 @@ class MLflow:
         except ImportError:
             raise MoMosError("--mlflow needs the mlflow package: pip install 'kcomplexity[trackers]'") from None
         self.uri, self.experiment, self.run_name = uri, experiment, run_name
+        self.artifacts = check_store(uri)
         self._client_cls, self.client, self.run_id = MlflowClient, None, None
 
     def start(self, run_dir: Path, config: dict[str, Any]) -> None:
+        refuse_store_inside(self.uri, run_dir)
         try:
             self.client = self._client_cls(tracking_uri=self.uri)
             exp = self.client.get_experiment_by_name(self.experiment)
-            exp_id = exp.experiment_id if exp is not None else self.client.create_experiment(self.experiment)
+            exp_id = exp.experiment_id if exp is not None else self.client.create_experiment(
+                self.experiment, artifact_location=self.artifacts)
             run = self.client.create_run(exp_id, run_name=self.run_name or Path(run_dir).name)
         except Exception as exc:  # an unusable store URI: one line, before any training
             raise MoMosError(f"MLflow store {self.uri!r} cannot be used: {str(exc).splitlines()[0][:300]}") from None
@@ -108,19 +112,108 @@ class MLflow:
         self.client.set_terminated(self.run_id)
 
 
+#: seconds a tracking server has to accept a connection before the run is refused
+PROBE_TIMEOUT = 5.0
+#: the tables every MLflow SQL store has
+_MLFLOW_TABLES = {"experiments", "runs", "metrics", "params", "alembic_version"}
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///PATH`` store URI (None for other stores)."""
+    return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+
+
+def check_store(uri: str) -> str | None:
+    """Refuse an MLflow store that is not MLflow's before anything is written; returns where a new
+    experiment's artifacts go (beside a sqlite store, not in the current folder; None: the store decides).
+
+    The ``-o`` rules hold for a store: an existing file is used only when it is already an MLflow database
+    (a user's own SQLite file would gain MLflow's tables), and a server must accept a connection within
+    :data:`PROBE_TIMEOUT` seconds (MLflow itself retries an unreachable one for minutes)."""
+    if not isinstance(uri, str) or not uri:
+        raise MoMosError(f"an MLflow store is a URI such as {DEFAULT_MLFLOW_URI}, got {uri!r}")
+    db = _sqlite_path(uri)
+    if db is not None:
+        if os.path.lexists(db):
+            _refuse_unless_mlflow_db(db, uri)
+        return (db.resolve().parent / "mlartifacts").as_uri()
+    scheme = uri.split("://", 1)[0].lower() if "://" in uri else ""
+    if scheme in ("http", "https"):
+        _probe_server(uri)
+        return None
+    if scheme in ("", "file"):
+        path = Path(uri[len("file://"):] if scheme == "file" else uri)
+        if path.exists() and not path.is_dir():
+            raise MoMosError(f"MLflow store {uri!r} is a file, not an MLflow folder or database; nothing was written")
+        if path.is_dir() and any(path.iterdir()) and not ((path / ".trash").is_dir() or any(path.glob("*/meta.yaml"))):
+            raise MoMosError(f"MLflow store {uri!r} is a folder that MLflow did not write; choose a new or empty "
+                             "folder, or a sqlite:/// URI; nothing was written")
+        return None
+    raise MoMosError(f"MLflow store {uri!r}: use sqlite:///PATH, a folder, or http(s)://HOST:PORT")
+
+
+def refuse_store_inside(uri: str, folder: str | Path) -> None:
+    """MoMosError when a sqlite store would lie inside ``folder`` (a run or sweep this command writes), whether
+    or not the folder exists yet: the run's own files (``log.jsonl``) are never a database."""
+    from kcomplexity.fileio import resolved
+
+    db = _sqlite_path(uri)
+    if db is None:
+        return
+    d, f = resolved(db), resolved(folder)
+    if d == f or f in d.parents:
+        raise MoMosError(f"MLflow store {uri!r} lies inside {folder}, which this command writes; choose a store "
+                         "outside it; nothing was written")
+
+
+def _refuse_unless_mlflow_db(db: Path, uri: str) -> None:
+    import sqlite3
+
+    if not db.is_file():
+        raise MoMosError(f"MLflow store {uri!r} is not a regular file; nothing was written")
+    try:
+        con = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            tables = {row[0] for row in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        finally:
+            con.close()
+    except sqlite3.Error:
+        tables = set()
+    if not _MLFLOW_TABLES <= tables:
+        raise MoMosError(f"MLflow store {uri!r}: {db} exists and is not an MLflow database; it is left as it was. "
+                         "Choose a new file")
+
+
+def _probe_server(uri: str) -> None:
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(uri)
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        with socket.create_connection((parts.hostname or "", port), timeout=PROBE_TIMEOUT):
+            pass
+    except (OSError, ValueError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise MoMosError(f"cannot reach an MLflow server at {uri}: {why}; nothing was started") from None
+
+
 def _mlflow_key(name: str) -> str:
     """MLflow keys allow letters, digits, _ - . space and /; estimator settings (``lzma:preset=6``) map to _."""
     return re.sub(r"[^\w\-. /]", "_", name)
 
 
 def make(tensorboard: str | Path | None = None, mlflow: str | None = None, run_name: str | None = None,
-         experiment: str = "momos") -> list[Any]:
-    """The trackers a command line asks for (none by default)."""
+         experiment: str = "momos", outputs: Path | str | None = None) -> list[Any]:
+    """The trackers a command line asks for (none by default); a store inside ``outputs`` (the run or sweep
+    folder the command writes) is refused before anything is written."""
     out: list[Any] = []
     if tensorboard:
         out.append(TensorBoard(tensorboard))
     if mlflow:
         out.append(MLflow(mlflow, experiment=experiment, run_name=run_name))
+        if outputs is not None:
+            refuse_store_inside(mlflow, outputs)
     return out
 
 

@@ -12,8 +12,16 @@ two-part description length in bits, with the distortion part one bought
 
 The MDL two-part code is the minimum over precision: by default
 :func:`measure` codes the model at every step of a log grid (``REL_GRID``,
-which holds 0.1, refined around the best) and keeps the shortest total,
-reporting the whole curve; ``rel=R`` gives one fixed point.
+which holds 0.1), doubles the step past the grid's edge while the minimum
+sits on it (at most ``MAX_EXTEND`` times), refines around the best, keeps
+the shortest total and reports the whole curve; ``rel=R`` gives one fixed
+point. A minimum still on the edge of what was tried is reported as such
+(``edge``): it bounds the two-part length from above, it is not an optimum.
+
+Beside every total stands the no-model code (``no_model_bits``): the labels
+sent uniformly, log2 C bits each, by the same label coder. A two-part total
+means something only where it beats that: a model that does not pay for
+itself is no explanation of the labels.
 """
 from __future__ import annotations
 
@@ -44,6 +52,8 @@ FILE = "two_part.json"
 #: the precisions the optimum is searched over: 0.1 x 2^k, k = -6..6 (0.0016 .. 6.4), then refined between the
 #: best point's neighbours
 REL_GRID = tuple(0.1 * 2.0 ** k for k in range(-6, 7))
+#: doublings (or halvings) of the step tried past the grid's edge while the minimum lies on it
+MAX_EXTEND = 8
 MAGIC = b"KC2P"
 
 
@@ -61,6 +71,9 @@ class TwoPart:
     test_acc_exact: float   #: and of the model before quantisation
     architecture_bits: int = 0  #: of model_bits: the architecture's text and the stream's magic
     optimum: bool = False   #: rel is the argmin of the curve (not a fixed point)
+    no_model_bits: int = 0  #: the labels' real code with no model (uniform over the classes)
+    #: "coarse" or "fine" when the argmin is the coarsest or finest step tried: then a bound, not an optimum
+    edge: str | None = None
     #: every precision tried: {"rel", "model_bits", "data_bits", "total_bits", "mse"}
     curve: list[dict[str, Any]] = field(default_factory=list)
 
@@ -68,8 +81,13 @@ class TwoPart:
     def total_bits(self) -> int:
         return self.model_bits + self.data_bits
 
+    @property
+    def beats_no_model(self) -> bool:
+        """Whether the model pays for itself: the two-part total is shorter than the labels with no model."""
+        return self.total_bits < self.no_model_bits
+
     def to_json(self) -> dict[str, Any]:
-        return {**asdict(self), "total_bits": self.total_bits}
+        return {**asdict(self), "total_bits": self.total_bits, "beats_no_model": self.beats_no_model}
 
 
 def _plain(model: torch.nn.Module) -> torch.nn.Module:
@@ -161,20 +179,46 @@ def measure(model: torch.nn.Module, train: data_mod.Split, test: data_mod.Split,
     if rel is not None:
         best = at(rel)
     else:
-        for r in REL_GRID:
-            _try(at, r)
-        best = _best(points)
-        i = REL_GRID.index(best.rel) if best.rel in REL_GRID else None
-        if i is not None:  # refine: the geometric midpoints to the best point's neighbours
-            for j in (i - 1, i + 1):
-                if 0 <= j < len(REL_GRID):
-                    _try(at, (REL_GRID[i] * REL_GRID[j]) ** 0.5)
-        best = _best(points)
-        best.optimum = True
+        best = _search(at, points)
     best.test_acc = accuracy(_decoded(streams[best.rel]), test, device)
+    uniform = label_code.uniform(labels.size, _classes(net, train, device))
+    best.no_model_bits = 8 * len(label_code.encode_labels([(uniform, labels)]))
     best.curve = [{"rel": r, "model_bits": t.model_bits, "data_bits": t.data_bits, "total_bits": t.total_bits,
                    "mse": t.mse} for r, t in sorted(points.items())]
     return best
+
+
+def _search(at: Any, points: dict[float, "TwoPart"]) -> "TwoPart":
+    """The shortest total over the grid, extended past its edge while the minimum sits there, then refined
+    between the best step's neighbours; marks an argmin still on the edge of the steps tried."""
+    steps = list(REL_GRID)
+    for r in steps:
+        _try(at, r)
+    for _ in range(MAX_EXTEND):
+        best = _best(points)
+        if best.rel == steps[-1]:
+            steps.append(steps[-1] * 2)
+            _try(at, steps[-1])
+        elif best.rel == steps[0]:
+            steps.insert(0, steps[0] / 2)
+            _try(at, steps[0])
+        else:
+            break
+    best = _best(points)
+    i = steps.index(best.rel)
+    for j in (i - 1, i + 1):  # refine: the geometric midpoints to the best step's neighbours
+        if 0 <= j < len(steps):
+            _try(at, (steps[i] * steps[j]) ** 0.5)
+    best = _best(points)
+    best.optimum = True
+    tried = sorted(points)
+    best.edge = "coarse" if best.rel == tried[-1] else "fine" if best.rel == tried[0] else None
+    return best
+
+
+def _classes(net: torch.nn.Module, split: data_mod.Split, device: str | torch.device) -> int:
+    """The number of classes the model predicts (its output width)."""
+    return int(batched_logits(net, split.x[:1], device).shape[1])
 
 
 def _try(at: Any, r: float) -> None:

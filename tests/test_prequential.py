@@ -76,13 +76,15 @@ def test_the_header_carries_every_option_and_decoding_needs_nothing_else():
     from momos.prequential import header
 
     opts = TrainOptions(calibrate=True, warm_start=True, augment=2, ensemble=4, lr=3e-4, patience=5)
-    data = header.encode("mnist", ["cnn", "mlp"], 7, None, [64, 128, 46000], opts)
+    labels = np.arange(60000) % 10
+    data = header.encode("mnist", ["cnn", "mlp"], 7, None, [64, 128, 46000], opts, labels)
     side, pos = header.decode(data + b"rest")
-    assert pos == len(data) and len(data) <= 40  # 36 bytes: two models, three boundaries, four options
+    # 36 bytes: two models, three boundaries, four options; then the label count (3 bytes) and CRC-32 (4)
+    assert pos == len(data) and len(data) <= 47
     assert side == {"data": "mnist", "models": ["cnn", "mlp"], "seed": 7, "limit": None, "chunks": [64, 128, 46000],
-                    "options": opts}
-    plain = header.encode("digits", ["mlp"], 0, 300, 0, TrainOptions())
-    assert header.decode(plain)[0]["chunks"] == 0 and len(plain) == 19  # a named schedule: one byte
+                    "options": opts, "n": 60000, "crc": header.labels_crc(labels)}
+    plain = header.encode("digits", ["mlp"], 0, 300, 0, TrainOptions(), labels[:300])
+    assert header.decode(plain)[0]["chunks"] == 0 and len(plain) == 25  # a named schedule: one byte
     for damaged in (data[:5], b"\x09" + data[1:], data[:-1]):
         with pytest.raises(PrequentialError):
             header.decode(damaged)
@@ -92,7 +94,7 @@ def test_the_header_carries_every_option_and_decoding_needs_nothing_else():
     # a named schedule is one byte: the last chunk split in two (256..300 -> 256..278..300)
     assert split_last(300) == [64, 128, 256, 278]
     s = prequential("mlp", "digits", limit=300, chunks=split_last(300), quiet=True)
-    assert header.decode(s.code)[0]["chunks"] == 1 and s.header_bits == 8 * 19
+    assert header.decode(s.code)[0]["chunks"] == 1 and s.header_bits == 8 * 25
     assert np.array_equal(decode(bytes(s.code)), _seeded_labels("digits", 0, 300))
 
 
@@ -105,7 +107,7 @@ def test_named_schedules_and_the_sqrt2_schedule():
     assert np.allclose(ratios, 0.5, atol=0.03)  # each boundary sqrt 2 times the last
     f = prequential("mlp", "digits", limit=300, chunks="fine", quiet=True)
     assert [c.end for c in f.chunks] == [64, 91, 128, 181, 256, 300] and header.decode(f.code)[0]["chunks"] == 2
-    assert f.header_bits == 8 * 19 and np.array_equal(decode(bytes(f.code)), _seeded_labels("digits", 0, 300))
+    assert f.header_bits == 8 * 25 and np.array_equal(decode(bytes(f.code)), _seeded_labels("digits", 0, 300))
     # sqrt 2 below a quarter of the labels, then doubling: the large (slow) chunks stay few
     assert fine_doubling(60000) == fine_chunks(15000) + [23170, 46340]
     assert fine_doubling(600) == [64, 91, 128, 256, 512] and fine_doubling(100) == [64] and fine_doubling(64) == []
@@ -292,11 +294,12 @@ def test_the_best_preset_codes_small_data_and_decodes_from_its_bytes(capsys):
     assert [c.end for c in r.chunks] == [*best.chunks(160), 160]
     assert r.total_bits == r.header_bits + r.stream_bits and r.ideal_bits - WORD <= r.stream_bits
     # the header names the preset instead of its model, schedule and options: version, "digits", 0, index,
-    # seed, limit + 1 (two bytes)
-    assert r.header_bits == 8 * 13 and header.decode(r.code)[0]["preset"] == presets.index("best")
+    # seed, limit + 1 (two bytes), then the label count (two bytes) and their CRC-32
+    assert r.header_bits == 8 * 19 and header.decode(r.code)[0]["preset"] == presets.index("best")
     assert np.array_equal(decode(bytes(r.code)), _seeded_labels("digits", 0, 160))
     with pytest.raises(PrequentialError, match="no preset 9"):
-        decode(header.encode_preset("digits", 9, 0, 160) + r.code[r.header_bits // 8:])
+        decode(header.encode_preset("digits", 9, 0, 160, _seeded_labels("digits", 0, 160))
+               + r.code[r.header_bits // 8:])
     with pytest.raises(PrequentialError, match="preset"):
         prequential("cnn", data="digits", limit=400, preset="best", quiet=True)
     with pytest.raises(PrequentialError, match="unknown preset"):

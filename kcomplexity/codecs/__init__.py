@@ -166,26 +166,54 @@ class ZstdCodec(Codec):
     def encode(self, x: Any) -> bytes:
         import zstandard
 
-        a = as_named(x)
+        a = as_named(x, allow_empty=True)
         head = Header("zstd", self.VERSION, a.dtype, a.shape).to_bytes()
         return head + zstandard.ZstdCompressor(level=self.level).compress(a.raw())
 
     def decode(self, data: bytes, max_values: int = MAX_VALUES) -> NamedArray:
-        import zstandard
-
         head, pos = read_header(data, "zstd", (self.VERSION,), max_values)
         dtype = np.dtype(NUMPY.get(head.dtype, head.dtype))
         size = head.numel * dtype.itemsize
-        try:
-            raw = zstandard.ZstdDecompressor().decompress(bytes(data[pos:]), max_output_size=size)
-        except zstandard.ZstdError as exc:
-            raise CorruptFileError(f"corrupt zstd code: {exc}") from None
+        raw = zstd_decompress(data[pos:], size, "zstd code")
         if len(raw) != size:
             raise CorruptFileError("corrupt zstd code: its bytes do not fill the shape")
-        return NamedArray("tensor", np.frombuffer(raw, dtype=dtype).reshape(head.shape).copy(), head.dtype)
+        return NamedArray("tensor", np.frombuffer(raw, dtype=dtype).reshape(head.shape), head.dtype)
 
     def spec(self) -> str:
         return f"zstd:level={self.level}"
+
+
+def zstd_decompress(data: bytes | memoryview, limit: int, what: str) -> bytearray:
+    """The content of one zstd frame, refused (CorruptFileError naming ``what``) once it passes ``limit`` bytes.
+
+    Read through a stream so memory follows the output, never what the frame claims: zstandard's one-shot
+    ``max_output_size=0`` means "unlimited", and a frame without a content size would be inflated whole.
+    """
+    import zstandard
+
+    out = bytearray()
+    try:
+        with zstandard.ZstdDecompressor().stream_reader(bytes(data), read_across_frames=False) as reader:
+            while len(out) <= limit:
+                chunk = reader.read(min(1 << 20, limit + 1 - len(out)))
+                if not chunk:
+                    break
+                out += chunk
+    except zstandard.ZstdError as exc:
+        raise CorruptFileError(f"corrupt {what}: {exc}") from None
+    if len(out) > limit:
+        raise CorruptFileError(f"corrupt {what}: it holds more than the {limit:,} bytes it may")
+    return out
+
+
+def pco_dtype(dtype: str) -> np.dtype:
+    """The numpy dtype of the values :func:`pco_values` gives pcodec for a tensor of ``dtype``."""
+    storage_dtype = np.dtype(NUMPY.get(dtype, dtype))
+    if dtype == "bfloat16":
+        return np.dtype(np.uint16)
+    if storage_dtype.itemsize == 1:
+        return np.dtype(np.int16 if storage_dtype.kind == "i" else np.uint16)
+    return storage_dtype
 
 
 def pco_values(a: NamedArray) -> np.ndarray:
@@ -207,16 +235,27 @@ def pco_stream(a: NamedArray, level: int) -> bytes:
 
 def pco_values_of(stream: bytes, numel: int, dtype: str, what: str) -> np.ndarray:
     """The flat values of a pcodec stream in ``dtype``'s storage (CorruptFileError naming ``what`` unless it
-    holds exactly ``numel`` of them)."""
+    holds exactly ``numel`` of them, of the number type ``dtype`` is coded as).
+
+    Decoded into an array of ``numel`` values (plus one, to see a stream that holds more), so memory follows
+    the tensor the header names, not what the stream claims.
+    """
     import pcodec
 
+    dst = np.empty(numel + 1, dtype=pco_dtype(dtype))
     try:
-        flat = pcodec.standalone.simple_decompress(bytes(stream))
-    except Exception as exc:  # pcodec raises RuntimeError on damaged streams
+        progress = pcodec.standalone.simple_decompress_into(bytes(stream), dst)
+    except Exception as exc:  # pcodec raises RuntimeError on damaged streams, TypeError on a wrong number type
         raise CorruptFileError(f"corrupt {what}: {exc}") from None
-    if flat.size != numel:
+    if progress.n_processed != numel or not progress.finished:
         raise CorruptFileError(f"corrupt {what}: its values do not fill the tensor")
-    return flat.astype(NUMPY.get(dtype, dtype))  # bfloat16 was coded as its patterns, 8-bit types widened
+    out_dtype = np.dtype(NUMPY.get(dtype, dtype))
+    values = dst[:numel]
+    if out_dtype.itemsize == 1 and values.size and out_dtype.kind in "iu":  # 8-bit types travel widened
+        info = np.iinfo(out_dtype)
+        if values.min() < info.min or values.max() > info.max:
+            raise CorruptFileError(f"corrupt {what}: values outside {dtype}'s range (a code of a wider type)")
+    return values.astype(out_dtype, copy=False)  # bfloat16 kept as patterns, 8-bit narrowed
 
 
 class PcoCodec(Codec):
@@ -232,7 +271,7 @@ class PcoCodec(Codec):
         return dtype != "bool"
 
     def encode(self, x: Any) -> bytes:
-        a = as_named(x)
+        a = as_named(x, allow_empty=True)
         if not self.takes(a.dtype):
             raise NotApplicableError(f"pco codes numbers, not {a.dtype}")
         return Header("pco", self.VERSION, a.dtype, a.shape).to_bytes() + pco_stream(a, self.level)
@@ -273,7 +312,7 @@ class MosaicCodec(Codec):
             s, pos = read_varint(data, pos)
         except IndexError:
             raise CorruptFileError("corrupt mosaic code: truncated") from None
-        patterns, index, s2, dtype = mosaic.decode(bytes(data[pos:]))
+        patterns, index, s2, dtype = mosaic.decode(bytes(data[pos:]), max_values + s)
         n = head.numel
         if dtype != head.dtype or s2 != s or index.size * s != -(-n // s) * s:
             raise CorruptFileError("corrupt mosaic code: it does not match its header")
@@ -297,4 +336,5 @@ def decode(data: bytes, max_values: int = MAX_VALUES) -> NamedArray:
 
 
 __all__ = ["Codec", "FpcCodec", "QuantCodec", "TcqCodec", "ZstdCodec", "PcoCodec", "MosaicCodec", "decode", "pco_values", "pco_stream", "pco_values_of",
+           "pco_dtype", "zstd_decompress",
            "storage", "MAX_VALUES"]

@@ -73,17 +73,17 @@ class Decoder:
         except ValueError as exc:  # e.g. a stream ending in a zero word, which no encoder writes
             raise CorruptFileError(f"corrupt {what}: {exc}") from None
 
-    def decode(self, model: Any, n: int, probs: np.ndarray | None = None) -> np.ndarray:
-        """The next ``n`` symbols (int64) under ``model`` (with per-row ``probs`` for :func:`per_row`)."""
+    def decode(self, model: Any, n: int, probs: np.ndarray | None = None, dtype: Any = np.int64) -> np.ndarray:
+        """The next ``n`` symbols (as ``dtype``) under ``model`` (with per-row ``probs`` for :func:`per_row`)."""
         if n == 0:
-            return np.zeros(0, dtype=np.int64)
+            return np.zeros(0, dtype=dtype)
         try:
             out = self._coder.decode(model, n) if probs is None else self._coder.decode(model, probs)
         except (KeyboardInterrupt, SystemExit):
             raise
         except BaseException as exc:  # ValueError, or a Rust panic, on words no encoder wrote
             raise CorruptFileError(f"corrupt {self.what}: {type(exc).__name__}") from None
-        return np.asarray(out, dtype=np.int64)
+        return np.asarray(out, dtype=dtype)
 
     def is_empty(self) -> bool:
         return bool(self._coder.is_empty())

@@ -4,6 +4,8 @@ Each is written once here and used by every codec.
 """
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from ..errors import CorruptFileError
@@ -170,12 +172,13 @@ def packed_size(n: int, w: int) -> int:
     return n * (w // 8) + (n * (w % 8) + 7) // 8
 
 
-def unpack_fixed(data: memoryview, n: int, w: int) -> np.ndarray:
-    """Inverse of :func:`pack_fixed` (int64 values); ``data`` holds exactly ``packed_size(n, w)`` bytes."""
-    raw = np.frombuffer(bytes(data), dtype=np.uint8)
-    vals = np.zeros(n, dtype=np.int64)
+def unpack_fixed(data: memoryview, n: int, w: int, dtype: Any = np.int64) -> np.ndarray:
+    """Inverse of :func:`pack_fixed` (values as ``dtype``, which must hold w bits); ``data`` holds exactly
+    ``packed_size(n, w)`` bytes."""
+    raw = np.frombuffer(data, dtype=np.uint8)
+    vals = np.zeros(n, dtype=dtype)
     for j in range(w // 8):
-        vals |= raw[j * n:(j + 1) * n].astype(np.int64) << (8 * j)
+        vals |= raw[j * n:(j + 1) * n].astype(dtype) << vals.dtype.type(8 * j)
     rest = w % 8
     if rest:
         tail = raw[(w // 8) * n:]
@@ -188,7 +191,7 @@ def unpack_fixed(data: memoryview, n: int, w: int) -> np.ndarray:
             bits = np.unpackbits(tail)[: n * rest].reshape(n, rest)
             top = np.packbits(np.concatenate([np.zeros((n, 8 - rest), dtype=np.uint8), bits], axis=1),
                               axis=1).reshape(-1)
-        vals |= top.astype(np.int64) << (8 * (w // 8))
+        vals |= top.astype(dtype) << vals.dtype.type(8 * (w // 8))
     return vals
 
 

@@ -131,15 +131,26 @@ def decode(data: bytes, max_values: int = MAX_VALUES) -> Any:
     if any(flat[i].size != 2 for i in range(0, len(flat), 2)):
         raise CorruptFileError("corrupt fpc code: bad head table")
     tables = [(int(flat[i][0]), int(flat[i][1]), flat[i + 1]) for i in range(0, len(flat), 2)]
-    head = np.zeros((rows, cols), dtype=np.int64)
+    head_symbols = 1 << (1 + fmt.exponent + fmt.head)
+    if any(lo < 0 or lo + counts.size > head_symbols for _, lo, counts in tables):
+        # a head outside sign|exponent|top mantissa bits of this format: a code of another float type
+        raise CorruptFileError(f"corrupt fpc code: head symbols outside {fmt.name}'s")
+    # the output's own unsigned type throughout: working memory stays a small multiple of the tensor
+    head = np.zeros((rows, cols), dtype=fmt.uint)
     decoded = _ans_decode(sections[2], [(counts, row_idx.size * cols) for (_, _, counts), (_, row_idx) in
                                         zip(tables, groups)])
     for (c, lo, _), (c2, row_idx), sym in zip(tables, groups, decoded):
         if c != c2:
             raise CorruptFileError("corrupt fpc code: class tables out of order")
-        head[row_idx] = (sym + lo).reshape(row_idx.size, cols)
+        sym += np.int32(lo)
+        if row_idx.size == rows:
+            head[...] = sym.reshape(rows, cols)
+        else:
+            head[row_idx] = sym.reshape(row_idx.size, cols)
+        del sym
+    del decoded
     u = _unpack_low(sections[3], head, tz, fmt)
-    return _output(u.reshape(-1).astype(fmt.uint), fmt, tuple(shape))
+    return _output(u.reshape(-1), fmt, tuple(shape))
 
 
 def _output(bits: np.ndarray, fmt: _Format, shape: tuple[int, ...]) -> Any:
@@ -194,9 +205,9 @@ def _ans_decode(section: memoryview, groups: list[tuple[np.ndarray, int]]) -> li
         if used.size == 0 or counts.sum() != n:
             raise CorruptFileError("corrupt fpc code: head table does not match the shape")
         if used.size == 1:  # a constant head costs nothing in the stream
-            out.append(np.full(n, used[0], dtype=np.int64))
+            out.append(np.full(n, used[0], dtype=np.int32))
         else:
-            out.append(decoder.decode(ans.categorical(counts), n))
+            out.append(decoder.decode(ans.categorical(counts), n, dtype=np.int32))
     decoder.finish()
     return out
 
@@ -223,7 +234,8 @@ def _pack_low(u: np.ndarray, tz: np.ndarray, fmt: _Format) -> bytes:
 
 def _unpack_low(section: memoryview, head: np.ndarray, tz: np.ndarray, fmt: _Format) -> np.ndarray:
     widths = _low_widths(tz, fmt)
-    u = head << (fmt.mantissa - fmt.head)
+    u = head
+    u <<= fmt.uint(fmt.mantissa - fmt.head)
     pos, cols = 0, head.shape[1]
     for w in np.unique(widths):
         if w == 0:
@@ -233,10 +245,14 @@ def _unpack_low(section: memoryview, head: np.ndarray, tz: np.ndarray, fmt: _For
         size = packed_size(n, int(w))
         if pos + size > len(section):
             raise CorruptFileError("corrupt fpc code: truncated low bits")
-        vals = unpack_fixed(section[pos:pos + size], n, int(w))
+        vals = unpack_fixed(section[pos:pos + size], n, int(w), fmt.uint)
         pos += size
-        shift = fmt.mantissa - fmt.head - int(w)
-        u[rows] |= vals.reshape(rows.size, cols) << shift
+        vals <<= fmt.uint(fmt.mantissa - fmt.head - int(w))
+        if rows.size == u.shape[0]:
+            u |= vals.reshape(u.shape)
+        else:
+            u[rows] |= vals.reshape(rows.size, cols)
+        del vals
     if pos != len(section):
         raise CorruptFileError("corrupt fpc code: trailing low bits")
     return u
@@ -248,14 +264,11 @@ def _zstd(data: bytes) -> bytes:
     return zstandard.ZstdCompressor(level=19).compress(data)
 
 
-def _unzstd(data: memoryview, size: int | None) -> bytes:
-    import zstandard
+def _unzstd(data: memoryview, size: int) -> bytes:
+    from . import zstd_decompress
 
-    try:
-        out = zstandard.ZstdDecompressor().decompress(bytes(data), max_output_size=1 << 28)
-    except zstandard.ZstdError as exc:
-        raise CorruptFileError(f"corrupt fpc code: {exc}") from None
-    if size is not None and len(out) != size:
+    out = zstd_decompress(data, size, "fpc code")
+    if len(out) != size:
         raise CorruptFileError("corrupt fpc code: side information does not match the shape")
     return out
 

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .bits import from_bits as _from_bits, read_varint, to_bits as _to_bits, varint as _varint
+from .container import MAX_VALUES
 from ..errors import CorruptMosaicError, MDLError
 from ..sources import NamedArray
 
@@ -269,8 +270,14 @@ def encode(p: MosaicPlan) -> bytes:
     return p.header() + np.packbits(np.concatenate([table, mosaic])).tobytes()
 
 
-def decode(data: bytes) -> tuple[np.ndarray, np.ndarray, int, str]:
-    """Inverse of :func:`encode`: (motif patterns k x s, block index of length m, s, dtype)."""
+def decode(data: bytes, max_values: int = MAX_VALUES) -> tuple[np.ndarray, np.ndarray, int, str]:
+    """Inverse of :func:`encode`: (motif patterns k x s, block index of length m, s, dtype).
+
+    A code claiming more than ``max_values`` values (m x s, padding included) is refused before anything is
+    allocated. The other bounds are what the encoder can emit: every motif value costs at least one bit, and
+    so does every block's index, except with a single motif, whose index costs nothing (a constant tensor of
+    any size codes to a few bytes), so there only ``max_values`` bounds m.
+    """
     buf = memoryview(bytes(data))
     pos = 0
     fields = []
@@ -289,8 +296,11 @@ def decode(data: bytes) -> tuple[np.ndarray, np.ndarray, int, str]:
             raise CorruptMosaicError("corrupt mosaic code: bad value type")
         if s < 1 or k < 1 or mode not in (0, 1, 2) or (mode == 2 and k != m) \
                 or max(m, s, k) >= 1 << 40 \
-                or k * s > 8 * len(buf) or m > 8 * len(buf) * 64:
+                or k * s > 8 * len(buf) or (m > 8 * len(buf) and not (mode == 0 and k == 1)):
             raise CorruptMosaicError("corrupt mosaic code: bad header")
+        if m * s > max_values:
+            raise CorruptMosaicError(f"mosaic code claims {m * s:,} values, more than max_values={max_values:,} "
+                                     "(pass max_values to decode more)")
         hist = []
         if mode == 1:
             lmax, pos = read_varint(buf, pos)

@@ -135,9 +135,12 @@ def rdo_symbols(scaled: np.ndarray, nearest: np.ndarray, lam: float) -> np.ndarr
     squared step; a value may then move up to 1.5 steps, and the codes' max_abs_err says by how much."""
     other = nearest - np.sign(nearest)  # the neighbour toward zero: more probable for a peaked distribution
     sym = nearest
-    lo = int(min(nearest.min(), other.min())) if nearest.size else 0
+    if not nearest.size:
+        return sym
+    # the neighbour toward zero can lie above every nearest level (all levels negative) or below them all
+    lo, hi = int(min(nearest.min(), other.min())), int(max(nearest.max(), other.max()))
     for _ in range(RDO_PASSES):
-        counts = np.bincount(sym - lo, minlength=int(nearest.max()) - lo + 1).astype(np.float64) + 0.5
+        counts = np.bincount(sym - lo, minlength=hi - lo + 1).astype(np.float64) + 0.5
         rate = -np.log2(counts / counts.sum())
         cost_near = (scaled - nearest) ** 2 + lam * rate[nearest - lo]
         cost_other = (scaled - other) ** 2 + lam * rate[other - lo]
@@ -197,7 +200,7 @@ def decode_quantized(data: bytes, max_values: int = MAX_VALUES) -> np.ndarray:
         (step,) = struct.unpack_from("<d", buf, pos + 1)
         if not math.isfinite(step) or step <= 0:
             raise CorruptFileError("corrupt quant code: bad step")
-        sym = _entropy_decode(method, buf, pos + 9, n)
+        sym = _entropy_decode(method, buf, pos + 9, n, symbol_range(head.dtype, step))
     except (IndexError, struct.error):
         raise CorruptFileError("corrupt quant code: truncated") from None
     return _reconstruct(sym, step, head.dtype).reshape(head.shape)
@@ -335,12 +338,31 @@ def _entropy_code(sym: np.ndarray) -> tuple[str, bytes]:
     return method, prefix + candidates[method]
 
 
-def _entropy_decode(method: str, buf: memoryview, pos: int, n: int) -> np.ndarray:
+def symbol_range(dtype: str, step: float) -> tuple[int, int]:
+    """The symbols an encoder can write for a ``dtype`` tensor on ``step``: an integer or bool tensor's own
+    range at step 1 (its only step), a float tensor's finite range over the step. CorruptFileError otherwise:
+    a code whose symbols or step do not fit its dtype is a code of another tensor, refused, not cast."""
+    if dtype == "bool" or dtype.startswith(("int", "uint")):
+        if step != 1.0:
+            raise CorruptFileError(f"corrupt quant code: a {dtype} tensor is coded at step 1, not {step:g}")
+        if dtype == "bool":
+            return 0, 1
+        info = np.iinfo(dtype)
+        return max(int(info.min), -(2 ** 63)), min(int(info.max), 2 ** 63 - 1)
+    top = float(np.finfo(np.float32).max) if dtype == "bfloat16" else float(np.finfo(dtype).max)
+    ratio = top / step
+    bound = 2 ** 62 if ratio >= 2.0 ** 62 else math.floor(ratio) + 1
+    return -bound, bound
+
+
+def _entropy_decode(method: str, buf: memoryview, pos: int, n: int, allowed: tuple[int, int]) -> np.ndarray:
     z, pos = read_varint(buf, pos)
     span, pos = read_varint(buf, pos)
     lo = unzigzag(z)
     if not -(2 ** 63) <= lo <= lo + span < 2 ** 63:  # symbols are int64: anything else is a damaged code
         raise CorruptFileError("corrupt quant code: symbols out of the 64-bit range")
+    if not allowed[0] <= lo <= lo + span <= allowed[1]:
+        raise CorruptFileError("corrupt quant code: symbols outside what its dtype and step can hold")
     if method == "const":  # a read-only view of one value: the output is the only allocation of a constant
         return np.broadcast_to(np.int64(lo), (n,))
     if method == "zstd":

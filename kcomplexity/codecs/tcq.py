@@ -86,9 +86,12 @@ def code_tcq(x: Any, rel: float | None = None, delta: float | None = None, lam: 
         return code_quantized(a, delta=1.0)  # integers and bools are coded exactly
     v = a.values().reshape(-1).astype(np.float64)
     step = float_step(a.name, v, rel, delta)
-    if np.abs(v).max() / step >= 2.0 ** 40:
-        raise EstimatorSettingError(f"step {step:g} is too fine for tensor '{a.name}'")
     n = v.size
+    if np.abs(v).max() / step >= 2.0 ** 40 or np.ptp(np.rint(v / (2 * step))) + 8 >= ans.MAX_ALPHABET:
+        # levels the decoder's range or the context tables cannot hold (an outlier far from the rest, a step
+        # far too fine): before the search sizes its rate tables by them, fall back to the quant code on the
+        # same step, which codes any alphabet, keeps every value within step / 2 and is read by decode_tcq
+        return code_quantized(a, delta=step)
     length = max(1, min(CHUNK, n))
     rows = _row_classes(v, a.shape)
     k = int(rows.max()) + 1
@@ -126,6 +129,9 @@ def decode_tcq(data: bytes, max_values: int = MAX_VALUES) -> np.ndarray:
     if codec_of(data) == "quant":
         return decode_quantized(data, max_values)
     head, pos = read_header(data, "tcq", (VERSION,), max_values)
+    if head.dtype not in ("float32", "float16", "bfloat16", "float64"):
+        # the encoder gives integer and bool tensors the exact quant code: a tcq code of one is another tensor's
+        raise CorruptFileError(f"corrupt tcq code: tcq codes float tensors, not {head.dtype}")
     buf = memoryview(bytes(data))
     n = head.numel
     if n == 0:
@@ -154,20 +160,47 @@ def decode_tcq(data: bytes, max_values: int = MAX_VALUES) -> np.ndarray:
         lo = unzigzag(z)
         if span >= ans.MAX_ALPHABET or not -(2 ** 40) <= lo <= lo + span < 2 ** 40:
             raise CorruptFileError("corrupt tcq code: symbols out of range")
+        top = float(np.finfo(np.float32 if head.dtype == "bfloat16" else head.dtype).max)
+        if (2 * max(abs(lo), abs(lo + span)) - 1) * step > top:
+            raise CorruptFileError(f"corrupt tcq code: levels beyond what {head.dtype} holds")
+        cols = max(1, n // nrows)
         if span == 0:
-            q = np.full(n, lo, dtype=np.int64)
-            quantiser = _quantisers(q, n, length)
+            offsets = np.zeros((-(-n // length), length), dtype=np.int32)
+            quantiser = _track(offsets, lo)
         else:
             size, pos = read_varint(buf, pos)
             counts = unpack_tables(buf[pos:pos + size], 2 * k, span + 1, "tcq code")
             if len(counts) != 2 * k or any(c.size != span + 1 for c in counts) or sum(int(c.sum()) for c in counts) != n:
                 raise CorruptFileError("corrupt tcq code: count tables do not match the shape")
-            q, quantiser = _decode_symbols(buf[pos + size:], counts, rows[_row_of(n, head.shape)], lo, n, length,
-                                           k)
+            offsets, quantiser = _decode_symbols(buf[pos + size:], counts, rows, cols, lo, n, length, k)
     except (IndexError, struct.error):
         raise CorruptFileError("corrupt tcq code: truncated") from None
-    out = levels(q, quantiser) * step
-    return out.astype(np.float64 if head.dtype == "float64" else np.float32).reshape(head.shape)
+    return _values(offsets, quantiser, lo, step, n, head).reshape(head.shape)
+
+
+#: values turned into levels at a time, so no float64 copy of a whole tensor is held
+_OUT_BLOCK = 1 << 20
+
+
+def _values(offsets: np.ndarray, quantiser: np.ndarray, lo: int, step: float, n: int, head: Header) -> np.ndarray:
+    """The decoded values (float32; float64 for float64 tensors) of indices ``lo + offsets``, block by block."""
+    out = np.empty(n, dtype=np.float64 if head.dtype == "float64" else np.float32)
+    flat_q, flat_z = offsets.reshape(-1), quantiser.reshape(-1)
+    for b in range(0, n, _OUT_BLOCK):
+        e = min(n, b + _OUT_BLOCK)
+        out[b:e] = levels(flat_q[b:e].astype(np.int64) + lo, flat_z[b:e]) * step
+    return out
+
+
+def _track(offsets: np.ndarray, lo: int) -> np.ndarray:
+    """Which quantiser codes each index (``lo + offsets``, chunks x positions): each chunk's state machine from
+    state 0, as int8."""
+    state = np.zeros(offsets.shape[0], dtype=np.int64)
+    out = np.empty(offsets.shape, dtype=np.int8)
+    for t in range(offsets.shape[1]):
+        out[:, t] = state >> 1
+        state = NEXT[state, (offsets[:, t] + (lo & 1)) & 1]
+    return out
 
 
 # ---------------------------------------------------------------- the search
@@ -312,29 +345,31 @@ def _parts(offsets: np.ndarray, ctx: np.ndarray, counts: list[np.ndarray], n: in
     return parts
 
 
-def _decode_symbols(payload: memoryview, counts: list[np.ndarray], at: np.ndarray, lo: int, n: int, length: int,
-                    k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Indices (with ``lo`` added) and quantisers, tracking every chunk's state as its symbols come in."""
+def _decode_symbols(payload: memoryview, counts: list[np.ndarray], rows: np.ndarray, cols: int, lo: int, n: int,
+                    length: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Index offsets from ``lo`` (int32, chunks x positions) and quantisers (int8), tracking every chunk's state
+    as its symbols come in; ``rows`` holds each row's class and ``cols`` the values a row. Compact types and
+    no per-value context arrays keep the working memory a small multiple of the output."""
     models = _models(counts)
     decoder = ans.Decoder(payload, "tcq code")
     m = -(-n // length)
-    RC = _grid(at, n, length)
-    valid = _grid(np.ones(n, dtype=bool), n, length, False)
-    Q = np.zeros((m, length), dtype=np.int64)
-    quantiser = np.zeros((m, length), dtype=np.int64)
+    offsets = np.zeros((m, length), dtype=np.int32)
+    quantiser = np.zeros((m, length), dtype=np.int8)
     state = np.zeros(m, dtype=np.int64)
+    start = np.arange(m, dtype=np.int64) * length
     for t in range(length):
-        ctx = np.where(valid[:, t], (state >> 1) * k + RC[:, t], -1)
+        pos = start + t
+        ctx = np.where(pos < n, (state >> 1) * k + rows[np.minimum(pos, n - 1) // cols], -1)
         quantiser[:, t] = state >> 1
         for c, model in enumerate(models):
             sel = np.flatnonzero(ctx == c)
             if sel.size:
                 if model is None:
                     raise CorruptFileError("corrupt tcq code: a symbol in a context with no symbols")
-                Q[sel, t] = decoder.decode(model, sel.size) + lo
-        state = NEXT[state, Q[:, t] & 1]
+                offsets[sel, t] = decoder.decode(model, sel.size, dtype=np.int32)
+        state = NEXT[state, (offsets[:, t] + (lo & 1)) & 1]
     decoder.finish()
-    return Q.reshape(-1)[:n], quantiser.reshape(-1)[:n]
+    return offsets, quantiser
 
 
 __all__ = ["code_tcq", "encode_tcq", "decode_tcq", "levels", "DEFAULT_LAM"]

@@ -69,13 +69,14 @@ class NamedArray:
 MAX_DIMS = 64
 
 
-def make_named(name: str, array: Any, allow_nonfinite: bool = False) -> NamedArray:
-    """Convert one numpy array or torch tensor into a validated :class:`NamedArray`."""
+def make_named(name: str, array: Any, allow_nonfinite: bool = False, allow_empty: bool = False) -> NamedArray:
+    """Convert one numpy array or torch tensor into a validated :class:`NamedArray` (``allow_empty``: for
+    writers that keep every tensor, such as ``pack``, where an empty one is still part of the checkpoint)."""
     ndim = len(getattr(array, "shape", ()))
     if ndim > MAX_DIMS:  # numpy stops at 64; no weight tensor comes near
         raise UnsupportedSourceError(f"tensor '{name}' has {ndim} dimensions; at most {MAX_DIMS} are supported")
     data, dtype = _to_numpy(name, array)
-    if data.size == 0:
+    if data.size == 0 and not allow_empty:
         raise EmptyTensorError(f"tensor '{name}' is empty (shape {tuple(data.shape)}); empty tensors have no codelength")
     named = NamedArray(name, data, dtype)
     if not allow_nonfinite and (dtype == "bfloat16" or data.dtype.kind == "f"):
@@ -117,7 +118,7 @@ def _to_numpy(name: str, array: Any) -> tuple[np.ndarray, str]:
         raise NonNumericError(f"tensor '{name}' has dtype {arr.dtype}; {SUPPORTED_DTYPES}")
     if not arr.dtype.isnative:  # big-endian files: every estimator sees native values
         arr = arr.astype(arr.dtype.newbyteorder("="))
-    arr = np.ascontiguousarray(arr)
+    arr = np.ascontiguousarray(arr).reshape(arr.shape)  # a 0-d tensor stays 0-d (ascontiguousarray makes it 1-d)
     return arr, str(arr.dtype)
 
 
@@ -152,6 +153,8 @@ class Source:
         self.left_out = list(left_out or [])
         #: per tensor, the safetensors file holding it (lets worker processes read tensors themselves)
         self.files = files
+        #: yield empty tensors instead of refusing them (a writer that keeps every tensor sets it)
+        self.allow_empty = False
 
     def __len__(self) -> int:
         return len(self.names)
@@ -161,7 +164,7 @@ class Source:
         # a file holds one tensor at a time
         items = self._opener()
         while (item := next(items, None)) is not None:
-            named = make_named(item[0], item[1], self.allow_nonfinite)
+            named = make_named(item[0], item[1], self.allow_nonfinite, self.allow_empty)
             del item
             yield named
             del named
@@ -202,11 +205,12 @@ def array_and_dtype(x: Any, name: str = "tensor") -> tuple[np.ndarray, str]:
     return (x.data, x.dtype) if isinstance(x, NamedArray) else _to_numpy(name, x)
 
 
-def as_named(x: Any, name: str = "tensor", allow_nonfinite: bool = True) -> NamedArray:
-    """Accept a :class:`NamedArray`, numpy array or torch tensor for a single-array API."""
+def as_named(x: Any, name: str = "tensor", allow_nonfinite: bool = True, allow_empty: bool = False) -> NamedArray:
+    """Accept a :class:`NamedArray`, numpy array or torch tensor for a single-array API (``allow_empty`` for
+    codes that can hold an empty tensor)."""
     if isinstance(x, NamedArray):
         return x
-    return make_named(name, x, allow_nonfinite=allow_nonfinite)
+    return make_named(name, x, allow_nonfinite=allow_nonfinite, allow_empty=allow_empty)
 
 
 def _one_line(exc: BaseException) -> str:

@@ -37,11 +37,11 @@ def _safetensors_tensor(f: Any, framework: str, path: Path, name: str) -> Any:
         raise CorruptFileError(f"{path}: cannot read tensor '{name}' ({_one_line(exc)})") from None
 
 
-def read_safetensors_tensor(path: str, name: str, allow_nonfinite: bool) -> NamedArray:
+def read_safetensors_tensor(path: str, name: str, allow_nonfinite: bool, allow_empty: bool = False) -> NamedArray:
     """One tensor of a safetensors file, validated (what a worker process reads for ``score(jobs=N)``)."""
     f, framework = _safetensors_handle(Path(path))
     with f:
-        return make_named(name, _safetensors_tensor(f, framework, Path(path), name), allow_nonfinite)
+        return make_named(name, _safetensors_tensor(f, framework, Path(path), name), allow_nonfinite, allow_empty)
 
 
 def _open_safetensors(path: Path, allow_nonfinite: bool) -> Source:

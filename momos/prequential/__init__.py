@@ -90,11 +90,12 @@ def prequential(model: str | Sequence[str] | None = None, data: str = "digits",
     start = time.perf_counter()
     run = _Run(names, x, classes, bounds, opts, seed, torch.device(device), quiet)
     records, segments = run.encode(y)
+    labels = y.numpy()
     if chosen is not None:
-        side = header.encode_preset(data, presets.index(preset), seed, limit)
+        side = header.encode_preset(data, presets.index(preset), seed, limit, labels)
     else:
         named = [i for i, schedule in enumerate(SCHEDULES) if schedule(len(y)) == bounds]
-        side = header.encode(data, names, seed, limit, named[0] if named else bounds, opts)
+        side = header.encode(data, names, seed, limit, named[0] if named else bounds, opts, labels)
     code = side + label_code.encode_labels(segments)
     recorded = {"chunks": bounds, "seed": seed, "limit": limit, **asdict(opts),
                 **({"preset": preset, "preset_tried": chosen.tried} if chosen is not None else {})}
@@ -112,6 +113,9 @@ def decode(result: PrequentialResult | bytes, data_dir: str | None = None, devic
     code = result.code if isinstance(result, PrequentialResult) else bytes(result)
     side, pos = header.decode(code)
     x, _, classes = labels_in_order(side["data"], side["seed"], side["limit"], data_dir)
+    if side["n"] is not None and side["n"] != len(x):  # before any training: a damaged limit or data set
+        raise PrequentialError(f"corrupt prequential code: it holds {side['n']:,} labels, its header's data set "
+                               f"and limit give {len(x):,}")
     if "preset" in side:
         chosen = presets.by_index(side["preset"])
         side.update(models=list(chosen.models), options=chosen.options, chunks=chosen.chunks(len(x)))
@@ -122,7 +126,11 @@ def decode(result: PrequentialResult | bytes, data_dir: str | None = None, devic
         chunks = SCHEDULES[chunks](len(x))
     bounds = check_chunks(chunks, len(x))
     run = _Run(side["models"], x, classes, bounds, side["options"], side["seed"], torch.device(device), quiet)
-    return run.decode(label_code.LabelDecoder(code[pos:]))
+    labels = run.decode(label_code.LabelDecoder(code[pos:]))
+    if side["crc"] is not None and header.labels_crc(labels) != side["crc"]:
+        raise PrequentialError("corrupt prequential code: the decoded labels do not match its checksum (the stream "
+                               "is damaged)")
+    return labels
 
 
 def _options(names: list[str], options: TrainOptions | None, values: dict[str, Any]) -> TrainOptions:

@@ -10,6 +10,9 @@ from ..errors import PrequentialError
 HOLDOUT = 10
 #: the largest shift --augment takes: images are at most 32 pixels wide, and each batch is padded by it
 MAX_AUGMENT = 16
+#: bounds on the other options: beyond them a chunk's fitting would run for days or exhaust memory, and a
+#: decoder reading a damaged header must not start such a run
+MAX_ENSEMBLE, MAX_EPOCHS, MAX_BATCH = 16, 1000, 1 << 16
 
 
 def _opt(default: Any, help: str) -> Any:
@@ -32,13 +35,18 @@ class TrainOptions:
     ensemble: int = _opt(1, "networks per model and chunk (different seeds), their predictions averaged")
 
     def __post_init__(self) -> None:
-        if self.max_epochs < 1 or self.patience < 1 or self.batch_size < 1 or not self.lr > 0:
-            raise PrequentialError("max_epochs, patience and batch_size must be >= 1 and lr > 0")
+        for name, top in (("max_epochs", MAX_EPOCHS), ("patience", MAX_EPOCHS), ("batch_size", MAX_BATCH)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= top:
+                raise PrequentialError(f"{name} must be a whole number in 1..{top:,}, got {value!r}")
+        if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not 0 < self.lr <= 10:
+            raise PrequentialError(f"lr must be a number in (0, 10], got {self.lr!r}")
         if not 0 <= self.augment <= MAX_AUGMENT:
             raise PrequentialError(f"augment is a shift in pixels, in 0..{MAX_AUGMENT} (a padded copy of every "
                                    f"batch grows with it), got {self.augment}")
-        if self.ensemble < 1:
-            raise PrequentialError(f"ensemble is a number of networks (>= 1), got {self.ensemble}")
+        if not 1 <= self.ensemble <= MAX_ENSEMBLE:
+            raise PrequentialError(f"ensemble is a number of networks, in 1..{MAX_ENSEMBLE} (each trains on every "
+                                   f"chunk), got {self.ensemble}")
         object.__setattr__(self, "lr", float(self.lr))
 
     @classmethod
@@ -46,4 +54,4 @@ class TrainOptions:
         return {name: f.default for name, f in cls.__dataclass_fields__.items()}
 
 
-__all__ = ["TrainOptions", "HOLDOUT", "MAX_AUGMENT"]
+__all__ = ["TrainOptions", "HOLDOUT", "MAX_AUGMENT", "MAX_ENSEMBLE", "MAX_EPOCHS", "MAX_BATCH"]
