@@ -290,15 +290,29 @@ def check_curves(out: str | Path, estimator: str) -> dict[str, pd.DataFrame]:
 
 
 def _keep_inside(fig: Any, ax: Any, notes: list[Any]) -> None:
-    """Move each point label to the other side of its point if it runs past the axes (long group names)."""
-    fig.canvas.draw()
-    box = ax.get_window_extent()
+    """Keep each point label inside the figure: move it to the other side of its point, and if it is still too
+    long, break it at its commas (long group names)."""
+    renderer = fig.canvas.get_renderer()
+    box = fig.bbox
+
+    def fits(note: Any) -> bool:
+        extent = note.get_window_extent(renderer)
+        return box.x0 <= extent.x0 and extent.x1 <= box.x1
+
     for note in notes:
-        extent = note.get_window_extent()
-        if extent.x1 > box.x1 or extent.x0 < box.x0:
-            flip = extent.x1 > box.x1
-            note.set_horizontalalignment("right" if flip else "left")
-            note.set_position((-6 if flip else 6, note.get_position()[1]))
+        if fits(note):
+            continue
+        flip = note.get_horizontalalignment() == "left"
+        note.set_horizontalalignment("right" if flip else "left")
+        note.set_position((-6 if flip else 6, note.get_position()[1]))
+        if not fits(note):
+            note.set_text(note.get_text().replace(",", ",\n"))
+        if not fits(note):  # the side with more room, with the broken lines
+            x = note.xy[0]
+            middle = sum(ax.get_xlim()) / 2 if ax.get_xscale() == "linear" else math.sqrt(math.prod(ax.get_xlim()))
+            right = x > middle
+            note.set_horizontalalignment("right" if right else "left")
+            note.set_position((-6 if right else 6, note.get_position()[1]))
 
 
 def frontier_plot(summary: list[dict[str, Any]], estimator: str, path: str | Path) -> Path:

@@ -189,6 +189,10 @@ def test_intrinsic_leaves_the_model_bit_identical_and_respects_the_budget():
     assert tight.rel < r.rel and tight.bits > r.bits
     rel_budget = kc.intrinsic(model, loss_fn, eps=0.5, relative=True)
     assert rel_budget.budget == pytest.approx(rel_budget.loss_before * 1.5)
+    # a negative loss (a negative log-likelihood shifted below zero): the relative budget lies above it, not below
+    shifted = kc.intrinsic(model, lambda m: loss_fn(m) - 10.0, eps=0.05, max_evals=6, relative=True)
+    assert shifted.loss_before < 0 and shifted.budget == pytest.approx(shifted.loss_before + 0.05 * abs(
+        shifted.loss_before)) and shifted.budget > shifted.loss_before and shifted.within_budget
 
 
 def test_intrinsic_bad_input_is_clear_and_the_model_unchanged():

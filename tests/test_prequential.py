@@ -251,12 +251,21 @@ def test_two_part_total_of_runs_in_compare(tmp_path, capsys):
         curve = {round(p["rel"], 12): p for p in rec["curve"]}
         assert rec["total_bits"] == min(p["total_bits"] for p in curve.values()) <= curve[0.1]["total_bits"]
         assert len(curve) >= 13 and rec["architecture_bits"] > 0
+        # the labels with no model stand beside the total: 1,257 x log2 10 bits, as a real uniform code
+        assert 1257 * math.log2(10) <= rec["no_model_bits"] <= 1257 * math.log2(10) + 2 * WORD
+        assert rec["beats_no_model"] == (rec["total_bits"] < rec["no_model_bits"])
+        # a minimum on the grid's coarse edge sends the search further: 12.8 is tried when 6.4 was best
+        if max(curve) > 6.4:
+            assert 12.8 in curve
+        assert rec["edge"] in (None, "coarse", "fine") and (rec["edge"] is None) == (min(curve) < rec["rel"] < max(curve))
         # the weights' quantised code: a few bits a parameter at most, far below float32
         n = sum(p.numel() for p in models.build("mlp", (1, 8, 8), 10).parameters())
         assert 0 < rec["model_bits"] < 12 * n
     assert main(["compare", str(runs["baseline"]), str(runs["momos"])]) == 0
     out = capsys.readouterr().out
-    assert "two_part:total_bits" in out and "shortest two-part total:" in out
+    assert "two_part:total_bits" in out and "two_part:no_model_bits" in out
+    # a winner is named only where a total beats sending the labels with no model
+    assert ("shortest two-part total:" in out) != ("no two-part total beats the labels sent with no model" in out)
     assert main(["two-part", str(runs["baseline"]), str(runs["momos"]), "--rel", "0.5", "-f", "json"]) == 0
     rec = json.loads(capsys.readouterr().out)
     assert rec[str(runs["momos"])]["rel"] == 0.5 and not rec[str(runs["momos"])]["optimum"]
@@ -306,3 +315,51 @@ def test_the_best_preset_codes_small_data_and_decodes_from_its_bytes(capsys):
         prequential(data="digits", limit=400, preset="fastest", quiet=True)
     assert main(["prequential", "--data", "digits", "--preset", "best", "--ensemble", "2"]) != 0
     assert "--preset best sets" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ the decoder trusts nothing in its header (#28)
+def test_a_decoder_refuses_a_header_no_encoder_writes_before_training():
+    from kcomplexity.codecs.bits import varint
+    from momos.prequential import header
+
+    labels = _seeded_labels("digits", 0, 100)
+    with pytest.raises(PrequentialError, match="seed"):
+        decode(header.encode("digits", ["mlp"], 2 ** 64 - 1, 100, [64], TrainOptions(), labels) + b"\0" * 8)
+    with pytest.raises(PrequentialError, match="ensemble"):
+        TrainOptions(ensemble=10 ** 6)
+    for name, value in (("max_epochs", 10 ** 9), ("batch_size", 10 ** 9), ("lr", float("inf"))):
+        with pytest.raises(PrequentialError, match=name):
+            TrainOptions(**{name: value})
+    # a header naming 16 networks per model (the largest ensemble) with that varint grown to a million
+    ok = header.encode("digits", ["mlp"], 0, 100, [64], TrainOptions(ensemble=16), labels)
+    at = len(ok) - 4 - len(varint(100)) - 1
+    assert ok[at] == 16
+    with pytest.raises(PrequentialError, match="ensemble|damaged"):
+        decode(ok[:at] + varint(10 ** 6) + ok[at + 1:] + b"\0" * 8)
+    # the limit flipped to "all": the header's label count disagrees, and nothing is trained
+    r = prequential("mlp", "digits", limit=100, chunks=[64], max_epochs=2, quiet=True)
+    side, _ = header.decode(r.code)
+    assert side["n"] == 100 and side["crc"] == header.labels_crc(labels)
+    flipped = r.code.replace(b"mlp" + bytes([0, 101]), b"mlp" + bytes([0, 0]), 1)  # seed 0, then limit + 1: 0
+    assert flipped != r.code
+    with pytest.raises(PrequentialError, match="holds 100 labels"):
+        decode(flipped)
+
+
+def test_flipped_bits_in_the_stream_never_decode_to_wrong_labels():
+    r = prequential("mlp", "digits", limit=100, chunks=[64], max_epochs=2, quiet=True)
+    labels = _seeded_labels("digits", 0, 100)
+    head = r.header_bits // 8
+    rng = np.random.default_rng(0)
+    outcomes = []
+    for i in rng.choice(np.arange(head, len(r.code)), size=8, replace=False):
+        damaged = bytearray(r.code)
+        damaged[i] ^= 1 << int(rng.integers(8))
+        try:
+            got = decode(bytes(damaged))
+        except (PrequentialError, CorruptFileError):
+            outcomes.append("refused")
+            continue
+        assert np.array_equal(got, labels)  # a flip that decodes must decode to the labels themselves
+        outcomes.append("same")
+    assert "refused" in outcomes

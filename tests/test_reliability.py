@@ -53,6 +53,17 @@ def test_demo_refuses_to_replace_folders_it_did_not_create(tmp_path, capsys):
     assert (out / "baseline" / "data.csv").read_text() == "1,2,3"
 
 
+def test_the_demo_headline_says_no_more_than_its_numbers(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--epochs", "2", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    tab = {run: json.loads((tmp_path / "demo" / run / "two_part.json").read_text()) for run in ("baseline", "momos")}
+    plain = tab["baseline"]["no_model_bits"]
+    assert plain == tab["momos"]["no_model_bits"] and f"{plain:,.0f}" in out
+    if all(t["total_bits"] >= plain for t in tab.values()):  # no model pays for itself: no winner is named
+        assert "no two-part total beats the labels sent with no model" in out and "shortest two-part total" not in out
+    assert "one seed" in out and "momos sweep --grid method=baseline,momos --grid seed=" in out
+
+
 # ------------------------------------------------------------------ 2. one process per run
 def test_a_second_process_cannot_write_a_running_run(tmp_path):
     run = tmp_path / "run"
@@ -112,6 +123,15 @@ def test_resume_moves_bad_lines_aside_and_keeps_good_records(tmp_path):
     with pytest.warns(UserWarning, match="moved"):
         train({}, run, resume=True, quiet=True)
     assert read_log(run / "log.jsonl") == good
+
+
+def test_a_learning_rate_the_optimiser_cannot_hold_is_one_line(tmp_path, capsys):
+    from momos.cli import main
+
+    for lr in ("1e38", "inf", "nan", "0"):
+        assert main(["train", "--epochs", "1", "--width", "8", "--lr", lr, "--out", str(tmp_path / lr), "--quiet"]) == 2
+        err = capsys.readouterr().err
+        assert "lr must be in (0, 1e+06]" in err and "Traceback" not in err and not (tmp_path / lr).exists()
 
 
 def test_nan_records_are_written_and_resumable(tmp_path):

@@ -290,3 +290,114 @@ def test_a_runs_thread_count_is_its_own_and_put_back(tmp_path):
     before = torch.get_num_threads()
     train(TrainConfig(epochs=1, width=16, estimators=[], threads=1), tmp_path / "r", quiet=True)
     assert torch.get_num_threads() == before  # what the caller trains next is not changed by this run
+
+
+# ------------------------------------------------------------------ checked before anything starts (#28)
+def test_a_frontier_or_curves_of_a_final_figure_is_refused_before_any_figure(tmp_path, capsys):
+    out = _synthetic_sweep(tmp_path / "sw", {"baseline": [0.90, 0.92], "momos": [0.91, 0.90]},
+                           {"baseline": [1000.0, 1100.0], "momos": [500.0, 600.0]})
+    for run in out.iterdir():
+        if run.is_dir():
+            (run / "two_part.json").write_text(json.dumps({"total_bits": 5000, "no_model_bits": 4176}))
+    for frontier, why in (("two_part", "per epoch"), ("lzma:mse", "distortion"), ("test_acc", "y axis")):
+        plot = tmp_path / f"{frontier.replace(':', '_')}.png"
+        assert main(["compare", str(out), "--frontier", frontier, "--plot", str(plot), "--curves"]) == 2
+        err = capsys.readouterr().err
+        assert why in err and "Traceback" not in err and not plot.exists()
+    assert main(["compare", str(out), "--frontier", "two_part", "--plot", str(tmp_path / "tp.png")]) == 0
+    assert (tmp_path / "tp.png").is_file()
+
+
+def test_a_damaged_result_leaves_its_point_out_and_names_it(tmp_path, capsys):
+    out = _synthetic_sweep(tmp_path / "sw", {"baseline": [0.90, 0.92], "momos": [0.91, 0.90]},
+                           {"baseline": [1000.0, 1100.0], "momos": [500.0, 600.0]})
+    bad = out / "method=momos,seed=1" / "result.json"
+    bad.write_text(bad.read_text()[:20])
+    with pytest.warns(UserWarning, match="method=momos,seed=1"):
+        assert main(["compare", str(out), "-f", "json"]) == 0
+    groups = {g["group"]["method"]: g for g in json.loads(capsys.readouterr().out)}
+    assert groups["momos"]["n"] == 1 and groups["baseline"]["n"] == 2
+
+
+@pytest.mark.parametrize("kind", ["symlink", "folder"])
+def test_a_failures_file_that_is_not_ours_stops_the_sweep_before_it_starts(tmp_path, kind):
+    out = tmp_path / "sw"
+    spec = _spec(zip_={"method": ["baseline", "momos"], "s": [2, 10 ** 6]})
+    sweep(Spec.from_mapping({"base": {**BASE, "epochs": 1}, "grid": {"seed": [0]}}), out, quiet=True)
+    target = tmp_path / "elsewhere"
+    target.write_text("keep\n")
+    if kind == "symlink":
+        (out / FAILURES).symlink_to(target)
+    else:
+        (out / FAILURES).mkdir()
+    spec = Spec.from_mapping({"base": {**BASE, "epochs": 1}, "grid": {"seed": [0, 1]}})
+    with pytest.raises(SweepSpecError, match="not a regular file"):
+        sweep(spec, out, quiet=True)
+    assert not (out / "seed=1").exists() and target.read_text() == "keep\n"
+
+
+def test_a_grid_of_a_million_points_is_refused_at_once():
+    grid = {"seed": list(range(100)), "q": list(range(1, 101)), "k": list(range(1, 101))}
+    with pytest.raises(SweepSpecError, match="1,000,000 points"):
+        Spec.from_mapping({"base": BASE, "grid": grid})
+
+
+def test_point_labels_stay_inside_the_frontier_figure():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4, 3))
+    ax.set_xlim(0, 10)
+    notes = [ax.annotate("method=momos+qat,capacity=0.05,scope=tensor", (9.5, 0.5), textcoords="offset points",
+                         xytext=(6, -12), ha="left"),
+             ax.annotate("method=baseline,capacity=0.05,scope=global", (0.3, 0.5), textcoords="offset points",
+                         xytext=(-6, -12), ha="right")]
+    aggregate._keep_inside(fig, ax, notes)
+    fig.canvas.draw()
+    box = fig.bbox
+    for note in notes:
+        extent = note.get_window_extent()
+        assert box.x0 <= extent.x0 and extent.x1 <= box.x1
+    plt.close(fig)
+
+
+def test_mlflow_stores_that_are_not_ours_are_refused_and_artifacts_stay_beside_the_store(tmp_path, monkeypatch,
+                                                                                           capsys):
+    pytest.importorskip("mlflow")
+    import sqlite3
+
+    from momos import trackers
+
+    monkeypatch.chdir(tmp_path)
+    user = tmp_path / "user.db"
+    con = sqlite3.connect(user)
+    con.execute("CREATE TABLE mine (x)")
+    con.commit()
+    con.close()
+    before = user.read_bytes()
+    args = ["train", "--epochs", "1", "--width", "8", "--estimators", "lzma", "--quiet"]
+    assert main([*args, "--out", str(tmp_path / "r1"), "--mlflow", f"sqlite:///{user}"]) == 2
+    assert "not an MLflow database" in capsys.readouterr().err and user.read_bytes() == before
+    assert main([*args, "--out", str(tmp_path / "r2"), "--mlflow", f"sqlite:///{tmp_path / 'r2' / 'log.jsonl'}"]) == 2
+    assert "lies inside" in capsys.readouterr().err and not (tmp_path / "r2").exists()
+    assert main([*args, "--out", str(tmp_path / "r3"), "--mlflow", "http://127.0.0.1:9"]) == 2
+    assert "cannot reach an MLflow server" in capsys.readouterr().err and not (tmp_path / "r3").exists()
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "folder" / "notes.txt").write_text("mine")
+    with pytest.raises(Exception, match="MLflow did not write"):
+        trackers.check_store(str(tmp_path / "folder"))
+    # a real store: its artifacts go beside it, not into the current folder
+    store = tmp_path / "st" / "ml.db"
+    store.parent.mkdir()
+    tracker = trackers.MLflow(f"sqlite:///{store}", experiment="e")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text("{}")
+    tracker.start(run, {"seed": 0})
+    tracker.log({"epoch": 0, "val_acc": 0.5})
+    tracker.client.log_artifact(tracker.run_id, str(run / "config.json"))
+    tracker.client.set_terminated(tracker.run_id)
+    assert (tmp_path / "st" / "mlartifacts").is_dir() and not (tmp_path / "mlruns").exists()
+    assert trackers.check_store(f"sqlite:///{store}")  # now an MLflow database: accepted

@@ -159,6 +159,8 @@ def decode(buf: bytes | memoryview) -> tuple[dict[str, Any], int]:
         side = {"data": data, "models": models, "seed": _seed(seed), "limit": limit - 1 if limit else None,
                 "chunks": bounds, "options": opts}
         return _read_trailer(buf, pos, version, side)
+    except PrequentialError as exc:  # a value the encoder would refuse: say which
+        raise PrequentialError(str(exc) if "corrupt" in str(exc) else f"corrupt prequential code: {exc}") from None
     except (IndexError, ValueError, UnicodeDecodeError):
         raise PrequentialError("corrupt prequential code: its header is damaged") from None
 
