@@ -52,9 +52,9 @@ def encode(parts: Sequence[tuple[Any, np.ndarray, np.ndarray | None]]) -> bytes:
     for model, symbols, probs in reversed(parts):
         if symbols.size:
             if probs is None:
-                coder.encode_reverse(symbols.astype(np.int32), model)
+                coder.encode_reverse(symbols.astype(np.int32, copy=False), model)
             else:
-                coder.encode_reverse(symbols.astype(np.int32), model, probs)
+                coder.encode_reverse(symbols.astype(np.int32, copy=False), model, probs)
     return coder.get_compressed().astype("<u4").tobytes()
 
 

@@ -80,20 +80,25 @@ def encode(x: Any) -> bytes:
     rows = _rows(shape)
     u = bits.reshape(rows, -1)
     tz = _row_trailing_zeros(u & fmt.uint((1 << fmt.mantissa) - 1), fmt.mantissa)
-    head = (u >> fmt.uint(fmt.mantissa - fmt.head)).astype(np.int32)  # sign | exponent | top h mantissa bits
+    # sign | exponent | top h mantissa bits; below the signed range, so the shifted array is viewed, not copied,
+    # as signed integers of its width
+    head = (u >> fmt.uint(fmt.mantissa - fmt.head)).view(f"i{np.dtype(fmt.uint).itemsize}")
     cls = _row_classes(head & ((1 << (fmt.exponent + fmt.head)) - 1), tz)
     groups = _class_groups(cls)
     tables, symbols = [], []
     for c, row_idx in groups:
+        # one class: the symbols are the heads themselves, shifted in place (working memory ~ the tensor)
         sym = (head if len(groups) == 1 else head[row_idx]).reshape(-1)
         lo = int(sym.min())
-        sym = sym - np.int32(lo)
+        sym -= sym.dtype.type(lo)
         counts = np.bincount(sym)
         tables.append((c, lo, counts))
         symbols.append((sym, counts))
+    del head
     table = pack_tables([a for c, lo, counts in tables for a in (np.array([c, lo]), counts)])
     stream = ans.encode([(ans.categorical(counts), sym, None) for sym, counts in symbols
                          if (counts > 0).sum() > 1])  # a constant head costs nothing in the stream
+    del symbols
     low = _pack_low(u, tz, fmt)
     info = _zstd(np.stack([tz, cls]).astype(np.uint8).tobytes())
     return header + b"".join(varint(len(s)) + s for s in (info, table, stream, low))
@@ -227,8 +232,10 @@ def _pack_low(u: np.ndarray, tz: np.ndarray, fmt: _Format) -> bytes:
         rows = np.flatnonzero(widths == w)
         part = u if rows.size == u.shape[0] else u[rows]
         shift = fmt.mantissa - fmt.head - int(w)
-        vals = ((part >> fmt.uint(shift)) & fmt.uint((1 << int(w)) - 1)).reshape(-1)
-        parts.append(pack_fixed(vals, int(w)))
+        vals = part >> fmt.uint(shift)
+        vals &= fmt.uint((1 << int(w)) - 1)
+        parts.append(pack_fixed(vals.reshape(-1), int(w)))
+        del vals
     return b"".join(parts)
 
 

@@ -85,8 +85,10 @@ def check_precision(rel: Any = None, delta: Any = None) -> tuple[float | None, f
 
 def quantize(a: NamedArray, rel: float | None = None, delta: float | None = None, rdoq: float = 0.0
              ) -> tuple[np.ndarray, float, np.ndarray]:
-    """(int64 symbols, step, values as float64) of one tensor; integers and bools get step 1 and stay exact.
+    """(symbols, step, the flat values) of one tensor; integers and bools get step 1 and stay exact.
 
+    Float symbols are int32 when every one lies within 2^30 (differences of two then fit too), else int64; they
+    are computed a block at a time from the values, so no float64 copy of the tensor outlives the step.
     ``rdoq`` > 0 chooses each float value's symbol by rate-distortion optimisation (:func:`rdo_symbols`)
     instead of rounding to the nearest level; the decoder is the same."""
     values = a.values()
@@ -94,24 +96,32 @@ def quantize(a: NamedArray, rel: float | None = None, delta: float | None = None
         if values.dtype == np.uint64 and values.size and int(values.max()) > np.iinfo(np.int64).max:
             raise EstimatorSettingError(f"tensor '{a.name}' holds uint64 values beyond the int64 range")
         sym = values.reshape(-1).astype(np.int64)
-        return sym, 1.0, sym.astype(np.float64)
-    x = values.reshape(-1).astype(np.float64)
-    step = float_step(a.name, x, rel, delta)
-    sym = np.rint(x / step)
-    if sym.size and np.abs(sym).max() >= 2.0 ** 62:
+        return sym, 1.0, sym
+    flat = values.reshape(-1)
+    step = float_step(a.name, flat, rel, delta)
+    top = float(np.rint(float(np.abs(flat).max()) / step)) if flat.size else 0.0
+    if top >= 2.0 ** 62:
         raise EstimatorSettingError(f"step {step:g} is too fine for tensor '{a.name}' (symbols exceed 2**62)")
-    sym = sym.astype(np.int64)
+    sym = np.empty(flat.size, dtype=np.int32 if top < 2.0 ** 30 else np.int64)
+    for lo in range(0, flat.size, _CHUNK):
+        sym[lo:lo + _CHUNK] = np.rint(flat[lo:lo + _CHUNK].astype(np.float64) / step)
     if rdoq > 0:
-        sym = rdo_symbols(x / step, sym, rdoq)
-    return sym, float(step), x
+        sym = rdo_symbols(flat.astype(np.float64) / step, sym, rdoq)
+    return sym, float(step), flat
 
 
 def float_step(name: str, x: np.ndarray, rel: float | None, delta: float | None) -> float:
-    """The step of a float tensor's flat values ``x`` (float64): ``delta``, or ``rel`` x their RMS (1 for an
+    """The step of a float tensor's flat values ``x``: ``delta``, or ``rel`` x their RMS in float64 (1 for an
     all-zero tensor, which any step codes exactly); EstimatorSettingError for NaN/Inf, which no step quantises."""
     if not np.isfinite(x).all():
         raise EstimatorSettingError(f"tensor '{name}' holds NaN/Inf, which no finite step can quantise")
-    step = delta if delta is not None else rel * float(np.sqrt(np.mean(x * x)))
+    if delta is not None:
+        step = delta
+    else:
+        squares = np.array(x, dtype=np.float64)  # squared in place: one float64 copy, the same mean as x * x
+        squares *= squares
+        step = rel * float(np.sqrt(np.mean(squares)))
+        del squares
     return step if step != 0.0 else 1.0
 
 
@@ -164,13 +174,26 @@ def code_quantized(x: Any, rel: float | None = None, delta: float | None = None,
     ``rdoq`` > 0: rate-distortion optimised symbols (same decoder; errors may exceed step/2)."""
     rel, delta = check_precision(rel, delta)
     a = as_named(x)
-    sym, step, orig = quantize(a, rel, delta, rdoq)
+    sym, step, values = quantize(a, rel, delta, rdoq)
     method, body = _entropy_code(sym)
     head = Header("quant", VERSION, a.dtype, tuple(int(d) for d in a.shape)).to_bytes()
     data = head + bytes([METHODS.index(method)]) + struct.pack("<d", step) + body
-    err = restored(_reconstruct(sym, step, a.dtype).reshape(-1), a.dtype) - orig
-    return QuantizedCode(data=data, step=step, method=method, numel=int(sym.size), sse=float(np.dot(err, err)),
-                         max_abs_err=float(np.abs(err).max()), signal=float(np.dot(orig, orig)))
+    sse, max_abs_err, signal = _distortion(sym, step, values, a.dtype)
+    return QuantizedCode(data=data, step=step, method=method, numel=int(sym.size), sse=sse,
+                         max_abs_err=max_abs_err, signal=signal)
+
+
+def _distortion(sym: np.ndarray, step: float, values: np.ndarray, dtype: str) -> tuple[float, float, float]:
+    """(sum of squared errors, largest error, sum of squared values) of the decoded values, in float64, a block
+    of _CHUNK values at a time (one block: exactly the sums over the whole tensor)."""
+    sse = max_abs_err = signal = 0.0
+    for lo in range(0, sym.size, _CHUNK):
+        orig = values[lo:lo + _CHUNK].astype(np.float64)
+        err = restored(_reconstruct(sym[lo:lo + _CHUNK], step, dtype), dtype) - orig
+        sse += float(np.dot(err, err))
+        max_abs_err = max(max_abs_err, float(np.abs(err).max()) if err.size else 0.0)
+        signal += float(np.dot(orig, orig))
+    return sse, max_abs_err, signal
 
 
 def reconstruct(x: Any, rel: float | None = None, delta: float | None = None, rdoq: float = 0.0) -> np.ndarray:
@@ -324,10 +347,11 @@ def _entropy_code(sym: np.ndarray) -> tuple[str, bytes]:
     prefix = varint(zigzag(lo)) + varint(hi - lo)
     if hi == lo:
         return "const", prefix
-    candidates = {"zstd": _zstd_code(sym - lo, hi - lo)}
+    offsets = sym - lo  # once, for every candidate
+    candidates = {"zstd": _zstd_code(offsets, hi - lo)}
     if hi - lo < MAX_ANS_ALPHABET and -(2 ** 31) <= lo and hi < 2 ** 31:
-        counts = np.bincount(sym - lo, minlength=hi - lo + 1)
-        candidates["order0"] = _order0_code(sym - lo, counts)
+        counts = np.bincount(offsets, minlength=hi - lo + 1)
+        candidates["order0"] = _order0_code(offsets, counts)
         # parametric models are only tried when their predicted length can win
         best = min(len(c) for c in candidates.values())
         for name in ("gaussian", "laplace"):
@@ -363,19 +387,25 @@ def _entropy_decode(method: str, buf: memoryview, pos: int, n: int, allowed: tup
         raise CorruptFileError("corrupt quant code: symbols out of the 64-bit range")
     if not allowed[0] <= lo <= lo + span <= allowed[1]:
         raise CorruptFileError("corrupt quant code: symbols outside what its dtype and step can hold")
+    # int32 symbols where every one fits (with room for differences), so decoding holds 4 bytes a value
+    kind = np.int32 if -(2 ** 30) < lo and lo + span < 2 ** 30 else np.int64
     if method == "const":  # a read-only view of one value: the output is the only allocation of a constant
-        return np.broadcast_to(np.int64(lo), (n,))
+        return np.broadcast_to(kind(lo), (n,))
     if method == "zstd":
-        return _zstd_decode(buf[pos:], span, n) + lo
-    if method == "order0":
+        out = _zstd_decode(buf[pos:], span, n, kind)
+    elif method == "order0":
         if span >= MAX_ANS_ALPHABET:
             raise CorruptFileError("corrupt quant code: symbol table too large")
-        return _order0_decode(buf, pos, n, span) + lo
-    params = struct.unpack_from("<dd", buf, pos)
-    if span < 1 or span >= MAX_ANS_ALPHABET or not (math.isfinite(params[0]) and math.isfinite(params[1])) \
-            or params[1] <= 0 or not -(2 ** 31) <= lo < 2 ** 31 - span:
-        raise CorruptFileError("corrupt quant code: bad model parameters")
-    return _ans_decode(_model(method, lo, lo + span, params), buf[pos + 16:], n)
+        out = _order0_decode(buf, pos, n, span)
+    else:
+        params = struct.unpack_from("<dd", buf, pos)
+        if span < 1 or span >= MAX_ANS_ALPHABET or not (math.isfinite(params[0]) and math.isfinite(params[1])) \
+                or params[1] <= 0 or not -(2 ** 31) <= lo < 2 ** 31 - span:
+            raise CorruptFileError("corrupt quant code: bad model parameters")
+        return _ans_decode(_model(method, lo, lo + span, params), buf[pos + 16:], n).astype(kind, copy=False)
+    out = out.astype(kind, copy=False)
+    out += kind(lo)
+    return out
 
 
 def _width(span: int) -> int:
@@ -385,20 +415,17 @@ def _width(span: int) -> int:
 def _zstd_code(offsets: np.ndarray, span: int) -> bytes:
     import zstandard
 
-    return zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress(offsets.astype(f"<u{_width(span)}").tobytes())
+    return zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress(offsets.astype(f"<u{_width(span)}", copy=False))
 
 
-def _zstd_decode(payload: memoryview, span: int, n: int) -> np.ndarray:
-    import zstandard
+def _zstd_decode(payload: memoryview, span: int, n: int, kind: Any = np.int64) -> np.ndarray:
+    from . import zstd_decompress
 
     width = _width(span)
-    try:
-        raw = zstandard.ZstdDecompressor().decompress(bytes(payload), max_output_size=n * width)
-    except zstandard.ZstdError as exc:
-        raise CorruptFileError(f"corrupt quant code: {exc}") from None
+    raw = zstd_decompress(payload, n * width, "quant code")
     if len(raw) != n * width:
         raise CorruptFileError("corrupt quant code: wrong number of symbols")
-    return np.frombuffer(raw, dtype=f"<u{width}").astype(np.int64)
+    return np.frombuffer(raw, dtype=f"<u{width}").astype(kind)
 
 
 def _order0_code(offsets: np.ndarray, counts: np.ndarray) -> bytes:
@@ -450,7 +477,7 @@ def _parametric_code(name: str, sym: np.ndarray, lo: int, hi: int, params: tuple
 
 def _ans_decode(model: object, payload: memoryview, n: int) -> np.ndarray:
     decoder = ans.Decoder(payload, "quant code")
-    out = decoder.decode(model, n)
+    out = decoder.decode(model, n, dtype=np.int32)  # ANS symbols are int32
     decoder.finish()
     return out
 
