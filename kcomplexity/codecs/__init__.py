@@ -301,8 +301,8 @@ class MosaicCodec(Codec):
         from . import mosaic
 
         a = as_named(x)
-        return (Header("mosaic", self.VERSION, a.dtype, a.shape).to_bytes() + varint(self.s)
-                + mosaic.encode(mosaic.tensor_plan([a], self.s)))
+        return mosaic.encode(mosaic.tensor_plan([a], self.s),
+                             prefix=Header("mosaic", self.VERSION, a.dtype, a.shape).to_bytes() + varint(self.s))
 
     def decode(self, data: bytes, max_values: int = MAX_VALUES) -> NamedArray:
         from . import mosaic

@@ -72,6 +72,90 @@ def from_bits(bits: np.ndarray, width: int) -> np.ndarray:
     return out
 
 
+#: values counted at a time by :func:`bincount`
+COUNT_BLOCK = 1 << 20
+
+
+def bincount(values: np.ndarray, minlength: int = 0) -> np.ndarray:
+    """``np.bincount`` of non-negative integers a block at a time: numpy widens its whole input to int64 first,
+    which for int32 or int16 symbols would cost two or four times their own memory. The counts are the same."""
+    flat = values.reshape(-1)
+    if flat.size <= COUNT_BLOCK:
+        return np.bincount(flat, minlength=minlength)
+    size = max(minlength, int(flat.max()) + 1)
+    out = np.zeros(size, dtype=np.int64)
+    for lo in range(0, flat.size, COUNT_BLOCK):
+        out += np.bincount(flat[lo:lo + COUNT_BLOCK], minlength=size)
+    return out
+
+
+#: bits handled at a time by :class:`BitWriter` and :func:`read_fixed` (a bit costs a byte while it is handled)
+BIT_BLOCK = 1 << 20
+
+
+class BitWriter:
+    """An MSB-first bit stream built a block at a time: the output bytes are the same as ``np.packbits`` of all
+    bits concatenated (the last byte zero-padded), while only one block's bits (one byte each) is ever held."""
+
+    def __init__(self, prefix: bytes = b"") -> None:
+        self._out = bytearray(prefix)  # bytes that come before the bits (a header): no concatenation after
+        self._rest = np.zeros(0, dtype=np.uint8)
+
+    def fixed(self, values: np.ndarray, width: int) -> None:
+        """Each value in ``width`` bits, MSB first."""
+        flat = values.reshape(-1)
+        if width == 0 or flat.size == 0:
+            return
+        block = max(8, BIT_BLOCK // width)
+        for lo in range(0, flat.size, block):
+            self._append(to_bits(flat[lo:lo + block], width))
+
+    def variable(self, codes: np.ndarray, lengths: np.ndarray) -> None:
+        """Codeword ``codes[i]`` in ``lengths[i]`` bits, MSB first, for every i."""
+        if codes.size == 0:
+            return
+        block = max(8, BIT_BLOCK // int(lengths.max()))
+        for lo in range(0, codes.size, block):
+            c, n = codes[lo:lo + block], lengths[lo:lo + block]
+            j = np.arange(int(n.max()), dtype=np.int64)
+            shift = np.clip(n[:, None] - 1 - j[None, :], 0, None).astype(np.uint64)
+            bits = ((c[:, None] >> shift) & np.uint64(1)).astype(np.uint8)
+            self._append(bits[j[None, :] < n[:, None]])
+
+    def _append(self, bits: np.ndarray) -> None:
+        if self._rest.size:
+            bits = np.concatenate([self._rest, bits])
+        whole = bits.size - bits.size % 8
+        self._out += np.packbits(bits[:whole]).tobytes()
+        self._rest = bits[whole:].copy()
+
+    def getvalue(self) -> bytes:
+        if self._rest.size:
+            self._out += np.packbits(self._rest).tobytes()
+            self._rest = np.zeros(0, dtype=np.uint8)
+        return bytes(self._out)
+
+
+def bits_at(raw: np.ndarray, start: int, count: int) -> np.ndarray:
+    """``count`` bits (uint8 0/1) of the packed bytes ``raw`` from bit ``start``, zeros past its end."""
+    first, last = start // 8, min(raw.size, -(-(start + count) // 8))
+    bits = np.unpackbits(raw[first:last])[start % 8:start % 8 + count] if first < last else np.zeros(0, np.uint8)
+    return bits if bits.size == count else np.concatenate([bits, np.zeros(count - bits.size, dtype=np.uint8)])
+
+
+def read_fixed(raw: np.ndarray, start: int, count: int, width: int, dtype: Any = np.uint64) -> np.ndarray:
+    """``count`` values of ``width`` bits each (MSB first) from bit ``start`` of the packed bytes ``raw``, as
+    ``dtype``, a block at a time (inverse of :meth:`BitWriter.fixed`); the caller checks the bytes hold them."""
+    out = np.zeros(count, dtype=dtype)
+    if width == 0:
+        return out
+    block = max(8, BIT_BLOCK // width)
+    for lo in range(0, count, block):
+        n = min(block, count - lo)
+        out[lo:lo + n] = from_bits(bits_at(raw, start + lo * width, n * width), width)
+    return out
+
+
 def varints(values: np.ndarray) -> bytes:
     """Non-negative integers (< 2**63) as consecutive LEB128 varints, vectorised."""
     v = np.asarray(values, dtype=np.uint64).reshape(-1)

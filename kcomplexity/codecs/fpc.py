@@ -35,7 +35,7 @@ import numpy as np
 from ..errors import CorruptFileError, NotApplicableError
 from ..sources import NamedArray, array_and_dtype
 from . import ans
-from .bits import pack_fixed, pack_tables, packed_size, read_varint, unpack_fixed, unpack_tables, varint
+from .bits import bincount, pack_fixed, pack_tables, packed_size, read_varint, unpack_fixed, unpack_tables, varint
 from .container import MAX_NDIM, MAX_VALUES, Header, read_header
 
 VERSION = 1
@@ -91,7 +91,7 @@ def encode(x: Any) -> bytes:
         sym = (head if len(groups) == 1 else head[row_idx]).reshape(-1)
         lo = int(sym.min())
         sym -= sym.dtype.type(lo)
-        counts = np.bincount(sym)
+        counts = bincount(sym)
         tables.append((c, lo, counts))
         symbols.append((sym, counts))
     del head

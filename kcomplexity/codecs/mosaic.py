@@ -29,10 +29,11 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-from .bits import from_bits as _from_bits, read_varint, to_bits as _to_bits, varint as _varint
+from .bits import BIT_BLOCK, BitWriter, bincount, bits_at, read_fixed, read_varint, varint as _varint
 from .container import MAX_VALUES
 from ..errors import CorruptMosaicError, MDLError
 from ..sources import NamedArray
@@ -112,7 +113,8 @@ def index_width(k: int) -> int:
     return int(math.ceil(math.log2(k))) if k > 1 else 0
 
 
-def plan(patterns: np.ndarray, index: np.ndarray, n: int, s: int, dtype: str, distinct: bool = False) -> MosaicPlan:
+def plan(patterns: np.ndarray, index: np.ndarray, n: int, s: int, dtype: str, distinct: bool = False,
+         rows: np.ndarray | None = None) -> MosaicPlan:
     """Choose the shortest of the fixed, Huffman and raw codes for motif table ``patterns`` and block ``index``.
 
     The raw code (every block's values, no index) makes the length of any
@@ -120,28 +122,33 @@ def plan(patterns: np.ndarray, index: np.ndarray, n: int, s: int, dtype: str, di
 
     ``patterns`` are the motifs' unsigned bit patterns (k x s, width of
     ``dtype``); duplicate and unused motifs are merged/dropped here.
-    ``distinct=True`` says the rows are already distinct (skips the merge).
+    ``distinct=True`` says the rows are already distinct and all used (skips the merge).
+    ``rows``, when given, are the blocks themselves in order (``patterns[index]``): the raw code uses them
+    without gathering a copy.
     """
     q = width(dtype)
     if distinct:
-        uniq, symbols = patterns.reshape(patterns.shape[0], -1), np.asarray(index, dtype=np.int64)
+        uniq, symbols = patterns.reshape(patterns.shape[0], -1), np.asarray(index)
     else:
         uniq, inverse = unique_rows(patterns.reshape(patterns.shape[0], -1))
         symbols = inverse.reshape(-1)[np.asarray(index, dtype=np.int64)]
-    counts = np.bincount(symbols, minlength=uniq.shape[0])
-    used = np.flatnonzero(counts)
-    remap = np.full(uniq.shape[0], -1, dtype=np.int64)
-    remap[used] = np.arange(used.size)
-    uniq, symbols, counts = uniq[used], remap[symbols], counts[used]
+    counts = bincount(symbols, minlength=uniq.shape[0])
+    if not counts.all():  # drop motifs no block uses
+        used = np.flatnonzero(counts)
+        remap = np.full(uniq.shape[0], -1, dtype=np.int64)
+        remap[used] = np.arange(used.size)
+        uniq, symbols, counts = uniq[used], remap[symbols], counts[used]
+    k_used = counts.size
     candidates = [MosaicPlan(n, s, q, dtype, uniq, symbols, counts, None, usage=counts)]
     m = symbols.size
     if m * s * q < candidates[0].body_bits():
-        candidates.append(MosaicPlan(n, s, q, dtype, uniq[symbols], np.arange(m), np.ones(m, dtype=np.int64), None,
-                                     raw=True, usage=counts))
-    if 2 <= used.size <= HUFFMAN_MAX_SYMBOLS:
+        blocks = rows.reshape(m, -1) if rows is not None else uniq[symbols]
+        candidates.append(MosaicPlan(n, s, q, dtype, blocks, np.arange(m, dtype=np.int32),
+                                     np.broadcast_to(np.int64(1), (m,)), None, raw=True, usage=counts))
+    if 2 <= k_used <= HUFFMAN_MAX_SYMBOLS:
         lengths = huffman_lengths(counts)
         if lengths.max() <= MAX_CODEWORD:
-            order = np.lexsort((np.arange(used.size), lengths))   # canonical order: by length, then old position
+            order = np.lexsort((np.arange(k_used), lengths))   # canonical order: by length, then old position
             rank = np.empty_like(order)
             rank[order] = np.arange(order.size)
             candidates.append(MosaicPlan(n, s, q, dtype, uniq[order], rank[symbols], counts[order], lengths[order],
@@ -164,14 +171,15 @@ def padded_patterns(arrays: Sequence[NamedArray], s: int) -> tuple[np.ndarray, s
         bits = a.bit_patterns()
         pad = (-bits.size) % s
         parts.append(np.concatenate([bits, np.zeros(pad, dtype=bits.dtype)]) if pad else bits)
-    return np.concatenate(parts), dtype, int(sum(a.numel for a in arrays))
+    flat = parts[0] if len(parts) == 1 else np.concatenate(parts)  # one tensor: a view, not a copy
+    return flat, dtype, int(sum(a.numel for a in arrays))
 
 
 def tensor_plan(arrays: Sequence[NamedArray], s: int) -> MosaicPlan:
     """The shortest mosaic code of tensors' exact distinct s-blocks (each tensor padded on its own)."""
     flat, dtype, n = padded_patterns(arrays, s)
     patterns, index = unique_rows(flat.reshape(-1, s))
-    return plan(patterns, index, n, s, dtype, distinct=True)
+    return plan(patterns, index, n, s, dtype, distinct=True, rows=flat)
 
 
 def values(patterns: np.ndarray, dtype: str) -> np.ndarray:
@@ -185,6 +193,10 @@ def values(patterns: np.ndarray, dtype: str) -> np.ndarray:
     return patterns.astype(_PATTERN[WIDTH[dtype]]).view(dtype)
 
 
+#: sorted keys compared at a time by :func:`unique_rows`
+_SORTED_BLOCK = 1 << 20
+
+
 def unique_rows(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Distinct rows of an unsigned-integer matrix (sorted) and each row's index among them.
 
@@ -194,15 +206,33 @@ def unique_rows(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """
     rows = np.ascontiguousarray(rows)
     width = rows.shape[1] * rows.dtype.itemsize
-    if width <= 8:
-        keys = np.zeros(rows.shape[0], dtype=np.uint64)
-        bits = rows.dtype.itemsize * 8
-        for j in range(rows.shape[1]):
-            keys = (keys << np.uint64(bits)) | rows[:, j].astype(np.uint64)
-    else:
+    if width > 8:
         keys = rows.view(np.dtype((np.void, width))).reshape(-1)
-    _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
-    return rows[first], inverse.reshape(-1)
+        _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+        return rows[first], inverse.reshape(-1)
+    # what np.unique(keys, return_inverse=True) gives, in place where it can be, so the working memory stays a
+    # few times the keys; an unstable sort (in place, no buffer) serves, since rows with one key are equal
+    keys = np.zeros(rows.shape[0], dtype=np.uint64)
+    bits = np.uint64(rows.dtype.itemsize * 8)
+    for j in range(rows.shape[1]):
+        keys <<= bits
+        keys |= rows[:, j]
+    perm = np.argsort(keys)
+    new = np.empty(keys.size, dtype=bool)  # where the sorted keys change, a block of them at a time
+    new[:1] = True
+    for lo in range(1, keys.size, _SORTED_BLOCK):
+        ahead = keys[perm[lo - 1:lo + _SORTED_BLOCK]]
+        np.not_equal(ahead[1:], ahead[:-1], out=new[lo:lo + ahead.size - 1])
+    del keys
+    kind = np.int32 if rows.shape[0] < 1 << 31 else np.int64
+    group = np.cumsum(new, dtype=kind)
+    group -= 1
+    inverse = np.empty(rows.shape[0], dtype=kind)
+    inverse[perm] = group
+    del group
+    first = perm[new]
+    del perm, new
+    return rows[first], inverse
 
 
 def huffman_lengths(counts: np.ndarray) -> np.ndarray:
@@ -257,17 +287,25 @@ def _canonical_codes(lengths: np.ndarray) -> np.ndarray:
     return codes
 
 
-def encode(p: MosaicPlan) -> bytes:
-    """Write the code described by ``p``; ``len(result) * 8 == p.total_bits``."""
-    table = _to_bits(p.patterns.reshape(-1).astype(np.uint64), p.q)
-    if p.raw:
-        mosaic = np.zeros(0, dtype=np.uint8)
-    elif p.lengths is None:
-        mosaic = _to_bits(p.symbols.astype(np.uint64), index_width(p.k_used))
-    else:
+def encode(p: MosaicPlan, prefix: bytes = b"") -> bytes:
+    """Write the code described by ``p`` after ``prefix``; ``len(result) * 8 == p.total_bits`` + 8 x the prefix.
+    The bits are packed a block at a time, so writing holds about the code itself, not a byte per bit."""
+    out = BitWriter(prefix + p.header())
+    out.fixed(p.patterns.reshape(-1), p.q)
+    if not p.raw and p.lengths is None:
+        out.fixed(p.symbols, index_width(p.k_used))
+    elif not p.raw:
         codes = _canonical_codes(p.lengths)
-        mosaic = _variable_bits(codes[p.symbols], p.lengths[p.symbols])
-    return p.header() + np.packbits(np.concatenate([table, mosaic])).tobytes()
+        block = 1 << 20
+        for lo in range(0, p.symbols.size, block):  # the codewords of a block of symbols at a time
+            part = p.symbols[lo:lo + block]
+            out.variable(codes[part], p.lengths[part])
+    return out.getvalue()
+
+
+def _pattern_dtype(q: int) -> Any:
+    """The smallest unsigned type holding q-bit patterns."""
+    return next(t for t in (np.uint8, np.uint16, np.uint32, np.uint64) if q <= 8 * np.dtype(t).itemsize)
 
 
 def decode(data: bytes, max_values: int = MAX_VALUES) -> tuple[np.ndarray, np.ndarray, int, str]:
@@ -312,66 +350,71 @@ def decode(data: bytes, max_values: int = MAX_VALUES) -> tuple[np.ndarray, np.nd
     except IndexError:
         raise CorruptMosaicError("corrupt mosaic code: truncated header") from None
     q = width(dtype)
-    bits = np.unpackbits(np.frombuffer(buf[pos:], dtype=np.uint8))
+    raw = np.frombuffer(buf[pos:], dtype=np.uint8)
+    size = 8 * raw.size
     tbits = k * s * q
-    if bits.size < tbits:
+    if size < tbits:
         raise CorruptMosaicError("corrupt mosaic code: truncated motif table")
-    patterns = _from_bits(bits[:tbits], q).reshape(k, s)
-    rest = bits[tbits:]
+    patterns = read_fixed(raw, 0, k * s, q, _pattern_dtype(q)).reshape(k, s)
+    kind = np.int32 if k < 1 << 31 else np.int64  # block indices: 4 bytes each where they fit
     if mode == 2:
-        return patterns, np.arange(m, dtype=np.int64), s, dtype
+        return patterns, np.arange(m, dtype=kind), s, dtype
     if mode == 0:
         w = index_width(k)
-        if rest.size < m * w:
+        if size - tbits < m * w:
             raise CorruptMosaicError("corrupt mosaic code: truncated mosaic")
-        index = _from_bits(rest[: m * w], w).astype(np.int64) if w else np.zeros(m, dtype=np.int64)
+        index = read_fixed(raw, tbits, m, w, kind)
     else:
         lengths = np.repeat(np.arange(1, len(hist) + 1), hist)
         if lengths.size != k:
             raise CorruptMosaicError("corrupt mosaic code: code-length histogram does not match k")
-        index = _huffman_decode(rest, lengths, m)
+        index = _huffman_decode(raw, tbits, lengths, m, kind)
     if index.size and index.max() >= k:
         raise CorruptMosaicError("corrupt mosaic code: motif index out of range")
     return patterns, index, s, dtype
 
 
-def _variable_bits(codes: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """Concatenate codewords of varying length (MSB first)."""
-    lmax = int(lengths.max())
-    j = np.arange(lmax, dtype=np.int64)
-    keep = j[None, :] < lengths[:, None]
-    shift = np.clip(lengths[:, None] - 1 - j[None, :], 0, None).astype(np.uint64)
-    bits = ((codes[:, None] >> shift) & np.uint64(1)).astype(np.uint8)
-    return bits[keep]
+def _huffman_decode(raw: np.ndarray, start: int, lengths: np.ndarray, m: int, kind: Any = np.int64) -> np.ndarray:
+    """Decode m canonical Huffman codewords from bit ``start`` of the packed bytes ``raw``, vectorised, one
+    window of BIT_BLOCK bit positions at a time (working memory: the window, not the stream).
 
-
-def _huffman_decode(bits: np.ndarray, lengths: np.ndarray, m: int) -> np.ndarray:
-    """Decode m canonical Huffman codewords from a bit array, vectorised.
-
-    Every bit position is decoded as if a codeword started there; the chain
-    of real starts (0, then each start plus its codeword length) is then
-    followed for all m symbols at once by pointer doubling.
+    Every position of a window is decoded as if a codeword started there; the chain of real starts (the
+    window's first, then each start plus its codeword length) is then followed for the window's symbols at
+    once by pointer doubling, and the next window starts where its last codeword ends.
     """
     lmax = int(lengths.max())
-    codes = _canonical_codes(lengths)
-    size = bits.size
-    padded = np.concatenate([bits, np.zeros(lmax, dtype=np.uint8)]).astype(np.uint64)
-    window = np.zeros(size, dtype=np.uint64)
-    for j in range(lmax):
-        window = (window << np.uint64(1)) | padded[j:j + size]
-    # canonical codewords left-aligned to lmax bits are sorted, so the codeword
-    # starting at a position is the last one not above the window
-    aligned = codes << (np.uint64(lmax) - lengths.astype(np.uint64))
-    sym_at = np.searchsorted(aligned, window, side="right").astype(np.int64) - 1
-    jump = np.append(np.minimum(np.arange(size, dtype=np.int64) + lengths[sym_at], size), size)
-    pos = np.zeros(m, dtype=np.int64)
-    i = np.arange(m)
-    bit = 0
-    while (1 << bit) < m:
-        sel = ((i >> bit) & 1) == 1
-        pos[sel] = jump[pos[sel]]
-        jump = jump[jump]
-        bit += 1
-    if m and (pos[-1] >= size or pos[-1] + lengths[sym_at[pos[-1]]] > size):
+    aligned = _canonical_codes(lengths) << (np.uint64(lmax) - lengths.astype(np.uint64))
+    total = 8 * raw.size
+    out = np.empty(m, dtype=kind)
+    pos, done = start, 0
+    while done < m:
+        size = min(BIT_BLOCK, total - pos)
+        if size <= 0:
+            raise CorruptMosaicError("corrupt mosaic code: truncated mosaic")
+        bits = bits_at(raw, pos, size + lmax).astype(np.uint64)
+        window = np.zeros(size, dtype=np.uint64)
+        for j in range(lmax):
+            window = (window << np.uint64(1)) | bits[j:j + size]
+        del bits
+        # canonical codewords left-aligned to lmax bits are sorted, so the codeword starting at a position is
+        # the last one not above the window
+        sym_at = np.searchsorted(aligned, window, side="right").astype(np.int64) - 1
+        del window
+        jump = np.append(np.minimum(np.arange(size, dtype=np.int64) + lengths[sym_at], size), size)
+        want = min(m - done, size)  # every codeword takes a bit at least
+        starts = np.zeros(want, dtype=np.int64)
+        i = np.arange(want)
+        bit = 0
+        while (1 << bit) < want:
+            sel = ((i >> bit) & 1) == 1
+            starts[sel] = jump[starts[sel]]
+            jump = jump[jump]
+            bit += 1
+        starts = starts[starts < size]  # the chain leaves the window once: the rest start in the next one
+        got = sym_at[starts]
+        out[done:done + got.size] = got
+        done += got.size
+        pos += int(starts[-1]) + int(lengths[got[-1]])
+    if pos > total:
         raise CorruptMosaicError("corrupt mosaic code: truncated mosaic")
-    return sym_at[pos]
+    return out

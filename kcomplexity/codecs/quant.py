@@ -37,7 +37,7 @@ import numpy as np
 from ..errors import CorruptFileError, EstimatorSettingError
 from ..sources import NamedArray, as_named
 from . import ans
-from .bits import pack_fixed, pack_tables, packed_size, read_varint, unpack_fixed, unpack_tables, unzigzag, varint, zigzag
+from .bits import bincount, pack_fixed, pack_tables, packed_size, read_varint, unpack_fixed, unpack_tables, unzigzag, varint, zigzag
 from .container import MAX_VALUES, Header, read_header, storage
 
 VERSION = 1
@@ -347,11 +347,12 @@ def _entropy_code(sym: np.ndarray) -> tuple[str, bytes]:
     prefix = varint(zigzag(lo)) + varint(hi - lo)
     if hi == lo:
         return "const", prefix
-    offsets = sym - lo  # once, for every candidate
+    offsets = sym - lo  # once, for the candidates coding offsets; freed before the parametric ones run
     candidates = {"zstd": _zstd_code(offsets, hi - lo)}
     if hi - lo < MAX_ANS_ALPHABET and -(2 ** 31) <= lo and hi < 2 ** 31:
-        counts = np.bincount(offsets, minlength=hi - lo + 1)
+        counts = bincount(offsets, minlength=hi - lo + 1)
         candidates["order0"] = _order0_code(offsets, counts)
+        del offsets
         # parametric models are only tried when their predicted length can win
         best = min(len(c) for c in candidates.values())
         for name in ("gaussian", "laplace"):
