@@ -206,23 +206,22 @@ def unique_rows(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """
     rows = np.ascontiguousarray(rows)
     width = rows.shape[1] * rows.dtype.itemsize
-    if width > 8:
+    if width > 8:  # compared as raw bytes, through a view: no copy
         keys = rows.view(np.dtype((np.void, width))).reshape(-1)
-        _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
-        return rows[first], inverse.reshape(-1)
+    else:
+        keys = np.zeros(rows.shape[0], dtype=np.uint64)
+        bits = np.uint64(rows.dtype.itemsize * 8)
+        for j in range(rows.shape[1]):
+            keys <<= bits
+            keys |= rows[:, j]
     # what np.unique(keys, return_inverse=True) gives, in place where it can be, so the working memory stays a
     # few times the keys; an unstable sort (in place, no buffer) serves, since rows with one key are equal
-    keys = np.zeros(rows.shape[0], dtype=np.uint64)
-    bits = np.uint64(rows.dtype.itemsize * 8)
-    for j in range(rows.shape[1]):
-        keys <<= bits
-        keys |= rows[:, j]
     perm = np.argsort(keys)
     new = np.empty(keys.size, dtype=bool)  # where the sorted keys change, a block of them at a time
     new[:1] = True
     for lo in range(1, keys.size, _SORTED_BLOCK):
         ahead = keys[perm[lo - 1:lo + _SORTED_BLOCK]]
-        np.not_equal(ahead[1:], ahead[:-1], out=new[lo:lo + ahead.size - 1])
+        new[lo:lo + ahead.size - 1] = ahead[1:] != ahead[:-1]  # (void keys have no not_equal loop with out=)
     del keys
     kind = np.int32 if rows.shape[0] < 1 << 31 else np.int64
     group = np.cumsum(new, dtype=kind)

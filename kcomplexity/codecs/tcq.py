@@ -57,8 +57,8 @@ CHUNK = 256
 CLASSES, MIN_ROWS = 4, 16
 #: the default weight of a bit against a squared step in the trellis search
 DEFAULT_LAM = 0.3
-#: chunks searched at once: bounds the search's back-pointer memory to about 20 bytes x BLOCK x CHUNK
-BLOCK = 1 << 14
+#: chunks searched at once: bounds the search's back-pointer memory to about 20 bytes x BLOCK x CHUNK (20 MiB)
+BLOCK = 1 << 12
 
 #: next state by (state, parity of the index); states 0-1 use Q0, 2-3 use Q1
 NEXT = np.array([[0, 2], [2, 0], [1, 3], [3, 1]], dtype=np.int64)
@@ -84,19 +84,23 @@ def code_tcq(x: Any, rel: float | None = None, delta: float | None = None, lam: 
     a = as_named(x)
     if not (a.data.dtype.kind == "f" or a.dtype == "bfloat16"):
         return code_quantized(a, delta=1.0)  # integers and bools are coded exactly
-    v = a.values().reshape(-1).astype(np.float64)
-    step = float_step(a.name, v, rel, delta)
-    n = v.size
-    if np.abs(v).max() / step >= 2.0 ** 40 or np.ptp(np.rint(v / (2 * step))) + 8 >= ans.MAX_ALPHABET:
+    vals = a.values().reshape(-1)  # float32 (float64 for float64): widened a block at a time below
+    step = float_step(a.name, vals, rel, delta)
+    n = vals.size
+    v_lo, v_hi = float(vals.min()), float(vals.max())
+    if max(abs(v_lo), abs(v_hi)) / step >= 2.0 ** 40 \
+            or np.rint(v_hi / step / 2) - np.rint(v_lo / step / 2) + 8 >= ans.MAX_ALPHABET:
         # levels the decoder's range or the context tables cannot hold (an outlier far from the rest, a step
         # far too fine): before the search sizes its rate tables by them, fall back to the quant code on the
         # same step, which codes any alphabet, keeps every value within step / 2 and is read by decode_tcq
         return code_quantized(a, delta=step)
     length = max(1, min(CHUNK, n))
-    rows = _row_classes(v, a.shape)
+    rows = _row_classes(vals, a.shape)
     k = int(rows.max()) + 1
-    at = rows[_row_of(n, a.shape)]  # each value's row class
-    q, quantiser = _search(v / step, at, k, length, float(lam))
+    grid = _Grid(vals, step, rows, _cols(n, a.shape), length)
+    # int32 indices where every one fits (|index| is about |value| / 2 step)
+    grid.kind = np.int32 if max(abs(v_lo), abs(v_hi)) / step < 2.0 ** 30 else np.int64
+    q, quantiser = _search(grid, k, float(lam), v_lo / step, v_hi / step)
     lo, hi = int(q.min()), int(q.max())
     if hi - lo >= ans.MAX_ALPHABET:
         raise EstimatorSettingError(f"step {step:g} is too fine for tensor '{a.name}' (more than "
@@ -105,17 +109,33 @@ def code_tcq(x: Any, rel: float | None = None, delta: float | None = None, lam: 
     if k > 1:
         body += pack_fixed(rows.astype(np.uint8), 2)
     body += varint(zigzag(lo)) + varint(hi - lo)
+    sse, max_abs_err, signal = _distortion(grid, q, quantiser, a.dtype)
     if hi > lo:
-        ctx = quantiser * k + at
-        counts = [np.bincount(q[ctx == c] - lo, minlength=hi - lo + 1) for c in range(2 * k)]
+        counts = list(grid.counts(q, quantiser, k, lo, hi - lo))
         table = pack_tables(counts)
         body += varint(len(table)) + table
-        body += ans.encode(_parts(q - lo, ctx, counts, n, length))
+        body += ans.encode(_parts(grid, q, quantiser, k, lo, counts))
     head = Header("tcq", VERSION, a.dtype, tuple(int(d) for d in a.shape)).to_bytes()
-    err = restored(levels(q, quantiser) * step, a.dtype) - v
-    return QuantizedCode(data=head + bytes(body), step=float(step), method="tcq", numel=n,
-                         sse=float(np.dot(err, err)), max_abs_err=float(np.abs(err).max()),
-                         signal=float(np.dot(v, v)))
+    return QuantizedCode(data=head + bytes(body), step=float(step), method="tcq", numel=n, sse=sse,
+                         max_abs_err=max_abs_err, signal=signal)
+
+
+#: values handled at a time outside the search (row classes, counts, distortion)
+_BLOCK_VALUES = 1 << 20
+
+
+def _distortion(grid: "_Grid", q: np.ndarray, quantiser: np.ndarray, dtype: str) -> tuple[float, float, float]:
+    """(sum of squared errors, largest error, sum of squared values) in float64, a block at a time (one block:
+    exactly the sums over the whole tensor)."""
+    sse = max_abs_err = signal = 0.0
+    for lo in range(0, grid.n, _BLOCK_VALUES):
+        hi = min(grid.n, lo + _BLOCK_VALUES)
+        orig = grid.vals[lo:hi].astype(np.float64)
+        err = restored(levels(q[lo:hi], quantiser[lo:hi]) * grid.step, dtype) - orig
+        sse += float(np.dot(err, err))
+        max_abs_err = max(max_abs_err, float(np.abs(err).max()))
+        signal += float(np.dot(orig, orig))
+    return sse, max_abs_err, signal
 
 
 def encode_tcq(x: Any, rel: float | None = None, delta: float | None = None, lam: float = DEFAULT_LAM) -> bytes:
@@ -209,62 +229,96 @@ def _nrows(shape: tuple[int, ...]) -> int:
 
 
 def _row_classes(v: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """Each row's scale class: the quartile of its RMS among the rows (all 0 for vectors and short matrices)."""
+    """Each row's scale class: the quartile of its RMS among the rows (all 0 for vectors and short matrices).
+    Rows are widened to float64 a block at a time (each row's mean is its own, so the classes do not move)."""
     nrows = _nrows(shape)
     if nrows < MIN_ROWS or v.size == 0:
         return np.zeros(nrows, dtype=np.int64)
-    rms = np.sqrt(np.mean(v.reshape(nrows, -1) ** 2, axis=1))
+    matrix = v.reshape(nrows, -1)
+    per = max(1, _BLOCK_VALUES // matrix.shape[1])
+    rms = np.concatenate([np.sqrt(np.mean(matrix[r:r + per].astype(np.float64) ** 2, axis=1))
+                          for r in range(0, nrows, per)])
     edges = np.quantile(rms, [0.25, 0.5, 0.75])
     return np.searchsorted(edges, rms, side="right").astype(np.int64)
 
 
-def _row_of(n: int, shape: tuple[int, ...]) -> np.ndarray:
-    """The row of each flat position."""
-    return np.arange(n, dtype=np.int64) // max(1, n // _nrows(shape))
+def _cols(n: int, shape: tuple[int, ...]) -> int:
+    """Values per row of the flat tensor (the row of flat position p is p // cols)."""
+    return max(1, n // _nrows(shape))
 
 
-def _grid(flat: np.ndarray, n: int, length: int, fill: float = 0) -> np.ndarray:
-    """A flat array as (chunks, length), the last chunk padded with ``fill``."""
-    m = -(-n // length)
-    out = np.full(m * length, fill, dtype=flat.dtype)
-    out[:n] = flat
-    return out.reshape(m, length)
+class _Grid:
+    """A tensor's values as (chunks, length) blocks of at most BLOCK chunks, built one block at a time: the
+    values over the step in float64, each value's row class, which positions hold values (the last chunk is
+    padded). Nothing of the tensor's size is copied beyond the blocks."""
+
+    def __init__(self, vals: np.ndarray, step: float, rows: np.ndarray, cols: int, length: int) -> None:
+        self.vals, self.step, self.rows, self.cols, self.length = vals, step, rows, cols, length
+        self.n = vals.size
+        self.m = -(-self.n // length)
+        self.kind: Any = np.int64  # the indices' integer type
+
+    def blocks(self) -> Any:
+        """(first value, end value, Y, RC, valid) per block of chunks."""
+        for b in range(0, self.m, BLOCK):
+            e = min(self.m, b + BLOCK)
+            lo, hi = b * self.length, min(self.n, e * self.length)
+            size = (e - b) * self.length
+            y = np.zeros(size)
+            y[:hi - lo] = self.vals[lo:hi].astype(np.float64) / self.step
+            rc = np.zeros(size, dtype=np.int64)
+            rc[:hi - lo] = self.rows[np.arange(lo, hi, dtype=np.int64) // self.cols]
+            valid = np.arange(size) < hi - lo
+            shape = (e - b, self.length)
+            yield lo, hi, y.reshape(shape), rc.reshape(shape), valid.reshape(shape)
+
+    def row_class(self, lo: int, hi: int) -> np.ndarray:
+        return self.rows[np.arange(lo, hi, dtype=np.int64) // self.cols]
+
+    def counts(self, q: np.ndarray, quantiser: np.ndarray, k: int, lo: int, span: int) -> np.ndarray:
+        """Per context (quantiser x k + row class): the count of each index lo..lo+span, (2k, span + 1)."""
+        out = np.zeros(2 * k * (span + 1), dtype=np.int64)
+        for a in range(0, self.n, _BLOCK_VALUES):
+            b = min(self.n, a + _BLOCK_VALUES)
+            ctx = quantiser[a:b].astype(np.int64) * k + self.row_class(a, b)
+            out += np.bincount(ctx * (span + 1) + (q[a:b] - lo), minlength=out.size)
+        return out.reshape(2 * k, span + 1)
 
 
-def _rates(q: np.ndarray, ctx: np.ndarray, nctx: int, lo: int, span: int) -> np.ndarray:
+def _rates(counts: np.ndarray) -> np.ndarray:
     """-log2 p(q | context) from the counts (+ 1/2), as (contexts, span + 1)."""
-    counts = np.bincount(ctx * (span + 1) + (q - lo), minlength=nctx * (span + 1)).reshape(nctx, span + 1) + 0.5
+    counts = counts + 0.5
     return -np.log2(counts / counts.sum(axis=1, keepdims=True))
 
 
-def _search(y: np.ndarray, at: np.ndarray, k: int, length: int, lam: float) -> tuple[np.ndarray, np.ndarray]:
-    """Indices and quantiser of each value (``y`` = value / step, ``at`` its row class of ``k``) by a Viterbi
-    search of D + lam·R; two passes, the second pricing bits by the first's per-context statistics."""
-    n = y.size
+def _search(grid: _Grid, k: int, lam: float, y_lo: float, y_hi: float) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (int32) and quantiser (int8) of each value by a Viterbi search of D + lam·R; two passes, the
+    second pricing bits by the first's per-context statistics. ``y_lo``, ``y_hi``: the extreme values / step."""
     # first pricing: the nearest Q0 indices' histogram, the same for every context
-    q0 = np.rint(y / 2).astype(np.int64)
-    lo, hi = int(q0.min()) - 2, int(q0.max()) + 2
-    rate = np.repeat(_rates(q0, np.zeros(n, dtype=np.int64), 1, lo, hi - lo), 2 * k, axis=0)
+    lo, hi = int(np.rint(y_lo / 2)) - 2, int(np.rint(y_hi / 2)) + 2
+    counts = np.zeros(hi - lo + 1, dtype=np.int64)
+    for _, end, y, _, valid in grid.blocks():
+        counts += np.bincount(np.rint(y[valid] / 2).astype(np.int64) - lo, minlength=counts.size)
+    rate = np.repeat(_rates(counts[None, :]), 2 * k, axis=0)
+    q = quantiser = None
     for _ in range(2):
-        q, quantiser = _viterbi(y, at, length, lam, rate, lo, k)
+        q = quantiser = None  # the last pass is priced into rate: free it before the next one is searched
+        q, quantiser = _viterbi(grid, lam, rate, lo, k)
         lo, hi = int(q.min()) - 2, int(q.max()) + 2
-        rate = _rates(q, quantiser * k + at, 2 * k, lo, hi - lo)
+        rate = _rates(grid.counts(q, quantiser, k, lo, hi - lo))
     return q, quantiser
 
 
-def _viterbi(y: np.ndarray, row_class: np.ndarray, length: int, lam: float, rate: np.ndarray, lo: int, k: int
-             ) -> tuple[np.ndarray, np.ndarray]:
-    n = y.size
-    Y, RC = _grid(y, n, length), _grid(row_class, n, length)
-    valid = _grid(np.ones(n, dtype=bool), n, length, False)
+def _viterbi(grid: _Grid, lam: float, rate: np.ndarray, lo: int, k: int) -> tuple[np.ndarray, np.ndarray]:
     span = rate.shape[1]
     flat_rate = rate.reshape(-1)
-    Q = np.empty(Y.shape, dtype=np.int64)
-    for b in range(0, Y.shape[0], BLOCK):
-        Q[b:b + BLOCK] = _viterbi_block(Y[b:b + BLOCK], RC[b:b + BLOCK], valid[b:b + BLOCK], lam, flat_rate, lo,
-                                        span, k)
-    q = Q.reshape(-1)[:n]
-    return q, _quantisers(q, n, length)
+    q = np.empty(grid.n, dtype=grid.kind)
+    quantiser = np.empty(grid.n, dtype=np.int8)
+    for a, b, y, rc, valid in grid.blocks():
+        block = _viterbi_block(y, rc, valid, lam, flat_rate, lo, span, k)
+        q[a:b] = block.reshape(-1)[:b - a]
+        quantiser[a:b] = _track(block, 0).reshape(-1)[:b - a]
+    return q, quantiser
 
 
 def _viterbi_block(Y: np.ndarray, RC: np.ndarray, valid: np.ndarray, lam: float, flat_rate: np.ndarray, lo: int,
@@ -272,7 +326,7 @@ def _viterbi_block(Y: np.ndarray, RC: np.ndarray, valid: np.ndarray, lam: float,
     m, length = Y.shape
     J = np.full((m, 4), np.inf)
     J[:, 0] = 0.0
-    back_q = np.empty((length, m, 4), dtype=np.int64)
+    back_q = np.empty((length, m, 4), dtype=np.int64 if np.abs(Y).max(initial=0) >= 2.0 ** 30 else np.int32)
     back_s = np.empty((length, m, 4), dtype=np.int8)
     rows_m = np.arange(m)[:, None]
     for t in range(length):
@@ -314,29 +368,28 @@ def _viterbi_block(Y: np.ndarray, RC: np.ndarray, valid: np.ndarray, lam: float,
     return out
 
 
-def _quantisers(q: np.ndarray, n: int, length: int) -> np.ndarray:
-    """Which quantiser codes each index: the state machine run over each chunk from state 0."""
-    Q = _grid(q, n, length)
-    state = np.zeros(Q.shape[0], dtype=np.int64)
-    out = np.empty(Q.shape, dtype=np.int64)
-    for t in range(length):
-        out[:, t] = state >> 1
-        state = NEXT[state, Q[:, t] & 1]
-    return out.reshape(-1)[:n]
-
-
 # ---------------------------------------------------------------- entropy coding
 def _models(counts: list[np.ndarray]) -> list[Any]:
     """Each context's ANS model (None for a context no symbol uses)."""
     return [ans.categorical(c) if c.sum() else None for c in counts]
 
 
-def _parts(offsets: np.ndarray, ctx: np.ndarray, counts: list[np.ndarray], n: int, length: int) -> list:
-    """ANS parts in decoding order: position by position across chunks, and within a position by context."""
+def _parts(grid: _Grid, q: np.ndarray, quantiser: np.ndarray, k: int, lo: int, counts: list[np.ndarray]) -> list:
+    """ANS parts in decoding order: position by position across chunks, and within a position by context.
+    Offsets are int32 and contexts int8 (-1 past the end), laid out as (chunks, length) once."""
     models = _models(counts)
-    Q, C = _grid(offsets, n, length), _grid(ctx, n, length, -1)
+    size = grid.m * grid.length
+    offsets = np.zeros(size, dtype=np.int32)  # offsets from lo: below the alphabet's 2^20
+    offsets[:grid.n] = q - lo if grid.kind is np.int64 else q
+    if grid.kind is not np.int64:
+        offsets[:grid.n] -= np.int32(lo)
+    ctx = np.full(size, -1, dtype=np.int8)
+    for a in range(0, grid.n, _BLOCK_VALUES):
+        b = min(grid.n, a + _BLOCK_VALUES)
+        ctx[a:b] = quantiser[a:b] * k + grid.row_class(a, b)
+    Q, C = offsets.reshape(grid.m, grid.length), ctx.reshape(grid.m, grid.length)
     parts = []
-    for t in range(length):
+    for t in range(grid.length):
         for c, model in enumerate(models):
             if model is not None:
                 sel = Q[C[:, t] == c, t]
