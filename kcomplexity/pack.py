@@ -300,7 +300,7 @@ def _valid_entry(t: Any, offset: int) -> bool:
     ints = ("numel", "offset", "length", "crc32")
     if not (all(_exact(t.get(k), int) for k in ints) and _exact(t.get("name"), str) and _exact(t.get("codec"), str)
             and _exact(t.get("fallback"), bool) and _exact(t.get("shape"), list)
-            and t.get("dtype") in SAFETENSORS_DTYPES and _exact(t.get("dtype"), str)):
+            and _exact(t.get("dtype"), str) and t["dtype"] in SAFETENSORS_DTYPES):
         return False
     if not all(_exact(d, int) and d >= 0 for d in t["shape"]) or len(t["shape"]) > 64:
         return False

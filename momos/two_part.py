@@ -181,7 +181,7 @@ def measure(model: torch.nn.Module, train: data_mod.Split, test: data_mod.Split,
     else:
         best = _search(at, points)
     best.test_acc = accuracy(_decoded(streams[best.rel]), test, device)
-    uniform = label_code.uniform(labels.size, _classes(net, train, device))
+    uniform = label_code.uniform(labels.size, _classes(exact, train, device))
     best.no_model_bits = 8 * len(label_code.encode_labels([(uniform, labels)]))
     best.curve = [{"rel": r, "model_bits": t.model_bits, "data_bits": t.data_bits, "total_bits": t.total_bits,
                    "mse": t.mse} for r, t in sorted(points.items())]

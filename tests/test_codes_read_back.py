@@ -154,7 +154,8 @@ def _entry(key, value):
 
 @pytest.mark.parametrize("edit", [_entry("codec", KeyError), _entry("offset", 5.0), _entry("numel", 6.0),
                                   _entry("shape", [6.0]), _entry("fallback", 0), _entry("crc32", True),
-                                  _entry("name", 5), lambda index: {**index, "codec": None}])
+                                  _entry("name", 5), _entry("dtype", ["float32"]),
+                                  lambda index: {**index, "codec": None}])
 def test_an_index_field_of_the_wrong_type_is_a_damaged_pack(packed, tmp_path, edit, capsys):
     _rewrite_index(packed, edit)
     with pytest.raises(CorruptFileError, match="damaged pack index"):
