@@ -224,7 +224,7 @@ def test_estimator_settings_as_keywords_and_bad_estimator_lists():
 
 # ------------------------------------------------------------------ 12. bad numbers and devices, before any write
 @pytest.mark.parametrize("argv,needle", [
-    (["--lr", "-1"], "lr must be > 0"), (["--lr", "nan"], "lr must be > 0"),
+    (["--lr", "-1"], "lr must be in (0, 1e+06]"), (["--lr", "nan"], "lr must be in (0, 1e+06]"),
     (["--weight-decay", "-1"], "weight_decay must be"), (["--device", "cuda:7"], "device 'cuda:7'"),
     (["--device", "bogus"], "unknown device"), (["--device", "meta"], "cannot train on device 'meta'"),
     (["--limit", "0"], "limit must be >= 1"), (["--width", "-1"], "width must be in 1..16384"),

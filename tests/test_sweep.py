@@ -71,7 +71,7 @@ def test_grid_and_zip_expand_into_named_points():
     ({"zip": {"s": [2, 4], "capacity": [0.1]}}, "one length"),
     ({"grid": {"seed": [0, 0]}}, "duplicate points"),
     ({"base": {"seed": 1}, "grid": {"seed": [0, 1]}}, "in \\[base\\] and also an axis"),
-    ({"grid": {"lr": [1e-3, -1.0]}}, "point lr=-1.0: lr must be > 0"),
+    ({"grid": {"lr": [1e-3, -1.0]}}, r"point lr=-1.0: lr must be in \(0, 1e\+06\]"),
     ({"grid": {"method": ["baseline", "bogus"]}}, "point method=bogus: unknown method"),
     ({"resources": {"cpus": 0}}, "cpus must be a whole number >= 1"),
 ])
