@@ -322,7 +322,8 @@ def _torchvision(cls_name: str):
 register_dataset("digits", _digits)
 register_dataset("mnist", _with_test_split(_mnist))
 register_dataset("mnist-official", _mnist_official)
-register_dataset("fashion-mnist",
-                 _with_test_split(_official_or_torchvision(official_files.fashion_mnist, "FashionMNIST")))
-register_dataset("cifar10", _with_test_split(_official_or_torchvision(official_files.cifar10, "CIFAR10")))
+register_dataset("fashion-mnist", _with_test_split(_official_or_torchvision(
+    lambda d: official_files.fashion_mnist(d, idx_dir), "FashionMNIST")))
+register_dataset("cifar10", _with_test_split(_official_or_torchvision(
+    lambda d: official_files.cifar10(d, NumpyOnlyUnpickler), "CIFAR10")))
 register_dataset("modadd", _modadd)

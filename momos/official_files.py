@@ -5,7 +5,7 @@ of Fashion-MNIST.
   ``data_batch_5`` and ``test_batch``, each a protocol-2 pickle of a dict with bytes keys: ``b"data"`` a uint8
   array N x 3072 (1,024 red, 1,024 green, 1,024 blue values, each a row-major 32 x 32 image) and ``b"labels"``
   a list of N ints in 0..9. Members are read from the archive in memory (never extracted), unpickled by
-  :class:`momos.data.NumpyOnlyUnpickler`, and every batch's shape, dtype and labels are checked against the
+  the numpy-only unpickler momos.data passes in, and every batch's shape, dtype and labels are checked against the
   format.
 * Fashion-MNIST: the MNIST idx format gzipped, under MNIST's file names (``train-images-idx3-ubyte.gz``, ...),
   read by :func:`momos.data.idx_dir`.
@@ -32,7 +32,7 @@ CIFAR_TEST = "test_batch"
 BATCH_LIMIT = 64 << 20
 
 
-def cifar10(data_dir: str | None) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+def cifar10(data_dir: str | None, unpickler: type) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
     """CIFAR-10's (train, test) images (N, 3, 32, 32) float32 in [0, 1] and labels, from the python-version
     archive or its extracted folder under ``data_dir``; DataError naming what is missing or damaged."""
     if data_dir is None:
@@ -48,7 +48,7 @@ def cifar10(data_dir: str | None) -> tuple[tuple[np.ndarray, np.ndarray], tuple[
             if not path.is_file():
                 raise DataError(f"{folder} lacks the CIFAR-10 batch {name}")
             return read_bytes(path, limit=BATCH_LIMIT, what="CIFAR-10 batch")
-        return _batches(member, str(folder))
+        return _batches(member, str(folder), unpickler)
     archive = root / CIFAR_ARCHIVE if (root / CIFAR_ARCHIVE).is_file() else root if root.is_file() else None
     if archive is None:
         raise DataError(f"{root} holds neither {CIFAR_ARCHIVE} nor {CIFAR_FOLDER}/ (CIFAR-10's python version); "
@@ -64,26 +64,24 @@ def cifar10(data_dir: str | None) -> tuple[tuple[np.ndarray, np.ndarray], tuple[
                 if info.size > BATCH_LIMIT:
                     raise DataError(f"{archive}: {name} is {info.size:,} bytes, more than a batch holds")
                 return tar.extractfile(info).read()
-            return _batches(member, str(archive))
+            return _batches(member, str(archive), unpickler)
     except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
         raise DataError(f"{archive} is not a readable CIFAR-10 archive (truncated or another format: "
                         f"{str(exc).splitlines()[0][:120]})") from None
 
 
-def _batches(member, where: str) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
-    train = [_batch(member(name), f"{where}: {name}") for name in CIFAR_TRAIN]
-    test = _batch(member(CIFAR_TEST), f"{where}: {CIFAR_TEST}")
+def _batches(member, where: str, unpickler: type) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    train = [_batch(member(name), f"{where}: {name}", unpickler) for name in CIFAR_TRAIN]
+    test = _batch(member(CIFAR_TEST), f"{where}: {CIFAR_TEST}", unpickler)
     x = np.concatenate([b[0] for b in train])
     y = np.concatenate([b[1] for b in train])
     return (x, y), test
 
 
-def _batch(raw: bytes, what: str) -> tuple[np.ndarray, np.ndarray]:
+def _batch(raw: bytes, what: str, unpickler: type) -> tuple[np.ndarray, np.ndarray]:
     """One batch's images (N, 3, 32, 32) float32 in [0, 1] and labels, checked against the format."""
-    from .data import NumpyOnlyUnpickler
-
     try:
-        batch = NumpyOnlyUnpickler(io.BytesIO(raw), encoding="bytes").load()
+        batch = unpickler(io.BytesIO(raw), encoding="bytes").load()
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as exc:
         raise DataError(f"{what} is not a CIFAR-10 batch ({str(exc)[:120]})") from None
     if not isinstance(batch, dict) or b"data" not in batch or b"labels" not in batch:
@@ -103,10 +101,8 @@ def _batch(raw: bytes, what: str) -> tuple[np.ndarray, np.ndarray]:
     return data.reshape(-1, 3, 32, 32).astype(np.float32) / np.float32(255.0), y
 
 
-def fashion_mnist(data_dir: str | None) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+def fashion_mnist(data_dir: str | None, idx_dir) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
     """Fashion-MNIST's (train, test) images (N, 1, 28, 28) float32 in [0, 1] and labels from its idx files."""
-    from .data import idx_dir
-
     if data_dir is None:
         raise DataError("fashion-mnist needs --data-dir: a folder with its idx files (train-images-idx3-ubyte.gz, "
                         "...); --download fetches them through torchvision where that imports")
