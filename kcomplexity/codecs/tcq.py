@@ -183,7 +183,7 @@ def decode_tcq(data: bytes, max_values: int = MAX_VALUES) -> np.ndarray:
         top = float(np.finfo(np.float32 if head.dtype == "bfloat16" else head.dtype).max)
         if (2 * max(abs(lo), abs(lo + span)) - 1) * step > top:
             raise CorruptFileError(f"corrupt tcq code: levels beyond what {head.dtype} holds")
-        cols = max(1, n // nrows)
+        cols = _cols(n, head.shape)
         if span == 0:
             offsets = np.zeros((-(-n // length), length), dtype=np.int32)
             quantiser = _track(offsets, lo)
@@ -267,7 +267,7 @@ class _Grid:
             y = np.zeros(size)
             y[:hi - lo] = self.vals[lo:hi].astype(np.float64) / self.step
             rc = np.zeros(size, dtype=np.int64)
-            rc[:hi - lo] = self.rows[np.arange(lo, hi, dtype=np.int64) // self.cols]
+            rc[:hi - lo] = self.row_class(lo, hi)
             valid = np.arange(size) < hi - lo
             shape = (e - b, self.length)
             yield lo, hi, y.reshape(shape), rc.reshape(shape), valid.reshape(shape)
