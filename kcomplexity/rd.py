@@ -15,10 +15,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
 from .errors import EstimatorSettingError, KComplexityError
 from .fileio import write_atomic
@@ -26,6 +25,9 @@ from .estimators.precision import summarise
 from .codecs.quant import check_precision, code_quantized, reconstruct
 from .codecs.tcq import DEFAULT_LAM, code_tcq
 from .sources import NamedArray, open_source
+
+if TYPE_CHECKING:  # pandas loads on first use: importing it cost a training worker half a second
+    import pandas as pd
 
 DEFAULT_RELS = (1.0, 0.3, 0.1, 0.03, 0.01, 0.003)
 ENTRY_POINT_GROUP = "kcomplexity.rd_points"
@@ -45,6 +47,8 @@ class RDCurve:
 
     def to_frame(self) -> pd.DataFrame:
         """One row per point: code, setting, rel, bits, bits_per_param, mse, max_abs_err, snr_db."""
+        import pandas as pd
+
         return pd.DataFrame(self.points, columns=list(COLUMNS))
 
     def plot(self, path: str | Path) -> Path:

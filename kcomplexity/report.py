@@ -4,11 +4,12 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from .distortion import DISTORTION
+
+if TYPE_CHECKING:  # pandas loads on first use: importing it cost a training worker half a second
+    import pandas as pd
 
 
 @dataclass
@@ -79,6 +80,8 @@ class Report:
         With ``distortion=True`` each lossy estimator adds ``EST:mse`` and
         ``EST:max_abs_err`` columns beside its bits.
         """
+        import pandas as pd
+
         df = pd.DataFrame({"numel": pd.Series(self.numel, dtype="int64")}, index=pd.Index(self.names, name="tensor"))
         for est, col in self.bits.items():
             df[est] = pd.Series(col, dtype="float64")
@@ -95,11 +98,15 @@ class Report:
 
     def ratio(self) -> pd.DataFrame:
         """Raw bits (numel x dtype width) over estimated bits, per tensor (higher = more compressible)."""
+        import pandas as pd
+
         raw = pd.Series(self.raw_bits, dtype="float64")
         return self.to_frame()[self.estimators].rdiv(raw, axis=0)
 
     def summary(self) -> pd.DataFrame:
         """One row per estimator: total bits, bits per parameter, raw/estimated ratio, kind."""
+        import pandas as pd
+
         rows = {
             est: {
                 "bits": b,
@@ -144,6 +151,8 @@ class Report:
 
     def to_csv(self) -> str:
         """Per-tensor rows (numel, dtype, bits per estimator) and a final ``(total)`` row."""
+        import pandas as pd
+
         df = self.to_frame(distortion=True)
         df.insert(1, "dtype", pd.Series(self.dtypes))
         total: dict[str, Any] = {"numel": self.total_numel, "dtype": ""}

@@ -20,18 +20,25 @@ def pool(jobs: int, threads: bool = False, start_method: str | None = None,
     if threads:
         executor: cf.Executor = cf.ThreadPoolExecutor(jobs, thread_name_prefix="kcomplexity", initializer=initializer)
     else:
-        method = start_method or ("forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn")
-        executor = cf.ProcessPoolExecutor(jobs, mp_context=mp.get_context(method), initializer=initializer)
-        # start every worker now, from this thread: a worker is started by the thread whose submit needs it, and
-        # one that asked to die with its parent (PR_SET_PDEATHSIG) dies with that *thread*, e.g. a feeder thread
-        for _ in range(jobs):
-            executor.submit(_nothing)
+        executor = processes(jobs, start_method, initializer)
     try:
         yield executor
     except BaseException:
         abandon(executor)
         raise
     executor.shutdown(wait=True)
+
+
+def processes(jobs: int, start_method: str | None = None,
+              initializer: Callable[[], None] | None = None) -> cf.ProcessPoolExecutor:
+    """A process pool whose ``jobs`` workers are all started now (each runs ``initializer`` at once)."""
+    method = start_method or ("forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn")
+    executor = cf.ProcessPoolExecutor(jobs, mp_context=mp.get_context(method), initializer=initializer)
+    # start every worker now, from this thread: a worker is started by the thread whose submit needs it, and
+    # one that asked to die with its parent (PR_SET_PDEATHSIG) dies with that *thread*, e.g. a feeder thread
+    for _ in range(jobs):
+        executor.submit(_nothing)
+    return executor
 
 
 def _nothing() -> None:
@@ -50,4 +57,4 @@ def abandon(executor: cf.Executor) -> None:
             pass
 
 
-__all__ = ["pool", "abandon"]
+__all__ = ["pool", "processes", "abandon"]

@@ -11,8 +11,9 @@ import kcomplexity as kc
 
 from kcomplexity.estimators.base import LOGGED
 
-from .data import DATASETS
-from .errors import MoMosError
+from . import augment, precision, recipes
+from .data import DATASETS, PROFILES, check_preprocessing
+from .errors import DataError, MoMosError
 from .models import MODELS
 from .projection import SCOPES, check_settings
 
@@ -22,7 +23,10 @@ SCHEDULES = ("cosine", "constant")
 #: what every profile starts from: one pass over the training data per epoch, batch 128, cosine schedule;
 #: each model's registry entry (momos.models.register_model) overrides these
 BASE_PROFILE = {"epochs": 20, "batch_size": 128, "schedule": "cosine", "steps_per_epoch": None, "beta2": 0.999,
-                "best_by": "val_acc", "optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.0, "momentum": 0.0}
+                "best_by": "val_acc", "optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.0, "momentum": 0.0,
+                "augment": "none", "normalize": "none", "image_size": None}
+#: what a run stored before these fields existed meant: a resumed old run keeps training as it did
+LEGACY = {"augment": "none", "normalize": "none", "image_size": None, "precision": "fp32", "recipe": None}
 #: overrides for a model on a particular data set: digits has ~1,250 training images (10 batches an epoch), so
 #: the paper MLP's 3e-4 stops at ~91 % test accuracy in 30 epochs; 1e-3 reaches 97 % (baseline) / 96.7 % (MoMos)
 DATA_PROFILES: dict[tuple[str, str], dict[str, Any]] = {
@@ -62,6 +66,17 @@ class TrainConfig:
     beta2: float | None = _opt(None, "Adam/AdamW second-moment decay; beta1 is 0.9 (default 0.999; grok-mlp 0.98)")
     schedule: str | None = _opt(None, "cosine | constant (default: the model's profile)")
     best_by: str | None = _opt(None, "val_acc | val_loss: what picks best.safetensors (mnist-official: val_loss)")
+    recipe: str | None = _opt(None, "paper: every value the MoMos paper's official configs set for this model and "
+                                    "data set (200 epochs, optimiser, schedule, batch, augmentation, normalisation, "
+                                    "image size); flags given explicitly override it")
+    augment: str | None = _opt(None, "none | flip-crop: random horizontal flip and 4-pixel-padded crop of each "
+                                     "training batch, drawn on the device from the run's seed (default: cifar10 "
+                                     "flip-crop, others none)")
+    normalize: str | None = _opt(None, "none | official: the data set's official per-channel Normalize "
+                                       "(default: cifar10 official, others none)")
+    image_size: int | None = _opt(None, "resize images to this square side, bilinear (default: as stored)")
+    precision: str = _opt("fp32", "fp32 | bf16 | fp16: autocast for the forward passes (fp16 with a gradient "
+                                  "scaler, CUDA only); weights stay float32")
     s: int = _opt(2, "MoMos block size s", ("-s", "--block-size"))
     capacity: float | None = _opt(0.05, "motifs as a fraction of blocks, in (0, 1]")
     k: int | None = _opt(None, "number of motifs (instead of --capacity)", ("-k",))
@@ -105,7 +120,8 @@ class TrainConfig:
             raise MoMosError(f"unknown data set '{self.data}'; available: {', '.join(DATASETS)}")
         if self.method not in METHODS:
             raise MoMosError(f"unknown method '{self.method}'; available: {', '.join(METHODS)}")
-        profile = {**BASE_PROFILE, **MODELS[self.model].profile, **DATA_PROFILES.get((self.model, self.data), {})}
+        profile = {**BASE_PROFILE, **MODELS[self.model].profile, **PROFILES.get(self.data, {}),
+                   **DATA_PROFILES.get((self.model, self.data), {}), **recipes.values(self.recipe, self.model, self.data)}
         filled = {k: (v if getattr(self, k) is None else getattr(self, k)) for k, v in profile.items()}
         cfg = dataclasses.replace(self, **filled)
         if cfg.best_by not in BEST_BY:
@@ -128,6 +144,14 @@ class TrainConfig:
         if cfg.uses_qat and not 2 <= int(cfg.q) <= 16:
             raise MoMosError(f"QAT needs q in 2..16 bits, got {cfg.q}")
         _check_ranges(cfg)
+        augment.check(cfg.augment)
+        if MODELS[cfg.model].tokens and cfg.augment != "none":
+            raise MoMosError(f"--augment {cfg.augment} needs image inputs; {cfg.data} gives tokens (use --augment none)")
+        try:
+            check_preprocessing(cfg.data, cfg.normalize, cfg.image_size)
+        except DataError as exc:
+            raise MoMosError(str(exc)) from None
+        precision.check(cfg.precision, cfg.device)
         if cfg.estimators:  # unknown names fail now, listing the valid ones; [] logs no estimator
             kc.estimators.resolve(cfg.estimators)
         return cfg
@@ -149,14 +173,20 @@ class TrainConfig:
             raise MoMosError(f"unknown config keys: {', '.join(sorted(unknown))}")
         return cls(**data)
 
+    @classmethod
+    def from_stored(cls, data: dict[str, Any]) -> "TrainConfig":
+        """The config a run directory stored: a field it predates takes the value that run trained with."""
+        return cls.from_json({**LEGACY, **data})
+
     def dumps(self) -> str:
         return json.dumps(self.to_json(), indent=2, sort_keys=True)
 
 
 _INTS = ("epochs", "batch_size", "steps_per_epoch", "s", "k", "q", "seed", "limit", "width", "modulus", "devices",
-         "threads", "measure_every")
+         "threads", "measure_every", "image_size")
 _FLOATS = ("lr", "weight_decay", "momentum", "beta2", "capacity", "val_fraction", "train_fraction")
-_STRS = ("model", "data", "method", "optimizer", "schedule", "scope", "device", "data_dir", "best_by")
+_STRS = ("model", "data", "method", "optimizer", "schedule", "scope", "device", "data_dir", "best_by", "recipe",
+         "augment", "normalize", "precision")
 
 
 def _check_types(cfg: TrainConfig) -> None:

@@ -50,6 +50,9 @@ class DataSet:
     val: Split
     test: Split
     num_classes: int
+    #: what a black (zero) pixel of each channel became after the data set's normalisation: the value an
+    #: augmentation pads with, so padding before or after normalising gives the same image
+    black: tuple[float, ...] = ()
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -81,28 +84,45 @@ class LoadOptions:
 
 #: name -> loader; adding a data set is one :func:`register_dataset` call
 DATASETS: dict[str, Loader] = {}
+#: name -> the official code's Normalize (per-channel mean, std) of a data set, where it has one
+NORMALISATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {}
+#: name -> TrainConfig defaults of runs on that data set (its augmentation and normalisation)
+PROFILES: dict[str, dict[str, object]] = {}
+#: what ``normalize`` may be: the data set's official channel normalisation, or the pixels as loaded
+NORMALIZE = ("none", "official")
 
 
-def register_dataset(name: str, loader: Loader) -> None:
-    """Make ``name`` usable as ``TrainConfig(data=name)`` / ``momos train --data name``."""
+def register_dataset(name: str, loader: Loader,
+                     normalisation: tuple[tuple[float, ...], tuple[float, ...]] | None = None,
+                     profile: dict[str, object] | None = None) -> None:
+    """Make ``name`` usable as ``TrainConfig(data=name)`` / ``momos train --data name``; ``normalisation``
+    is the (mean, std) per channel that ``--normalize official`` applies, ``profile`` the run defaults on it."""
     if name in DATASETS:
         raise DataError(f"data set '{name}' is already registered")
     DATASETS[name] = loader
+    PROFILES[name] = dict(profile or {})
+    if normalisation is not None:
+        NORMALISATIONS[name] = (tuple(map(float, normalisation[0])), tuple(map(float, normalisation[1])))
 
 
 def load(name: str, seed: int = 0, val_fraction: float = 0.1, data_dir: str | None = None,
-         download: bool = False, limit: int | None = None, modulus: int = 97, train_fraction: float = 0.4) -> DataSet:
+         download: bool = False, limit: int | None = None, modulus: int = 97, train_fraction: float = 0.4,
+         normalize: str = "none", image_size: int | None = None) -> DataSet:
     """Load a data set and split it deterministically given ``seed``.
 
     Data sets with an official test split keep it; the validation set is
     ``val_fraction`` of the training data. digits (no official split) is
     split 70/15/15; modadd as described in the module docstring (``modulus``,
     ``train_fraction``). ``limit`` caps the training set (for quick runs).
+    ``image_size`` resizes images to that square side (bilinear, as the
+    official code's Resize), then ``normalize="official"`` applies the data
+    set's official per-channel Normalize.
     """
     if name not in DATASETS:
         raise DataError(f"unknown data set '{name}'; available: {', '.join(DATASETS)}")
     if not 0.0 < val_fraction < 0.5:
         raise DataError(f"val_fraction must lie in (0, 0.5), got {val_fraction}")
+    check_preprocessing(name, normalize, image_size)
     opts = LoadOptions(np.random.default_rng(seed), val_fraction, data_dir, download, int(modulus),
                        float(train_fraction))
     train, val, test = DATASETS[name](opts)
@@ -110,7 +130,41 @@ def load(name: str, seed: int = 0, val_fraction: float = 0.1, data_dir: str | No
         train = (train[0][:limit], train[1][:limit])
     splits = [Split(torch.from_numpy(np.ascontiguousarray(a)), torch.from_numpy(np.asarray(b, dtype=np.int64)))
               for a, b in (train, val, test)]
-    return DataSet(name, *splits, num_classes=int(max(int(s.y.max()) for s in splits)) + 1)
+    black: tuple[float, ...] = ()
+    if splits[0].x.is_floating_point():
+        stats = NORMALISATIONS[name] if normalize == "official" else None
+        for split in splits:
+            split.x = preprocess(split.x, image_size, stats)
+        black = tuple(preprocess(torch.zeros(1, splits[0].x.shape[1], 1, 1), None, stats).flatten().tolist())
+    elif image_size is not None or normalize != "none":
+        raise DataError(f"{name} gives token inputs, not images: image_size and normalize do not apply")
+    return DataSet(name, *splits, num_classes=int(max(int(s.y.max()) for s in splits)) + 1, black=black)
+
+
+def check_preprocessing(name: str, normalize: str, image_size: int | None) -> None:
+    """DataError unless ``normalize`` and ``image_size`` are settings this data set takes."""
+    if normalize not in NORMALIZE:
+        raise DataError(f"unknown normalize '{normalize}'; available: {', '.join(NORMALIZE)}")
+    if normalize == "official" and name not in NORMALISATIONS:
+        raise DataError(f"{name} has no official normalisation (data sets with one: {', '.join(NORMALISATIONS)}); "
+                        "use --normalize none")
+    if image_size is not None and not 1 <= image_size <= 1024:
+        raise DataError(f"image_size must be in 1..1024 (or unset), got {image_size}")
+
+
+def preprocess(x: torch.Tensor, image_size: int | None,
+               stats: tuple[tuple[float, ...], tuple[float, ...]] | None) -> torch.Tensor:
+    """Images (N, C, H, W) resized to ``image_size`` (bilinear) and normalised per channel by ``stats`` (mean,
+    std), as the official transforms Resize and Normalize do, in float32."""
+    if image_size is not None and tuple(x.shape[2:]) != (image_size, image_size):
+        x = torch.nn.functional.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False)
+    if stats is not None:
+        channels = x.shape[1]
+        mean, std = stats
+        if len(mean) != channels:
+            raise DataError(f"the normalisation has {len(mean)} channel(s) but the images {channels}")
+        x = (x - torch.tensor(mean).view(1, -1, 1, 1)) / torch.tensor(std).view(1, -1, 1, 1)
+    return x
 
 
 def _digits(o: LoadOptions) -> tuple[Arrays, Arrays, Arrays]:
@@ -144,8 +198,7 @@ def _mnist_official(o: LoadOptions) -> tuple[Arrays, Arrays, Arrays]:
 
 def _official_pixels(x: np.ndarray) -> np.ndarray:
     """28x28 images in [0, 1] -> 32x32 (bilinear) in [-1, 1], as the official code's Resize + Normalize(0.5, 0.5)."""
-    t = torch.nn.functional.interpolate(torch.from_numpy(x), size=(32, 32), mode="bilinear", align_corners=False)
-    return ((t - 0.5) / 0.5).numpy()
+    return preprocess(torch.from_numpy(x), 32, _HALF).numpy()
 
 
 def _modadd(o: LoadOptions) -> tuple[Arrays, Arrays, Arrays]:
@@ -319,11 +372,18 @@ def _torchvision(cls_name: str):
     return loader
 
 
+#: the official code's Normalize for MNIST and Fashion-MNIST (src/datasets.py): pixels to [-1, 1]
+_HALF = ((0.5,), (0.5,))
+#: the official code's CIFAR-10 Normalize (src/datasets.py): the training set's channel means and deviations
+CIFAR10_STATS = ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
+
 register_dataset("digits", _digits)
-register_dataset("mnist", _with_test_split(_mnist))
+register_dataset("mnist", _with_test_split(_mnist), _HALF)
 register_dataset("mnist-official", _mnist_official)
 register_dataset("fashion-mnist", _with_test_split(_official_or_torchvision(
-    lambda d: official_files.fashion_mnist(d, idx_dir), "FashionMNIST")))
+    lambda d: official_files.fashion_mnist(d, idx_dir), "FashionMNIST")), _HALF)
 register_dataset("cifar10", _with_test_split(_official_or_torchvision(
-    lambda d: official_files.cifar10(d, NumpyOnlyUnpickler), "CIFAR10")))
+    lambda d: official_files.cifar10(d, NumpyOnlyUnpickler), "CIFAR10")), CIFAR10_STATS,
+    # the official code's CIFAR-10 training transform, by default (--augment none, --normalize none turn it off)
+    {"augment": "flip-crop", "normalize": "official"})
 register_dataset("modadd", _modadd)

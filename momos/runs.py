@@ -51,7 +51,8 @@ def load_data(cfg: TrainConfig, download: bool | None = None) -> data.DataSet:
     """The data set of a run, split as the run splits it."""
     return data.load(cfg.data, seed=cfg.seed, val_fraction=cfg.val_fraction, data_dir=cfg.data_dir,
                      download=cfg.download if download is None else download, limit=cfg.limit,
-                     modulus=cfg.modulus, train_fraction=cfg.train_fraction)
+                     modulus=cfg.modulus, train_fraction=cfg.train_fraction, normalize=cfg.normalize or "none",
+                     image_size=cfg.image_size)
 
 
 def build_model(cfg: TrainConfig, ds: data.DataSet, model: torch.nn.Module | None = None) -> torch.nn.Module:
@@ -68,14 +69,16 @@ def architecture(cfg: TrainConfig) -> str:
     code counts its bytes): the model, its data set (input shape, classes), width and modulus."""
     import json
 
-    return json.dumps({"model": cfg.model, "data": cfg.data, "width": cfg.width, "modulus": cfg.modulus},
-                      separators=(",", ":"), sort_keys=True)
+    spec = {"model": cfg.model, "data": cfg.data, "width": cfg.width, "modulus": cfg.modulus}
+    if cfg.image_size is not None:  # only when set: the runs before it existed keep their code's length
+        spec["image_size"] = cfg.image_size
+    return json.dumps(spec, separators=(",", ":"), sort_keys=True)
 
 
 def load_run_model(run_dir: str | Path) -> tuple[torch.nn.Module, data.DataSet]:
     """A run's model holding its last checkpoint's weights, and its data set (never downloaded)."""
     run_dir = Path(run_dir)
-    cfg = TrainConfig.from_json(rundir.stored_config(run_dir)).resolved()
+    cfg = TrainConfig.from_stored(rundir.stored_config(run_dir)).resolved()
     ds = load_data(cfg, download=False)
     model = build_model(cfg, ds)
     checkpoint.load(run_dir / "checkpoints", model)

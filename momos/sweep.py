@@ -178,13 +178,44 @@ def _worker_init() -> None:
     from .distributed import die_with_parent
 
     die_with_parent()  # a sweep killed with kill -9 takes its workers with it; reruns resume their points
+    # torch and the project once per worker, while the driver still validates the spec and trains its first point
+    import kcomplexity.estimators  # noqa: F401
+    from . import trainer  # noqa: F401
+
+
+#: (workers, pool): the sweep's worker processes, kept for the next sweep of this process with as many workers
+_WARM: list[Any] = []
+
+
+def workers_for(n: int) -> Any:
+    """A process pool of ``n`` sweep workers that have imported torch and the trainer: the one the last sweep of
+    this process used when it had as many workers, else a new one (started now, from this thread)."""
+    import atexit
+
+    from kcomplexity import workers
+
+    if _WARM and _WARM[0] == n and not getattr(_WARM[1], "_broken", False):
+        return _WARM[1]
+    close_workers()
+    # spawn, not fork: the driver has imported torch, whose thread pools do not survive a fork
+    _WARM[:] = [n, workers.processes(n, start_method="spawn", initializer=_worker_init)]
+    atexit.register(close_workers)
+    return _WARM[1]
+
+
+def close_workers() -> None:
+    """Stop the worker processes kept for later sweeps (done at exit on its own)."""
+    if _WARM:
+        _WARM.pop().shutdown(wait=True, cancel_futures=True)
+        _WARM.clear()
 
 
 def _local(out: Path, points: list[Point], jobs: int, trackers: dict[str, Any]) -> Iterator[Outcome]:
     """Points on this machine: the driver trains too, beside ``jobs - 1`` worker processes.
 
-    The driver has torch imported already, so it starts at once while the
-    workers spend their first seconds starting up; the workers are fed from
+    The driver has torch imported already, so it starts at once; the workers
+    (:func:`workers_for`) import torch and the trainer once, when they start,
+    and a later sweep of the same process reuses them warm. They are fed from
     the same queue by a small feeder thread, so none waits for the driver's
     point to finish before taking the next one.
     """
@@ -207,8 +238,8 @@ def _local(out: Path, points: list[Point], jobs: int, trackers: dict[str, Any]) 
         with lock:
             return todo.popleft() if todo else None
 
-    # spawn, not fork: the driver has imported torch, whose thread pools do not survive a fork
-    with workers.pool(jobs - 1, start_method="spawn", initializer=_worker_init) as pool:
+    pool = workers_for(jobs - 1)
+    try:
         def feed() -> None:  # keeps every worker busy while the driver trains its own points
             running: dict[Any, Point] = {}
             while not stop.is_set():
@@ -243,6 +274,10 @@ def _local(out: Path, points: list[Point], jobs: int, trackers: dict[str, Any]) 
                     yield r
         finally:
             stop.set()
+    except BaseException:  # an interrupted or failed sweep takes its workers down with it
+        _WARM.clear()
+        workers.abandon(pool)
+        raise
 
 
 def _connect_ray(address: str | None) -> Any:
@@ -311,6 +346,8 @@ def sweep(spec: Spec, out: str | Path, jobs: int = 1, backend: str = "local", ad
         raise SweepSpecError(f"--jobs {jobs} exceeds this machine's {cores} cores; each run needs at least one")
     out = Path(out)
     points = spec.points()  # every point validated before any starts
+    if backend == "local" and min(jobs, len(points)) > 1:
+        workers_for(min(jobs, len(points)) - 1)  # they import torch while the driver prepares the folder
     if tensorboard or mlflow:  # a missing extra, a store that is not MLflow's or is inside the sweep fail now
         _trackers({"tensorboard": tensorboard, "mlflow": mlflow}, out.name, "check", outputs=out)
     if backend == "ray":

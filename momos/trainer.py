@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 import kcomplexity as kc
 
-from . import checkpoint, data, distributed, evaluation, rundir, two_part
+from . import augment, checkpoint, data, distributed, evaluation, rundir, two_part
 from .config import TrainConfig
 from .errors import RunError
 from .loop import Loop, weight_stats
@@ -48,7 +48,8 @@ class _Trainer:
         np.random.seed(cfg.seed)
         self.data = load_data(cfg)
         self.model = build_model(cfg, self.data, model).to(self.device)
-        self.loop = Loop(cfg, self.model, self.data.train, self.device, self.ranks, self.quiet)
+        self.loop = Loop(cfg, self.model, self.data.train, self.device, self.ranks, self.quiet,
+                         augment=augment.build(cfg.augment, self.data))
         self.momos = (MoMos(cfg.s, cfg.capacity, cfg.k, cfg.force_zero, seed=cfg.seed, scope=cfg.scope)
                       if cfg.uses_momos else None)
         self.estimators = kc.estimators.resolve(cfg.estimators) if cfg.estimators else {}
@@ -70,7 +71,8 @@ class _Trainer:
             est.check_sizes(sizes)
 
     def evaluate(self, split: data.Split) -> tuple[float, float]:
-        return evaluation.loss_and_accuracy(self.model, split.x, split.y, self.device)
+        with self.loop.precision.autocast():  # in the run's precision, as it trains
+            return evaluation.loss_and_accuracy(self.model, split.x, split.y, self.device)
 
     # ------------------------------------------------------------------ complexity
     def write(self, record: dict[str, Any], result: tuple[dict[str, Any], float]) -> None:
@@ -239,7 +241,7 @@ def train(config: TrainConfig | dict[str, Any], run_dir: str | Path, resume: boo
     run_dir = Path(run_dir)
     if resume:
         rundir.check_out(run_dir, resume, overwrite)
-        cfg = TrainConfig.from_json(rundir.stored_config(run_dir))
+        cfg = TrainConfig.from_stored(rundir.stored_config(run_dir))
     else:
         cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_json(dict(config))
     cfg = cfg.resolved()

@@ -244,7 +244,7 @@ def two_part(run_dir: str | Path, rel: float | None = None) -> TwoPart:
 
     run_dir = Path(run_dir)
     model, ds = load_run_model(run_dir)
-    cfg = TrainConfig.from_json(stored_config(run_dir)).resolved()
+    cfg = TrainConfig.from_stored(stored_config(run_dir)).resolved()
     result = measure(model, ds.train, ds.test, rel, architecture=architecture(cfg))
     write(run_dir, result)
     return result

@@ -40,11 +40,8 @@ def test_unknown_estimator_fails_at_construction():
         ComplexityLogger(["lzma", "nope"])
 
 
-@pytest.mark.parametrize("package", ["lightning.pytorch", "pytorch_lightning"])
-def test_lightning_adapters(package, tmp_path):
-    pl = pytest.importorskip(package)
-    x, y = _data()
-
+def _lightning_module(pl):
+    """A linear classifier on digits as a LightningModule of ``pl`` (SGD, lr 0.1)."""
     class Module(pl.LightningModule):
         def __init__(self):
             super().__init__()
@@ -57,6 +54,14 @@ def test_lightning_adapters(package, tmp_path):
         def configure_optimizers(self):
             return torch.optim.SGD(self.parameters(), lr=0.1)
 
+    return Module
+
+
+@pytest.mark.parametrize("package", ["lightning.pytorch", "pytorch_lightning"])
+def test_lightning_adapters(package, tmp_path):
+    pl = pytest.importorskip(package)
+    x, y = _data()
+    Module = _lightning_module(pl)
     logger = ComplexityLogger(["lzma", "bdm"])
     trainer = pl.Trainer(max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False, accelerator="cpu", default_root_dir=tmp_path,

@@ -125,6 +125,23 @@ def test_resume_skips_finished_points_and_jobs_2_is_identical_to_jobs_1(tmp_path
     assert _tree(tmp_path / "one") == before
 
 
+def test_a_later_sweep_reuses_the_workers_with_torch_already_imported_and_gives_the_same_numbers(tmp_path):
+    from momos import sweep as sweep_module
+
+    spec = _spec(grid={"method": ["baseline", "momos"]})
+    first = sweep(spec, tmp_path / "a", jobs=2, quiet=True)
+    pool = sweep_module._WARM[1]
+    pids = set(pool._processes)
+    second = sweep(spec, tmp_path / "b", jobs=2, quiet=True)
+    assert sweep_module._WARM[1] is pool and set(pool._processes) == pids  # the same processes, not new ones
+    assert first.count("trained") == second.count("trained") == 2
+    for p in spec.points():
+        assert _numbers(tmp_path / "a" / p.name) == _numbers(tmp_path / "b" / p.name), p.name
+    assert pool.submit(eval, "'momos.trainer' in __import__('sys').modules").result()  # preloaded by its initializer
+    sweep_module.close_workers()
+    assert not sweep_module._WARM
+
+
 def test_a_failing_point_is_recorded_and_the_others_finish(tmp_path, capsys):
     # s larger than any tensor of a width-16 MLP passes the config check but fails when the run builds its model
     spec = _spec(zip_={"method": ["baseline", "momos"], "s": [2, 10 ** 6]})
