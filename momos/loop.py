@@ -101,12 +101,12 @@ class Loop:
 
     def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The examples ``idx`` on the device, augmented when the run augments."""
-        if self.resident or self.device.type == "cpu":
-            idx = idx.to(self.x.device)
-            xb, yb = self.x[idx], self.y[idx]
-        else:  # gathered on the host into pinned memory, copied without blocking
+        if self.device.type == "cuda" and not self.resident:  # gathered into pinned memory, copied without blocking
             xb = torch.index_select(self.x, 0, idx).pin_memory().to(self.device, non_blocking=True)
             yb = torch.index_select(self.y, 0, idx).pin_memory().to(self.device, non_blocking=True)
+        else:  # indexed where the data is (a resident set on the device), then moved (a no-op there)
+            idx = idx.to(self.x.device)
+            xb, yb = self.x[idx].to(self.device), self.y[idx].to(self.device)
         if self.augment is not None:
             xb = self.augment(xb, self.augment_rng)
         return xb, yb
