@@ -269,7 +269,7 @@ def lightning_callback(logger: ComplexityLogger, package: str = "lightning.pytor
     def send(trainer: Any, records: list[dict[str, Any]]) -> None:
         for record in records:
             for lg in trainer.loggers:
-                lg.log_metrics(_late(record), step=int(record.get("step", trainer.global_step)))
+                lg.log_metrics(_late(record), step=record["step"])
 
     class ComplexityCallback(base):  # type: ignore[misc, valid-type]
         def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:

@@ -61,23 +61,23 @@ AUGMENTATIONS: dict[str, Callable[[tuple[float, ...]], Callable[[torch.Tensor, t
 }
 
 
-def check(name: str) -> None:
-    """MoMosError unless ``name`` is a known augmentation."""
+def check(name: str, data: str = "", tokens: bool = False) -> None:
+    """MoMosError unless ``name`` is a known augmentation that applies to the inputs (``tokens``: the data set
+    ``data`` gives integer tokens, not images)."""
     if name not in AUGMENTATIONS:
         raise MoMosError(f"unknown augment '{name}'; available: {', '.join(AUGMENTATIONS)}")
+    if tokens and AUGMENTATIONS[name] is not None:
+        raise MoMosError(f"--augment {name} needs image inputs; {data or 'this data set'} gives tokens "
+                         "(use --augment none)")
 
 
 def build(name: str, dataset: object) -> Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None:
     """The augmentation ``name`` for ``dataset`` (a :class:`momos.data.DataSet`), or None for ``none``;
-    MoMosError for a data set of tokens rather than images."""
-    check(name)
+    MoMosError for a data set whose inputs are not images."""
+    check(name, getattr(dataset, "name", ""),
+          tokens=getattr(dataset, "tokens", False) or len(getattr(dataset, "input_shape", ())) != 3)
     make = AUGMENTATIONS[name]
-    if make is None:
-        return None
-    if getattr(dataset, "tokens", False) or len(getattr(dataset, "input_shape", ())) != 3:
-        raise MoMosError(f"--augment {name} needs image inputs; the data set {getattr(dataset, 'name', '?')} "
-                         "gives tokens (use --augment none)")
-    return make(dataset.black)
+    return None if make is None else make(dataset.black)
 
 
 __all__ = ["FlipCrop", "AUGMENTATIONS", "PAD", "build", "check"]

@@ -13,7 +13,7 @@ from kcomplexity.estimators.base import LOGGED
 
 from . import augment, precision, recipes
 from .data import DATASETS, PROFILES, check_preprocessing
-from .errors import DataError, MoMosError
+from .errors import MoMosError
 from .models import MODELS
 from .projection import SCOPES, check_settings
 
@@ -144,13 +144,8 @@ class TrainConfig:
         if cfg.uses_qat and not 2 <= int(cfg.q) <= 16:
             raise MoMosError(f"QAT needs q in 2..16 bits, got {cfg.q}")
         _check_ranges(cfg)
-        augment.check(cfg.augment)
-        if MODELS[cfg.model].tokens and cfg.augment != "none":
-            raise MoMosError(f"--augment {cfg.augment} needs image inputs; {cfg.data} gives tokens (use --augment none)")
-        try:
-            check_preprocessing(cfg.data, cfg.normalize, cfg.image_size)
-        except DataError as exc:
-            raise MoMosError(str(exc)) from None
+        augment.check(cfg.augment, cfg.data, tokens=MODELS[cfg.model].tokens)
+        check_preprocessing(cfg.data, cfg.normalize, cfg.image_size)  # a DataError is a MoMosError
         precision.check(cfg.precision, cfg.device)
         if cfg.estimators:  # unknown names fail now, listing the valid ones; [] logs no estimator
             kc.estimators.resolve(cfg.estimators)

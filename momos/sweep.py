@@ -21,6 +21,7 @@ makes the folder ours), one run directory per point, and ``failures.jsonl``.
 """
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import sys
@@ -190,8 +191,6 @@ _WARM: list[Any] = []
 def workers_for(n: int) -> Any:
     """A process pool of ``n`` sweep workers that have imported torch and the trainer: the one the last sweep of
     this process used when it had as many workers, else a new one (started now, from this thread)."""
-    import atexit
-
     from kcomplexity import workers
 
     if _WARM and _WARM[0] == n and not getattr(_WARM[1], "_broken", False):
@@ -199,15 +198,18 @@ def workers_for(n: int) -> Any:
     close_workers()
     # spawn, not fork: the driver has imported torch, whose thread pools do not survive a fork
     _WARM[:] = [n, workers.processes(n, start_method="spawn", initializer=_worker_init)]
-    atexit.register(close_workers)
     return _WARM[1]
 
 
 def close_workers() -> None:
     """Stop the worker processes kept for later sweeps (done at exit on its own)."""
     if _WARM:
-        _WARM.pop().shutdown(wait=True, cancel_futures=True)
+        pool = _WARM[1]
         _WARM.clear()
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+atexit.register(close_workers)
 
 
 def _local(out: Path, points: list[Point], jobs: int, trackers: dict[str, Any]) -> Iterator[Outcome]:
